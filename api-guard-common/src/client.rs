@@ -1,0 +1,88 @@
+//! Who a client is (the map key) and what the kernel keeps about it (the value).
+
+/// A client address, always 16 bytes in network order: IPv6 as is, IPv4 as an
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so one map holds both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub addr: [u8; 16],
+}
+
+impl ClientKey {
+    /// The IPv4-mapped form of an IPv4 address given as its 4 network-order bytes.
+    #[inline(always)]
+    pub const fn v4(octets: [u8; 4]) -> Self {
+        let [a, b, c, d] = octets;
+        Self {
+            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d],
+        }
+    }
+
+    #[inline(always)]
+    pub const fn v6(octets: [u8; 16]) -> Self {
+        Self { addr: octets }
+    }
+}
+
+/// What the kernel keeps per client. Counters are bumped with atomic adds because
+/// both CPUs may update one client at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientState {
+    /// HTTP request starts seen from this client to watched ports.
+    pub requests: u64,
+    /// New connections (SYN without ACK) to watched ports.
+    pub connections: u64,
+    /// All TCP packets to watched ports.
+    pub packets: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet.
+    pub last_seen_ns: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use core::net::{IpAddr, Ipv6Addr};
+
+    use super::{ClientKey, ClientState};
+
+    // SAFETY: plain `#[repr(C)]` integers and byte arrays with no padding.
+    unsafe impl aya::Pod for ClientKey {}
+    // SAFETY: plain `#[repr(C)]` u64 fields with no padding.
+    unsafe impl aya::Pod for ClientState {}
+
+    impl From<IpAddr> for ClientKey {
+        fn from(ip: IpAddr) -> Self {
+            match ip {
+                IpAddr::V4(v4) => Self::v4(v4.octets()),
+                IpAddr::V6(v6) => Self::v6(v6.octets()),
+            }
+        }
+    }
+
+    impl ClientKey {
+        /// The address as userspace prints it: IPv4-mapped keys become IPv4 again.
+        pub fn ip(&self) -> IpAddr {
+            Ipv6Addr::from(self.addr).to_canonical()
+        }
+    }
+}
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    extern crate std;
+    use core::net::IpAddr;
+
+    use super::ClientKey;
+
+    #[test]
+    fn keys_round_trip_both_families() {
+        for s in ["198.18.0.1", "2001:db8::1", "::1", "0.0.0.0"] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert_eq!(ClientKey::from(ip).ip(), ip, "{s}");
+        }
+        assert_eq!(
+            ClientKey::from("198.18.0.1".parse::<IpAddr>().unwrap()),
+            ClientKey::v4([198, 18, 0, 1])
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! Per-CPU verdict counters: one slot per (what was counted, verdict) pair, so the
+//! daemon can report packets, requests and connections by verdict from one array.
+
+/// What a counter counts.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Packets = 0,
+    Requests = 1,
+    Connections = 2,
+}
+
+/// What the datapath decided.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Subject to policy (a watched port) and let through.
+    Allowed = 0,
+    /// Not API traffic (another port, another protocol, not IP): passed untouched.
+    Passed = 1,
+    /// Could not be parsed (truncated or inconsistent headers): passed untouched.
+    Malformed = 2,
+}
+
+pub const KINDS: [Kind; 3] = [Kind::Packets, Kind::Requests, Kind::Connections];
+pub const VERDICTS: [Verdict; 3] = [Verdict::Allowed, Verdict::Passed, Verdict::Malformed];
+
+/// Slots in the `COUNTERS` array.
+pub const SLOTS: u32 = (KINDS.len() * VERDICTS.len()) as u32;
+
+/// The slot of a (kind, verdict) pair.
+#[inline(always)]
+pub const fn index(kind: Kind, verdict: Verdict) -> u32 {
+    kind as u32 * VERDICTS.len() as u32 + verdict as u32
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{Kind, Verdict};
+
+    impl Kind {
+        /// The label value the metrics and reports use.
+        pub const fn name(self) -> &'static str {
+            match self {
+                Kind::Packets => "packets",
+                Kind::Requests => "requests",
+                Kind::Connections => "connections",
+            }
+        }
+    }
+
+    impl Verdict {
+        pub const fn name(self) -> &'static str {
+            match self {
+                Verdict::Allowed => "allowed",
+                Verdict::Passed => "passed",
+                Verdict::Malformed => "malformed",
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_distinct_and_in_range() {
+        let mut seen = [false; SLOTS as usize];
+        for k in KINDS {
+            for v in VERDICTS {
+                let i = index(k, v) as usize;
+                assert!(!seen[i]);
+                seen[i] = true;
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
+}

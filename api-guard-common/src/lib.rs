@@ -1,0 +1,10 @@
+//! Definitions shared by the kernel programs (`api-guard-ebpf`) and the daemon
+//! (`api-guard`). Everything here is `no_std` and `#[repr(C)]` so both sides read the
+//! same bytes; each module ends with what userspace adds under the `user` feature.
+#![no_std]
+
+pub mod client;
+pub mod counters;
+pub mod http;
+pub mod maps;
+pub mod ports;

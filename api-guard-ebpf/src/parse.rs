@@ -1,0 +1,207 @@
+//! Stage 1, parse: Ethernet (up to two VLAN tags) → IPv4 (with options) or IPv6
+//! (skipping extension headers) → TCP. Headers are read by direct packet access,
+//! the cheapest way; the payload, which may sit in page fragments, is read later
+//! with `bpf_skb_load_bytes`.
+
+use core::mem::size_of;
+
+use api_guard_common::client::ClientKey;
+use aya_ebpf::programs::TcContext;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const VLAN_HLEN: usize = 4;
+const MAX_VLAN_TAGS: usize = 2;
+
+const IPPROTO_TCP: u8 = 6;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+const TCP_MIN_HLEN: usize = 20;
+
+/// Offsets past this are not parsed (the verifier needs a bound, and no real header
+/// chain is this long).
+const MAX_L4_OFF: usize = 512;
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Why a packet was not parsed to TCP.
+pub enum Skip {
+    /// Not IPv4/IPv6 carrying TCP, or a non-first fragment: not ours to look at.
+    NotTcp,
+    /// Headers cut short or inconsistent.
+    Malformed,
+    /// A header lies past the linear part of the skb: pull and parse again.
+    NotLinear,
+}
+
+/// What the later stages need from a TCP packet.
+pub struct TcpPacket {
+    /// Network-layer header offset; the source address is read from it only when
+    /// the packet turns out to be for a watched port.
+    pub l3_off: usize,
+    pub ipv6: bool,
+    pub dport: u16,
+    pub flags: u8,
+    /// Offset and length of the TCP payload (length from the IP header, so that
+    /// Ethernet padding is never taken for payload).
+    pub payload_off: usize,
+    pub payload_len: usize,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Skip> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        // Past the packet or only past its linear head? The caller decides on a pull.
+        return Err(if off + size_of::<T>() <= ctx.len() as usize {
+            Skip::NotLinear
+        } else {
+            Skip::Malformed
+        });
+    }
+    Ok((start + off) as *const T)
+}
+
+/// A header of `N` bytes at `off`, bounds-checked as a whole: one check per header
+/// is cheaper than one per field, and it keeps LLVM from folding a one-byte check
+/// into a form the verifier cannot use.
+#[inline(always)]
+fn header<const N: usize>(ctx: &TcContext, off: usize) -> Result<&[u8; N], Skip> {
+    // SAFETY: ptr_at checked that all N bytes lie inside the packet, which stays
+    // put for the rest of this program run (nothing here resizes it).
+    Ok(unsafe { &*ptr_at::<[u8; N]>(ctx, off)? })
+}
+
+#[inline(always)]
+fn be16(h: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([h[at], h[at + 1]])
+}
+
+/// Parses down to TCP.
+#[inline(always)]
+pub fn tcp(ctx: &TcContext) -> Result<TcpPacket, Skip> {
+    let (ethertype, l3_off) = ethernet(ctx)?;
+    let (l4_off, l4_len, ipv6) = match ethertype {
+        ETH_P_IP => {
+            let (l4_off, l4_len) = ipv4(ctx, l3_off)?;
+            (l4_off, l4_len, false)
+        }
+        ETH_P_IPV6 => {
+            let (l4_off, l4_len) = ipv6(ctx, l3_off)?;
+            (l4_off, l4_len, true)
+        }
+        _ => return Err(Skip::NotTcp),
+    };
+    if l4_off > MAX_L4_OFF {
+        return Err(Skip::Malformed);
+    }
+    let th = header::<TCP_MIN_HLEN>(ctx, l4_off)?;
+    let doff = ((th[12] >> 4) as usize) * 4;
+    if doff < TCP_MIN_HLEN || doff > l4_len {
+        return Err(Skip::Malformed);
+    }
+    Ok(TcpPacket {
+        l3_off,
+        ipv6,
+        dport: be16(th, 2),
+        flags: th[13],
+        payload_off: l4_off + doff,
+        payload_len: l4_len - doff,
+    })
+}
+
+/// Returns the ethertype after at most two VLAN tags, and the network-header offset.
+#[inline(always)]
+fn ethernet(ctx: &TcContext) -> Result<(u16, usize), Skip> {
+    let eth = header::<ETH_HLEN>(ctx, 0)?;
+    let mut ethertype = be16(eth, 12);
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = be16(header::<VLAN_HLEN>(ctx, off)?, 2);
+        off += VLAN_HLEN;
+    }
+    Ok((ethertype, off))
+}
+
+/// Returns the TCP header offset and the TCP segment length.
+#[inline(always)]
+fn ipv4(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
+    let ip = header::<IPV4_MIN_HLEN>(ctx, off)?;
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    let total_len = be16(ip, 2) as usize;
+    if ip[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN || total_len < ihl {
+        return Err(Skip::Malformed);
+    }
+    // A non-first fragment carries no TCP header.
+    if be16(ip, 6) & 0x1fff != 0 || ip[9] != IPPROTO_TCP {
+        return Err(Skip::NotTcp);
+    }
+    Ok((off + ihl, total_len - ihl))
+}
+
+/// Returns the TCP header offset and the TCP segment length, after skipping
+/// hop-by-hop, routing, destination-options, fragment and AH extension headers.
+#[inline(always)]
+fn ipv6(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
+    let ip = header::<IPV6_HLEN>(ctx, off)?;
+    if ip[0] >> 4 != 6 {
+        return Err(Skip::Malformed);
+    }
+    let mut next = ip[6];
+    let mut hdr = off + IPV6_HLEN;
+    let end = hdr + be16(ip, 4) as usize;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if next == IPPROTO_TCP {
+            break;
+        }
+        // Every extension header we skip is at least 8 bytes.
+        let ext = header::<8>(ctx, hdr)?;
+        let len = match next {
+            // Hop-by-hop, routing, destination options: (hdr ext len + 1) * 8.
+            0 | 43 | 60 => (ext[1] as usize + 1) * 8,
+            // Fragment: only the first fragment carries the TCP header.
+            44 => {
+                if be16(ext, 2) & 0xfff8 != 0 {
+                    return Err(Skip::NotTcp);
+                }
+                8
+            }
+            // Authentication header: (payload len + 2) * 4.
+            51 => (ext[1] as usize + 2) * 4,
+            _ => return Err(Skip::NotTcp),
+        };
+        next = ext[0];
+        hdr += len;
+        if hdr > MAX_L4_OFF {
+            return Err(Skip::Malformed);
+        }
+    }
+    if next != IPPROTO_TCP {
+        // A chain longer than we skip, or no TCP at its end: treat as opaque.
+        return Err(Skip::NotTcp);
+    }
+    if hdr > end {
+        return Err(Skip::Malformed);
+    }
+    Ok((hdr, end - hdr))
+}
+
+/// The client key from the source address of a parsed packet.
+#[inline(always)]
+pub fn client_key(ctx: &TcContext, pkt: &TcpPacket) -> Result<ClientKey, Skip> {
+    if pkt.ipv6 {
+        Ok(ClientKey::v6(*header::<16>(ctx, pkt.l3_off + 8)?))
+    } else {
+        Ok(ClientKey::v4(*header::<4>(ctx, pkt.l3_off + 12)?))
+    }
+}

@@ -1,0 +1,58 @@
+//! The `run` command: check, load, attach, report until SIGINT/SIGTERM, detach.
+
+use std::io;
+
+use anyhow::Result;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval},
+};
+use tracing::info;
+
+use crate::{
+    cli::RunArgs,
+    loader::{Datapath, LoadOptions},
+    preflight, report,
+};
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    preflight::check_privileges()?;
+    for iface in &args.ifaces {
+        preflight::interface_index(iface)?;
+    }
+
+    let mut datapath = Datapath::load(&LoadOptions {
+        max_clients: args.max_clients,
+    })?;
+    datapath.watch_ports(&args.ports)?;
+    for iface in &args.ifaces {
+        datapath.attach_ingress(iface)?;
+    }
+    info!(ifaces = ?args.ifaces, ports = ?args.ports, max_clients = args.max_clients, "api-guard ready");
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut ticker = (!args.report_every.is_zero()).then(|| {
+        let mut t = interval(args.report_every);
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        t
+    });
+
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = async { ticker.as_mut().unwrap().tick().await }, if ticker.is_some() => {
+                let clients = datapath.clients()?.len();
+                info!("{}", report::summary(clients, &datapath.counters()?));
+            }
+        }
+    }
+
+    // Read the final state while the programs are still loaded, then detach.
+    let clients = datapath.clients()?;
+    let counters = datapath.counters()?;
+    drop(datapath);
+    info!("detached from {:?}", args.ifaces);
+    report::write_final(&mut io::stdout().lock(), &clients, &counters)
+}

@@ -1,0 +1,14 @@
+//! api-guard: an eBPF host API traffic monitor and rate enforcer.
+//!
+//! The daemon is a few modules with one job each: `cli` (flags), `preflight`
+//! (privileges and interfaces, checked before anything is loaded), `loader` (load and
+//! attach the kernel programs), `maps` (typed access to the kernel's maps), `report`
+//! (what the daemon tells the operator) and `daemon` (the `run` command's life cycle).
+
+pub mod cli;
+pub mod daemon;
+pub mod failure;
+pub mod loader;
+pub mod maps;
+pub mod preflight;
+pub mod report;

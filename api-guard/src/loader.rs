@@ -1,0 +1,96 @@
+//! Loads the kernel programs and attaches them. Dropping the [`Datapath`] detaches
+//! everything: the TC attachments are bpf links owned by this process (tcx), so
+//! the kernel also removes them if the process dies without cleaning up.
+
+use anyhow::{Context as _, Result};
+use api_guard_common::maps as names;
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, TcAttachType},
+};
+
+use crate::failure::{ExitCode, Failure};
+
+/// The kernel programs, built by build.rs from `api-guard-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/api-guard"));
+
+/// The TC ingress classifier's name in the object.
+pub const INGRESS_PROGRAM: &str = "api_guard_ingress";
+
+/// What the kernel side is sized with at load time.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub max_clients: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_clients: names::DEFAULT_MAX_CLIENTS,
+        }
+    }
+}
+
+/// The loaded kernel programs and their maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+}
+
+impl Datapath {
+    /// Loads the maps and the ingress program into the kernel (not attached yet).
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::CLIENTS, opts.max_clients)
+            .load(OBJECT)
+            .map_err(|e| {
+                Failure::new(
+                    ExitCode::Environment,
+                    format!("cannot load the BPF programs (is BPF enabled in this kernel?): {e}"),
+                )
+            })?;
+        ingress_mut(&mut ebpf)?.load().map_err(|e| {
+            Failure::new(
+                ExitCode::Environment,
+                format!("the kernel rejected the ingress program: {e:#}"),
+            )
+        })?;
+        Ok(Self { ebpf })
+    }
+
+    /// Attaches the ingress classifier to `iface` (tcx where the kernel has it).
+    pub fn attach_ingress(&mut self, iface: &str) -> Result<()> {
+        ingress_mut(&mut self.ebpf)?
+            .attach(iface, TcAttachType::Ingress)
+            .map_err(|e| {
+                Failure::new(
+                    ExitCode::Environment,
+                    format!("cannot attach to the ingress of {iface}: {e}"),
+                )
+            })?;
+        Ok(())
+    }
+
+    /// The ingress program, for BPF_PROG_TEST_RUN.
+    pub fn ingress(&self) -> Result<&SchedClassifier> {
+        self.ebpf
+            .program(INGRESS_PROGRAM)
+            .context("the ingress program is missing from the object")?
+            .try_into()
+            .context("the ingress program is not a classifier")
+    }
+
+    pub(crate) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+fn ingress_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    ebpf.program_mut(INGRESS_PROGRAM)
+        .context("the ingress program is missing from the object")?
+        .try_into()
+        .context("the ingress program is not a classifier")
+}

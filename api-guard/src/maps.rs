@@ -1,0 +1,94 @@
+//! Typed access to the kernel's maps, by the names in `api_guard_common::maps`.
+
+use std::net::IpAddr;
+
+use anyhow::{Context as _, Result};
+use api_guard_common::{
+    client::{ClientKey, ClientState},
+    counters::{self, Kind, Verdict},
+    maps as names, ports,
+};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+
+use crate::loader::Datapath;
+
+/// One client as the kernel sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Client {
+    pub addr: IpAddr,
+    pub state: ClientState,
+}
+
+/// Verdict counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    slots: [u64; counters::SLOTS as usize],
+}
+
+impl Counters {
+    pub fn get(&self, kind: Kind, verdict: Verdict) -> u64 {
+        self.slots[counters::index(kind, verdict) as usize]
+    }
+}
+
+impl Datapath {
+    /// Marks these ports as watched (and leaves the others as they are).
+    pub fn watch_ports(&mut self, watched: &[u16]) -> Result<()> {
+        let mut map: Array<&mut MapData, u8> = Array::try_from(
+            self.ebpf_mut()
+                .map_mut(names::PORTS)
+                .context("map PORTS missing")?,
+        )?;
+        for &port in watched {
+            map.set(u32::from(port), ports::WATCHED, 0)
+                .with_context(|| format!("cannot watch port {port}"))?;
+        }
+        Ok(())
+    }
+
+    /// Every tracked client, in the map's order.
+    pub fn clients(&self) -> Result<Vec<Client>> {
+        // aya skips entries evicted between reading a key and its value.
+        self.clients_map()?
+            .iter()
+            .map(|entry| {
+                let (key, state) = entry?;
+                Ok(Client {
+                    addr: key.ip(),
+                    state,
+                })
+            })
+            .collect()
+    }
+
+    /// One client's state, if tracked.
+    pub fn client(&self, addr: IpAddr) -> Result<Option<ClientState>> {
+        match self.clients_map()?.get(&ClientKey::from(addr), 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn clients_map(&self) -> Result<HashMap<&MapData, ClientKey, ClientState>> {
+        let map = self
+            .ebpf()
+            .map(names::CLIENTS)
+            .context("map CLIENTS missing")?;
+        Ok(HashMap::try_from(map)?)
+    }
+
+    /// The verdict counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf()
+                .map(names::COUNTERS)
+                .context("map COUNTERS missing")?,
+        )?;
+        let mut out = Counters::default();
+        for (slot, total) in out.slots.iter_mut().enumerate() {
+            *total = map.get(&(slot as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+}
