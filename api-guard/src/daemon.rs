@@ -28,7 +28,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     for iface in &args.ifaces {
         datapath.attach_ingress(iface)?;
     }
-    info!(ifaces = ?args.ifaces, ports = ?args.ports, max_clients = args.max_clients, "api-guard ready");
+    info!(
+        ifaces = ?args.ifaces,
+        ports = ?args.ports,
+        max_clients = args.max_clients,
+        prog_id = datapath.ingress_id()?,
+        "api-guard ready"
+    );
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

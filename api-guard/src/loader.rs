@@ -79,6 +79,11 @@ impl Datapath {
             .context("the ingress program is not a classifier")
     }
 
+    /// The kernel's id of the ingress program (for `bpftool prog show id N`).
+    pub fn ingress_id(&self) -> Result<u32> {
+        Ok(self.ingress()?.info()?.id())
+    }
+
     pub(crate) fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }

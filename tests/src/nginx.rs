@@ -1,0 +1,142 @@
+//! A real nginx (Debian's package) serving a tiny API inside a namespace.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tempfile::TempDir;
+
+use crate::{
+    PREFIX,
+    netns::Netns,
+    process::{kill, wait_until},
+};
+
+/// One line of nginx's access log (the format the harness configures).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLine {
+    pub client: String,
+    pub server_port: u16,
+    pub method: String,
+    pub uri: String,
+    pub status: u16,
+}
+
+/// nginx listening on `ports` (IPv4 and IPv6) and answering 200 "ok" to everything.
+/// Stopped, and its files removed, on drop.
+pub struct Nginx {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Nginx {
+    pub fn start(ns: &Netns, ports: &[u16]) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
+        let conf = dir.path().join("nginx.conf");
+        fs::write(&conf, config(dir.path(), ports))?;
+        let child = ns
+            .command(&nginx_binary())
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start nginx")?;
+        let mut nginx = Self { child, dir };
+        for &port in ports {
+            let filter = format!("sport = :{port}");
+            wait_until(Duration::from_secs(10), "nginx to listen", || {
+                if let Some(status) = nginx.child.try_wait()? {
+                    anyhow::bail!("nginx exited ({status}): {}", nginx.error_log());
+                }
+                Ok(!ns.exec("ss", &["-Hltn", &filter])?.trim().is_empty())
+            })?;
+        }
+        Ok(nginx)
+    }
+
+    fn error_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    /// Every request nginx has logged so far.
+    pub fn access_log(&self) -> Result<Vec<AccessLine>> {
+        let text = fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        text.lines().map(parse_access_line).collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+fn nginx_binary() -> String {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("nginx")
+        .to_string()
+}
+
+fn config(dir: &Path, ports: &[u16]) -> String {
+    let d = dir.display();
+    let listens: String = ports
+        .iter()
+        .map(|p| format!("        listen {p};\n        listen [::]:{p};\n"))
+        .collect();
+    let temp = |name: &str| -> PathBuf { dir.join(name) };
+    format!(
+        r#"# Written by the api-guard test harness.
+daemon off;
+master_process off;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    log_format harness '$remote_addr $server_port $request_method $request_uri $status';
+    access_log {d}/access.log harness;
+    client_body_temp_path {body};
+    proxy_temp_path {proxy};
+    fastcgi_temp_path {fastcgi};
+    uwsgi_temp_path {uwsgi};
+    scgi_temp_path {scgi};
+    keepalive_requests 100000;
+    server {{
+{listens}        location / {{
+            default_type text/plain;
+            return 200 "ok\n";
+        }}
+    }}
+}}
+"#,
+        body = temp("body").display(),
+        proxy = temp("proxy").display(),
+        fastcgi = temp("fastcgi").display(),
+        uwsgi = temp("uwsgi").display(),
+        scgi = temp("scgi").display(),
+    )
+}
+
+fn parse_access_line(line: &str) -> Result<AccessLine> {
+    let f: Vec<&str> = line.split(' ').collect();
+    let [client, port, method, uri, status] = f[..] else {
+        anyhow::bail!("unexpected access log line {line:?}");
+    };
+    Ok(AccessLine {
+        client: client.to_string(),
+        server_port: port.parse()?,
+        method: method.to_string(),
+        uri: uri.to_string(),
+        status: status.parse()?,
+    })
+}

@@ -1,0 +1,34 @@
+//! Feeding crafted frames to the real kernel programs with BPF_PROG_TEST_RUN, and
+//! reading back verdicts and map state through the daemon's own map access.
+
+use anyhow::Result;
+use api_guard::loader::{Datapath, LoadOptions};
+use aya::programs::{TestRun, TestRunOptions};
+
+/// TC actions the classifier returns.
+pub const TC_ACT_PIPE: u32 = 3;
+pub const TC_ACT_SHOT: u32 = 2;
+
+/// A freshly loaded, unattached datapath watching `ports`. Each harness has its own
+/// maps, so harnesses in parallel tests never share kernel state.
+pub struct Harness {
+    pub datapath: Datapath,
+}
+
+impl Harness {
+    pub fn new(ports: &[u16]) -> Result<Self> {
+        let mut datapath = Datapath::load(&LoadOptions::default())?;
+        datapath.watch_ports(ports)?;
+        Ok(Self { datapath })
+    }
+
+    /// Runs the ingress program once on `frame` and returns its TC action.
+    pub fn run(&self, frame: &[u8]) -> Result<u32> {
+        let result = self.datapath.ingress()?.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        Ok(result.return_value)
+    }
+}

@@ -1,0 +1,182 @@
+//! The ingress classifier fed crafted frames through BPF_PROG_TEST_RUN: verdicts,
+//! per-client state and counters, read from the real kernel maps.
+
+use std::net::IpAddr;
+
+use api_guard_common::counters::{Kind, Verdict};
+use api_guard_tests::{
+    packet::{self, CLIENT4, CLIENT6, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Ext, Tcp},
+    testrun::{Harness, TC_ACT_PIPE},
+};
+
+const API: u16 = 8080;
+const OTHER: u16 = 9090;
+const GET: &[u8] = b"GET /v1/items HTTP/1.1\r\nHost: api\r\n\r\n";
+
+fn harness() -> Harness {
+    Harness::new(&[API]).expect("load the kernel programs")
+}
+
+/// Runs each frame, asserting the program passes it on.
+fn feed(h: &Harness, frames: &[Vec<u8>]) {
+    for f in frames {
+        assert_eq!(h.run(f).unwrap(), TC_ACT_PIPE);
+    }
+}
+
+fn requests(h: &Harness, client: impl Into<IpAddr>) -> Option<u64> {
+    h.datapath.client(client.into()).unwrap().map(|s| s.requests)
+}
+
+fn counter(h: &Harness, kind: Kind, verdict: Verdict) -> u64 {
+    h.datapath.counters().unwrap().get(kind, verdict)
+}
+
+#[test]
+fn ipv4_request_is_counted_for_its_client() {
+    let h = harness();
+    feed(&h, &[packet::v4(&Tcp::data(API, GET)), packet::v4(&Tcp::data(API, GET))]);
+    assert_eq!(requests(&h, CLIENT4), Some(2));
+    let state = h.datapath.client(CLIENT4.into()).unwrap().unwrap();
+    assert_eq!(state.packets, 2);
+    assert_eq!(state.connections, 0);
+    assert!(state.last_seen_ns > 0);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::Allowed), 2);
+    assert_eq!(counter(&h, Kind::Packets, Verdict::Allowed), 2);
+    assert_eq!(h.datapath.clients().unwrap().len(), 1);
+}
+
+#[test]
+fn ipv6_request_is_counted_for_its_client() {
+    let h = harness();
+    feed(&h, &[packet::v6(&Tcp::data(API, GET))]);
+    assert_eq!(requests(&h, CLIENT6), Some(1));
+    assert_eq!(requests(&h, CLIENT4), None);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::Allowed), 1);
+}
+
+#[test]
+fn other_ports_are_passed_and_not_tracked() {
+    let h = harness();
+    feed(&h, &[packet::v4(&Tcp::data(OTHER, GET)), packet::v6(&Tcp::syn(OTHER))]);
+    assert!(h.datapath.clients().unwrap().is_empty());
+    assert_eq!(counter(&h, Kind::Packets, Verdict::Passed), 2);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::Allowed), 0);
+}
+
+#[test]
+fn syn_is_a_connection_not_a_request() {
+    let h = harness();
+    feed(&h, &[packet::v4(&Tcp::syn(API))]);
+    let state = h.datapath.client(CLIENT4.into()).unwrap().unwrap();
+    assert_eq!((state.requests, state.connections, state.packets), (0, 1, 1));
+    assert_eq!(counter(&h, Kind::Connections, Verdict::Allowed), 1);
+    // A bare ACK to the API port is a packet, neither request nor connection.
+    let mut ack = Tcp::data(API, b"");
+    ack.flags = packet::ACK;
+    feed(&h, &[packet::v4(&ack)]);
+    let state = h.datapath.client(CLIENT4.into()).unwrap().unwrap();
+    assert_eq!((state.requests, state.connections, state.packets), (0, 1, 2));
+}
+
+#[test]
+fn truncated_frames_are_passed_as_malformed() {
+    // BPF_PROG_TEST_RUN itself refuses IP frames shorter than their fixed IP header,
+    // so the cuts fall after it: inside the TCP header, and one byte short of it.
+    let h = harness();
+    let full = packet::v4(&Tcp::data(API, GET));
+    let mut frames = vec![full[..14 + 20 + 8].to_vec(), full[..14 + 20 + 19].to_vec()];
+    // An IPv4 header claiming 60 bytes (IHL 15) in a frame that ends after 40.
+    let mut long_ihl = full[..14 + 40].to_vec();
+    long_ihl[14] = 0x4f;
+    frames.push(long_ihl);
+    let full6 = packet::v6(&Tcp::data(API, GET));
+    frames.push(full6[..14 + 40 + 10].to_vec());
+    // An IPv6 hop-by-hop header that claims more bytes than the frame has.
+    let mut ext = Ext::hop_by_hop();
+    ext.body[0] = 20;
+    frames.push(packet::ethernet(&[], ETH_P_IPV6, &packet::ipv6(CLIENT6, packet::SERVER6, &[ext], packet::IPPROTO_TCP, &Tcp::data(API, GET).bytes())));
+    feed(&h, &frames);
+    assert!(h.datapath.clients().unwrap().is_empty());
+    assert_eq!(counter(&h, Kind::Packets, Verdict::Malformed), frames.len() as u64);
+    assert_eq!(counter(&h, Kind::Packets, Verdict::Allowed), 0);
+}
+
+#[test]
+fn a_request_cut_short_by_the_ip_length_is_not_a_request() {
+    // The frame carries the whole request, but the IP header says the segment ends
+    // after 2 payload bytes ("GE"): trailing bytes (Ethernet padding) are not payload.
+    let h = harness();
+    let mut frame = packet::v4(&Tcp::data(API, GET));
+    let total = (20 + 20 + 2) as u16;
+    frame[14 + 2..14 + 4].copy_from_slice(&total.to_be_bytes());
+    feed(&h, &[frame]);
+    assert_eq!(requests(&h, CLIENT4), Some(0));
+}
+
+#[test]
+fn non_ip_frames_are_passed() {
+    let h = harness();
+    feed(&h, &[
+        packet::ethernet(&[], ETH_P_ARP, &[0u8; 28]),
+        // A frame of just an Ethernet header.
+        packet::ethernet(&[], ETH_P_ARP, &[]),
+        // UDP to the API port is not TCP.
+        packet::ethernet(&[], ETH_P_IP, &packet::ipv4(CLIENT4, packet::SERVER4, &[], packet::IPPROTO_UDP, &[0; 16])),
+    ]);
+    assert!(h.datapath.clients().unwrap().is_empty());
+    assert_eq!(counter(&h, Kind::Packets, Verdict::Passed), 3);
+    assert_eq!(counter(&h, Kind::Packets, Verdict::Malformed), 0);
+}
+
+#[test]
+fn headers_with_options_tags_and_extensions_are_parsed() {
+    let h = harness();
+    let tcp = Tcp::data(API, GET);
+    let mut with_opts = tcp.clone();
+    with_opts.options = vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]; // NOP NOP timestamps
+    feed(&h, &[
+        // IPv4 with 8 bytes of options (NOPs and end of list).
+        packet::ethernet(&[], ETH_P_IP, &packet::ipv4(CLIENT4, packet::SERVER4, &[1, 1, 1, 1, 1, 1, 1, 0], packet::IPPROTO_TCP, &tcp.bytes())),
+        // TCP options.
+        packet::v4(&with_opts),
+        // 802.1Q, and 802.1ad outside 802.1Q.
+        packet::ethernet(&[ETH_P_8021Q], ETH_P_IP, &packet::ipv4(CLIENT4, packet::SERVER4, &[], packet::IPPROTO_TCP, &tcp.bytes())),
+        packet::ethernet(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IPV6, &packet::ipv6(CLIENT6, packet::SERVER6, &[], packet::IPPROTO_TCP, &tcp.bytes())),
+        // IPv6 behind hop-by-hop, destination options and a first fragment.
+        packet::ethernet(&[], ETH_P_IPV6, &packet::ipv6(CLIENT6, packet::SERVER6, &[Ext::hop_by_hop(), Ext::dest_opts(2), Ext::fragment(0, true)], packet::IPPROTO_TCP, &tcp.bytes())),
+    ]);
+    assert_eq!(requests(&h, CLIENT4), Some(3));
+    assert_eq!(requests(&h, CLIENT6), Some(2));
+}
+
+#[test]
+fn non_first_fragments_are_passed() {
+    let h = harness();
+    let tcp = Tcp::data(API, GET).bytes();
+    let mut v4 = packet::ipv4(CLIENT4, packet::SERVER4, &[], packet::IPPROTO_TCP, &tcp);
+    v4[6..8].copy_from_slice(&0x0010u16.to_be_bytes()); // offset 16 × 8 bytes
+    feed(&h, &[
+        packet::ethernet(&[], ETH_P_IP, &v4),
+        packet::ethernet(&[], ETH_P_IPV6, &packet::ipv6(CLIENT6, packet::SERVER6, &[Ext::fragment(4, false)], packet::IPPROTO_TCP, &tcp)),
+    ]);
+    assert!(h.datapath.clients().unwrap().is_empty());
+    assert_eq!(counter(&h, Kind::Packets, Verdict::Passed), 2);
+}
+
+#[test]
+fn method_tokens_and_near_misses() {
+    let h = harness();
+    let methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"];
+    for m in methods {
+        feed(&h, &[packet::v4(&Tcp::data(API, format!("{m} / HTTP/1.1\r\n\r\n").as_bytes()))]);
+    }
+    assert_eq!(requests(&h, CLIENT4), Some(methods.len() as u64));
+    // Short payloads: "GET " alone is a request start; three bytes are not.
+    feed(&h, &[packet::v4(&Tcp::data(API, b"GET ")), packet::v4(&Tcp::data(API, b"GET"))]);
+    assert_eq!(requests(&h, CLIENT4), Some(methods.len() as u64 + 1));
+    for miss in [&b"GETX / HTTP/1.1\r\n"[..], b"get / HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", b"\x16\x03\x01\x00\xa5\x01\x00\x00", b"PRI * HTTP/2.0\r\n"] {
+        feed(&h, &[packet::v6(&Tcp::data(API, miss))]);
+    }
+    assert_eq!(requests(&h, CLIENT6), Some(0));
+}
