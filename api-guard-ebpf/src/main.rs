@@ -12,11 +12,7 @@ mod maps;
 mod parse;
 
 use api_guard_common::counters::{Kind, Verdict};
-use aya_ebpf::{
-    bindings::TC_ACT_PIPE,
-    macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_PIPE, macros::classifier, programs::TcContext};
 
 use crate::{
     count::Delta,

@@ -79,7 +79,10 @@ mod tests {
 
     #[test]
     fn repeated_ifaces_and_ports() {
-        let r = run(&["--iface", "a", "--iface", "b", "--port", "80", "--port", "8080"]).unwrap();
+        let r = run(&[
+            "--iface", "a", "--iface", "b", "--port", "80", "--port", "8080",
+        ])
+        .unwrap();
         assert_eq!(r.ifaces, ["a", "b"]);
         assert_eq!(r.ports, [80, 8080]);
         assert_eq!(r.report_every, Duration::from_secs(60));

@@ -38,7 +38,12 @@ pub fn check_privileges() -> Result<()> {
 
 /// The index of a network interface, or a clear error naming it.
 pub fn interface_index(name: &str) -> Result<u32> {
-    let unknown = || Failure::new(ExitCode::Environment, format!("no network interface named {name:?}"));
+    let unknown = || {
+        Failure::new(
+            ExitCode::Environment,
+            format!("no network interface named {name:?}"),
+        )
+    };
     let c_name = CString::new(name).map_err(|_| unknown())?;
     // SAFETY: c_name is a valid NUL-terminated string that outlives the call.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };

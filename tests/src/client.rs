@@ -31,21 +31,37 @@ pub enum Connections {
 
 /// Sends the requests with one curl process inside `ns`.
 pub fn curl(ns: &Netns, urls: &[String], mode: Connections) -> Result<Batch> {
-    let mut args = vec!["-sS", "-o", "/dev/null", "--max-time", "10", "-w", "%{http_code} %{num_connects}\\n"];
+    let mut args = vec![
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "%{http_code} %{num_connects}\\n",
+    ];
     if mode == Connections::New {
         args.extend(["-H", "Connection: close"]);
     }
-    args.extend(urls.iter().map(String::as_str));
+    // One "-o /dev/null" per URL: curl pairs each -o with one URL.
+    for u in urls {
+        args.extend(["-o", "/dev/null", u.as_str()]);
+    }
     let out = ns.exec("curl", &args).context("curl failed")?;
     let mut batch = Batch {
         statuses: Vec::new(),
         connects: 0,
     };
     for line in out.lines() {
-        let (code, connects) = line.split_once(' ').context("unexpected curl output")?;
+        let (code, connects) = line
+            .split_once(' ')
+            .with_context(|| format!("unexpected curl output {out:?}"))?;
         batch.statuses.push(code.parse()?);
         batch.connects += connects.parse::<u32>()?;
     }
-    ensure!(batch.statuses.len() == urls.len(), "curl reported {} of {} requests", batch.statuses.len(), urls.len());
+    ensure!(
+        batch.statuses.len() == urls.len(),
+        "curl reported {} of {} requests",
+        batch.statuses.len(),
+        urls.len()
+    );
     Ok(batch)
 }

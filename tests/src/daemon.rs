@@ -103,7 +103,10 @@ impl Daemon {
         wait_until(Duration::from_secs(30), "api-guard to be ready", || {
             if let Some(status) = daemon.child.try_wait()? {
                 thread::sleep(Duration::from_millis(50));
-                bail!("api-guard exited ({status}) before ready: {}", daemon.stderr());
+                bail!(
+                    "api-guard exited ({status}) before ready: {}",
+                    daemon.stderr()
+                );
             }
             Ok(daemon.stderr().contains("api-guard ready"))
         })?;
@@ -158,7 +161,10 @@ fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandle<
 fn parse_prog_id(stderr: &str) -> Option<u32> {
     let line = stderr.lines().find(|l| l.contains("api-guard ready"))?;
     let rest = &line[line.find("prog_id=")? + "prog_id=".len()..];
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Whether a BPF program with this id is still loaded.

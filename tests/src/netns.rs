@@ -56,7 +56,11 @@ impl Netns {
     /// PIDs of the processes inside the namespace.
     pub fn pids(&self) -> Vec<i32> {
         run(Command::new("ip").args(["netns", "pids", &self.name]))
-            .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .map(|out| {
+                out.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -70,7 +74,9 @@ impl Drop for Netns {
             }
         }
         // Deleting the namespace destroys its veth ends (and so their peers).
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -91,12 +97,20 @@ impl Client {
 
     /// The server's address on this link in the given family.
     pub fn server(&self, ipv6: bool) -> IpAddr {
-        if ipv6 { self.server6.into() } else { self.server4.into() }
+        if ipv6 {
+            self.server6.into()
+        } else {
+            self.server4.into()
+        }
     }
 
     /// This client's address in the given family.
     pub fn addr(&self, ipv6: bool) -> IpAddr {
-        if ipv6 { self.addr6.into() } else { self.addr4.into() }
+        if ipv6 {
+            self.addr6.into()
+        } else {
+            self.addr4.into()
+        }
     }
 }
 
@@ -123,8 +137,18 @@ impl Topology {
             let ns = Netns::new(&format!("client{i}"))?;
             let iface = format!("c{i}");
             run(Command::new("ip").args([
-                "link", "add", &iface, "netns", topo.server.name(), "type", "veth", "peer",
-                "name", "eth0", "netns", ns.name(),
+                "link",
+                "add",
+                &iface,
+                "netns",
+                topo.server.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
             ]))?;
             let client = Client {
                 ns,

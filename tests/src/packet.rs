@@ -168,10 +168,18 @@ pub const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 
 /// An untagged IPv4 TCP frame from CLIENT4 to SERVER4.
 pub fn v4(tcp: &Tcp) -> Vec<u8> {
-    ethernet(&[], ETH_P_IP, &ipv4(CLIENT4, SERVER4, &[], IPPROTO_TCP, &tcp.bytes()))
+    ethernet(
+        &[],
+        ETH_P_IP,
+        &ipv4(CLIENT4, SERVER4, &[], IPPROTO_TCP, &tcp.bytes()),
+    )
 }
 
 /// An untagged IPv6 TCP frame from CLIENT6 to SERVER6.
 pub fn v6(tcp: &Tcp) -> Vec<u8> {
-    ethernet(&[], ETH_P_IPV6, &ipv6(CLIENT6, SERVER6, &[], IPPROTO_TCP, &tcp.bytes()))
+    ethernet(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(CLIENT6, SERVER6, &[], IPPROTO_TCP, &tcp.bytes()),
+    )
 }

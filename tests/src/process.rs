@@ -70,7 +70,11 @@ pub fn wait_for_exit(child: &mut Child, timeout: Duration) -> Result<std::proces
 }
 
 /// Polls `ready` every 20 ms until it returns true, up to `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if ready()? {

@@ -5,7 +5,10 @@ use std::net::IpAddr;
 
 use api_guard_common::counters::{Kind, Verdict};
 use api_guard_tests::{
-    packet::{self, CLIENT4, CLIENT6, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Ext, Tcp},
+    packet::{
+        self, CLIENT4, CLIENT6, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Ext,
+        Tcp,
+    },
     testrun::{Harness, TC_ACT_PIPE},
 };
 
@@ -25,7 +28,10 @@ fn feed(h: &Harness, frames: &[Vec<u8>]) {
 }
 
 fn requests(h: &Harness, client: impl Into<IpAddr>) -> Option<u64> {
-    h.datapath.client(client.into()).unwrap().map(|s| s.requests)
+    h.datapath
+        .client(client.into())
+        .unwrap()
+        .map(|s| s.requests)
 }
 
 fn counter(h: &Harness, kind: Kind, verdict: Verdict) -> u64 {
@@ -35,7 +41,13 @@ fn counter(h: &Harness, kind: Kind, verdict: Verdict) -> u64 {
 #[test]
 fn ipv4_request_is_counted_for_its_client() {
     let h = harness();
-    feed(&h, &[packet::v4(&Tcp::data(API, GET)), packet::v4(&Tcp::data(API, GET))]);
+    feed(
+        &h,
+        &[
+            packet::v4(&Tcp::data(API, GET)),
+            packet::v4(&Tcp::data(API, GET)),
+        ],
+    );
     assert_eq!(requests(&h, CLIENT4), Some(2));
     let state = h.datapath.client(CLIENT4.into()).unwrap().unwrap();
     assert_eq!(state.packets, 2);
@@ -58,7 +70,13 @@ fn ipv6_request_is_counted_for_its_client() {
 #[test]
 fn other_ports_are_passed_and_not_tracked() {
     let h = harness();
-    feed(&h, &[packet::v4(&Tcp::data(OTHER, GET)), packet::v6(&Tcp::syn(OTHER))]);
+    feed(
+        &h,
+        &[
+            packet::v4(&Tcp::data(OTHER, GET)),
+            packet::v6(&Tcp::syn(OTHER)),
+        ],
+    );
     assert!(h.datapath.clients().unwrap().is_empty());
     assert_eq!(counter(&h, Kind::Packets, Verdict::Passed), 2);
     assert_eq!(counter(&h, Kind::Requests, Verdict::Allowed), 0);
@@ -69,14 +87,20 @@ fn syn_is_a_connection_not_a_request() {
     let h = harness();
     feed(&h, &[packet::v4(&Tcp::syn(API))]);
     let state = h.datapath.client(CLIENT4.into()).unwrap().unwrap();
-    assert_eq!((state.requests, state.connections, state.packets), (0, 1, 1));
+    assert_eq!(
+        (state.requests, state.connections, state.packets),
+        (0, 1, 1)
+    );
     assert_eq!(counter(&h, Kind::Connections, Verdict::Allowed), 1);
     // A bare ACK to the API port is a packet, neither request nor connection.
     let mut ack = Tcp::data(API, b"");
     ack.flags = packet::ACK;
     feed(&h, &[packet::v4(&ack)]);
     let state = h.datapath.client(CLIENT4.into()).unwrap().unwrap();
-    assert_eq!((state.requests, state.connections, state.packets), (0, 1, 2));
+    assert_eq!(
+        (state.requests, state.connections, state.packets),
+        (0, 1, 2)
+    );
 }
 
 #[test]
@@ -95,10 +119,23 @@ fn truncated_frames_are_passed_as_malformed() {
     // An IPv6 hop-by-hop header that claims more bytes than the frame has.
     let mut ext = Ext::hop_by_hop();
     ext.body[0] = 20;
-    frames.push(packet::ethernet(&[], ETH_P_IPV6, &packet::ipv6(CLIENT6, packet::SERVER6, &[ext], packet::IPPROTO_TCP, &Tcp::data(API, GET).bytes())));
+    frames.push(packet::ethernet(
+        &[],
+        ETH_P_IPV6,
+        &packet::ipv6(
+            CLIENT6,
+            packet::SERVER6,
+            &[ext],
+            packet::IPPROTO_TCP,
+            &Tcp::data(API, GET).bytes(),
+        ),
+    ));
     feed(&h, &frames);
     assert!(h.datapath.clients().unwrap().is_empty());
-    assert_eq!(counter(&h, Kind::Packets, Verdict::Malformed), frames.len() as u64);
+    assert_eq!(
+        counter(&h, Kind::Packets, Verdict::Malformed),
+        frames.len() as u64
+    );
     assert_eq!(counter(&h, Kind::Packets, Verdict::Allowed), 0);
 }
 
@@ -117,13 +154,20 @@ fn a_request_cut_short_by_the_ip_length_is_not_a_request() {
 #[test]
 fn non_ip_frames_are_passed() {
     let h = harness();
-    feed(&h, &[
-        packet::ethernet(&[], ETH_P_ARP, &[0u8; 28]),
-        // A frame of just an Ethernet header.
-        packet::ethernet(&[], ETH_P_ARP, &[]),
-        // UDP to the API port is not TCP.
-        packet::ethernet(&[], ETH_P_IP, &packet::ipv4(CLIENT4, packet::SERVER4, &[], packet::IPPROTO_UDP, &[0; 16])),
-    ]);
+    feed(
+        &h,
+        &[
+            packet::ethernet(&[], ETH_P_ARP, &[0u8; 28]),
+            // A frame of just an Ethernet header.
+            packet::ethernet(&[], ETH_P_ARP, &[]),
+            // UDP to the API port is not TCP.
+            packet::ethernet(
+                &[],
+                ETH_P_IP,
+                &packet::ipv4(CLIENT4, packet::SERVER4, &[], packet::IPPROTO_UDP, &[0; 16]),
+            ),
+        ],
+    );
     assert!(h.datapath.clients().unwrap().is_empty());
     assert_eq!(counter(&h, Kind::Packets, Verdict::Passed), 3);
     assert_eq!(counter(&h, Kind::Packets, Verdict::Malformed), 0);
@@ -135,17 +179,60 @@ fn headers_with_options_tags_and_extensions_are_parsed() {
     let tcp = Tcp::data(API, GET);
     let mut with_opts = tcp.clone();
     with_opts.options = vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]; // NOP NOP timestamps
-    feed(&h, &[
-        // IPv4 with 8 bytes of options (NOPs and end of list).
-        packet::ethernet(&[], ETH_P_IP, &packet::ipv4(CLIENT4, packet::SERVER4, &[1, 1, 1, 1, 1, 1, 1, 0], packet::IPPROTO_TCP, &tcp.bytes())),
-        // TCP options.
-        packet::v4(&with_opts),
-        // 802.1Q, and 802.1ad outside 802.1Q.
-        packet::ethernet(&[ETH_P_8021Q], ETH_P_IP, &packet::ipv4(CLIENT4, packet::SERVER4, &[], packet::IPPROTO_TCP, &tcp.bytes())),
-        packet::ethernet(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IPV6, &packet::ipv6(CLIENT6, packet::SERVER6, &[], packet::IPPROTO_TCP, &tcp.bytes())),
-        // IPv6 behind hop-by-hop, destination options and a first fragment.
-        packet::ethernet(&[], ETH_P_IPV6, &packet::ipv6(CLIENT6, packet::SERVER6, &[Ext::hop_by_hop(), Ext::dest_opts(2), Ext::fragment(0, true)], packet::IPPROTO_TCP, &tcp.bytes())),
-    ]);
+    feed(
+        &h,
+        &[
+            // IPv4 with 8 bytes of options (NOPs and end of list).
+            packet::ethernet(
+                &[],
+                ETH_P_IP,
+                &packet::ipv4(
+                    CLIENT4,
+                    packet::SERVER4,
+                    &[1, 1, 1, 1, 1, 1, 1, 0],
+                    packet::IPPROTO_TCP,
+                    &tcp.bytes(),
+                ),
+            ),
+            // TCP options.
+            packet::v4(&with_opts),
+            // 802.1Q, and 802.1ad outside 802.1Q.
+            packet::ethernet(
+                &[ETH_P_8021Q],
+                ETH_P_IP,
+                &packet::ipv4(
+                    CLIENT4,
+                    packet::SERVER4,
+                    &[],
+                    packet::IPPROTO_TCP,
+                    &tcp.bytes(),
+                ),
+            ),
+            packet::ethernet(
+                &[ETH_P_8021AD, ETH_P_8021Q],
+                ETH_P_IPV6,
+                &packet::ipv6(
+                    CLIENT6,
+                    packet::SERVER6,
+                    &[],
+                    packet::IPPROTO_TCP,
+                    &tcp.bytes(),
+                ),
+            ),
+            // IPv6 behind hop-by-hop, destination options and a first fragment.
+            packet::ethernet(
+                &[],
+                ETH_P_IPV6,
+                &packet::ipv6(
+                    CLIENT6,
+                    packet::SERVER6,
+                    &[Ext::hop_by_hop(), Ext::dest_opts(2), Ext::fragment(0, true)],
+                    packet::IPPROTO_TCP,
+                    &tcp.bytes(),
+                ),
+            ),
+        ],
+    );
     assert_eq!(requests(&h, CLIENT4), Some(3));
     assert_eq!(requests(&h, CLIENT6), Some(2));
 }
@@ -156,10 +243,23 @@ fn non_first_fragments_are_passed() {
     let tcp = Tcp::data(API, GET).bytes();
     let mut v4 = packet::ipv4(CLIENT4, packet::SERVER4, &[], packet::IPPROTO_TCP, &tcp);
     v4[6..8].copy_from_slice(&0x0010u16.to_be_bytes()); // offset 16 × 8 bytes
-    feed(&h, &[
-        packet::ethernet(&[], ETH_P_IP, &v4),
-        packet::ethernet(&[], ETH_P_IPV6, &packet::ipv6(CLIENT6, packet::SERVER6, &[Ext::fragment(4, false)], packet::IPPROTO_TCP, &tcp)),
-    ]);
+    feed(
+        &h,
+        &[
+            packet::ethernet(&[], ETH_P_IP, &v4),
+            packet::ethernet(
+                &[],
+                ETH_P_IPV6,
+                &packet::ipv6(
+                    CLIENT6,
+                    packet::SERVER6,
+                    &[Ext::fragment(4, false)],
+                    packet::IPPROTO_TCP,
+                    &tcp,
+                ),
+            ),
+        ],
+    );
     assert!(h.datapath.clients().unwrap().is_empty());
     assert_eq!(counter(&h, Kind::Packets, Verdict::Passed), 2);
 }
@@ -167,15 +267,35 @@ fn non_first_fragments_are_passed() {
 #[test]
 fn method_tokens_and_near_misses() {
     let h = harness();
-    let methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"];
+    let methods = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+    ];
     for m in methods {
-        feed(&h, &[packet::v4(&Tcp::data(API, format!("{m} / HTTP/1.1\r\n\r\n").as_bytes()))]);
+        feed(
+            &h,
+            &[packet::v4(&Tcp::data(
+                API,
+                format!("{m} / HTTP/1.1\r\n\r\n").as_bytes(),
+            ))],
+        );
     }
     assert_eq!(requests(&h, CLIENT4), Some(methods.len() as u64));
     // Short payloads: "GET " alone is a request start; three bytes are not.
-    feed(&h, &[packet::v4(&Tcp::data(API, b"GET ")), packet::v4(&Tcp::data(API, b"GET"))]);
+    feed(
+        &h,
+        &[
+            packet::v4(&Tcp::data(API, b"GET ")),
+            packet::v4(&Tcp::data(API, b"GET")),
+        ],
+    );
     assert_eq!(requests(&h, CLIENT4), Some(methods.len() as u64 + 1));
-    for miss in [&b"GETX / HTTP/1.1\r\n"[..], b"get / HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", b"\x16\x03\x01\x00\xa5\x01\x00\x00", b"PRI * HTTP/2.0\r\n"] {
+    for miss in [
+        &b"GETX / HTTP/1.1\r\n"[..],
+        b"get / HTTP/1.1\r\n",
+        b"HTTP/1.1 200 OK\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00",
+        b"PRI * HTTP/2.0\r\n",
+    ] {
         feed(&h, &[packet::v6(&Tcp::data(API, miss))]);
     }
     assert_eq!(requests(&h, CLIENT6), Some(0));
