@@ -50,7 +50,7 @@ impl Tcp {
 
     pub fn bytes(&self) -> Vec<u8> {
         let mut options = self.options.clone();
-        while options.len() % 4 != 0 {
+        while !options.len().is_multiple_of(4) {
             options.push(0);
         }
         let doff = (20 + options.len()) / 4;
@@ -71,7 +71,7 @@ impl Tcp {
 
 /// An IPv4 packet around `l4` (protocol `proto`), with `options` after the header.
 pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, options: &[u8], proto: u8, l4: &[u8]) -> Vec<u8> {
-    assert!(options.len() % 4 == 0 && options.len() <= 40);
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
     let ihl = (20 + options.len()) / 4;
     let total = 20 + options.len() + l4.len();
     let mut b = Vec::with_capacity(total);

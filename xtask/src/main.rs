@@ -1,1 +1,118 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test`. Every task runs setup
+//! first, so a fresh machine needs nothing by hand.
+
+mod setup;
+mod test;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "api-guard's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check and install the toolchain, packages and kernel pieces the project needs.
+    Setup,
+    /// Build the daemon (and the kernel programs it embeds).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run the daemon: `cargo xtask run -- run --iface eth0 --port 80`.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for api-guard.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Lints, unit tests, kernel test-run tests and end-to-end suites.
+    Test {
+        /// Only tests whose name contains this (passed to cargo test).
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<ExitCode> {
+    setup::setup()?;
+    match task {
+        Task::Setup => {
+            eprintln!("setup: everything is in place");
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Build { release } => {
+            build(release)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Run { release, args } => {
+            let bin = build(release)?;
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("cannot run {}", bin.display()))?;
+            Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+        }
+        Task::Test { filter } => {
+            test::test(filter.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// `cargo` with the workspace as its directory.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace());
+    cmd
+}
+
+pub fn check(what: &str, cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Builds the daemon and returns the path of its binary.
+pub fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "api-guard"]);
+    if release {
+        cmd.arg("--release");
+    }
+    check("cargo build", &mut cmd)?;
+    let profile = if release { "release" } else { "debug" };
+    let target =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from);
+    Ok(target.join(profile).join("api-guard"))
+}

@@ -1,0 +1,112 @@
+//! `cargo xtask test`: format and lint checks, then every test (userspace units,
+//! kernel test-run tests, end-to-end suites), then a sweep proving that nothing the
+//! tests made outlived them.
+
+use std::{fs, process::Command};
+
+use anyhow::{Result, bail};
+
+use crate::{build, cargo, check, setup::find_binary};
+
+/// The crates built for the host (the kernel crate builds only for BPF, through
+/// api-guard's build script).
+const USERSPACE: [&str; 8] = [
+    "-p",
+    "api-guard",
+    "-p",
+    "api-guard-common",
+    "-p",
+    "api-guard-tests",
+    "-p",
+    "xtask",
+];
+
+/// The prefix every harness-made namespace and directory carries (tests/src/lib.rs).
+const PREFIX: &str = "agt-";
+/// The ingress program's name as the kernel keeps it (16 bytes with the NUL).
+const PROG_NAME: &str = "api_guard_ingre";
+
+pub fn test(filter: Option<&str>) -> Result<()> {
+    check(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--", "--check"]),
+    )?;
+    check(
+        "cargo clippy",
+        cargo()
+            .arg("clippy")
+            .args(USERSPACE)
+            .args(["--all-targets", "--", "-D", "warnings"]),
+    )?;
+    let bin = build(false)?;
+
+    let leftovers_before = leftovers();
+    let mut cmd = cargo();
+    cmd.arg("test").args(USERSPACE).env("API_GUARD_BIN", &bin);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    let result = check("cargo test", &mut cmd);
+
+    // Whatever the outcome, prove the suite cleaned up after itself (what was there
+    // before the run is not ours to judge).
+    let new: Vec<String> = leftovers()
+        .into_iter()
+        .filter(|l| !leftovers_before.contains(l))
+        .collect();
+    if !new.is_empty() {
+        for l in &new {
+            eprintln!("xtask: left behind by the tests: {l}");
+        }
+        bail!("the tests left {} thing(s) behind", new.len());
+    }
+    eprintln!("xtask: no namespace, process or BPF program outlived the tests");
+    result
+}
+
+/// Namespaces, processes and BPF programs that only the tests create.
+fn leftovers() -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(name) = line
+                .split_whitespace()
+                .next()
+                .filter(|n| n.starts_with(PREFIX))
+            {
+                found.push(format!("network namespace {name}"));
+            }
+        }
+    }
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Ok(cmdline) = fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            let argv: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_daemon = argv.first().is_some_and(|a| a.ends_with("/api-guard"));
+            let is_harness_nginx = argv.first().is_some_and(|a| a.contains("nginx"))
+                && argv.iter().any(|a| a.contains(PREFIX));
+            if is_daemon || is_harness_nginx {
+                found.push(format!(
+                    "process {} ({})",
+                    p.file_name().to_string_lossy(),
+                    argv.join(" ")
+                ));
+            }
+        }
+    }
+    if let Some(bpftool) = find_binary("bpftool")
+        && let Ok(out) = Command::new(bpftool).args(["prog", "list"]).output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.contains(PROG_NAME) {
+                found.push(format!("BPF program {}", line.trim()));
+            }
+        }
+    }
+    found
+}
