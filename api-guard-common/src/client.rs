@@ -22,6 +22,15 @@ impl ClientKey {
     pub const fn v6(octets: [u8; 16]) -> Self {
         Self { addr: octets }
     }
+
+    /// The key of an IPv6 client bucketed by `prefix` bits; IPv4 keys stay whole.
+    #[inline(always)]
+    pub fn bucketed(mut self, ipv6_prefix: u32) -> Self {
+        if !crate::network::is_v4_mapped(&self.addr) {
+            crate::network::mask(&mut self.addr, ipv6_prefix);
+        }
+        self
+    }
 }
 
 /// What the kernel keeps per client. Counters are bumped with atomic adds because
@@ -37,6 +46,14 @@ pub struct ClientState {
     pub packets: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet.
     pub last_seen_ns: u64,
+    /// GCRA theoretical arrival time of the request limit (see `config::Limit`).
+    pub request_tat_ns: u64,
+    /// GCRA theoretical arrival time of the connection-rate limit.
+    pub conn_tat_ns: u64,
+    /// Every packet to a watched port is dropped until this time (0: not blocked).
+    pub blocked_until_ns: u64,
+    /// Established connections now open (kept by the sock_ops program).
+    pub open_conns: u64,
 }
 
 #[cfg(feature = "user")]

@@ -20,10 +20,29 @@ pub enum Verdict {
     Passed = 1,
     /// Could not be parsed (truncated or inconsistent headers): passed untouched.
     Malformed = 2,
+    /// Over the client's request limit.
+    RateLimited = 3,
+    /// From a client serving a block (`--block-for`, or an operator's block).
+    Blocked = 4,
+    /// From a denied network.
+    Denied = 5,
+    /// A new connection over `--conn-rate` or `--max-conns`.
+    ConnLimited = 6,
+    /// Would have been dropped, but `--dry-run` let it through.
+    WouldDrop = 7,
 }
 
 pub const KINDS: [Kind; 3] = [Kind::Packets, Kind::Requests, Kind::Connections];
-pub const VERDICTS: [Verdict; 3] = [Verdict::Allowed, Verdict::Passed, Verdict::Malformed];
+pub const VERDICTS: [Verdict; 8] = [
+    Verdict::Allowed,
+    Verdict::Passed,
+    Verdict::Malformed,
+    Verdict::RateLimited,
+    Verdict::Blocked,
+    Verdict::Denied,
+    Verdict::ConnLimited,
+    Verdict::WouldDrop,
+];
 
 /// Slots in the `COUNTERS` array.
 pub const SLOTS: u32 = (KINDS.len() * VERDICTS.len()) as u32;
@@ -55,6 +74,11 @@ mod user {
                 Verdict::Allowed => "allowed",
                 Verdict::Passed => "passed",
                 Verdict::Malformed => "malformed",
+                Verdict::RateLimited => "rate_limited",
+                Verdict::Blocked => "blocked",
+                Verdict::Denied => "denied",
+                Verdict::ConnLimited => "conn_limited",
+                Verdict::WouldDrop => "would_drop",
             }
         }
     }

@@ -4,7 +4,9 @@
 #![no_std]
 
 pub mod client;
+pub mod config;
 pub mod counters;
 pub mod http;
 pub mod maps;
+pub mod network;
 pub mod ports;

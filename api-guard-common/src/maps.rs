@@ -13,3 +13,14 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const DEFAULT_MAX_CLIENTS: u32 = 65_536;
 /// One slot per possible TCP port.
 pub const PORT_SLOTS: u32 = 65_536;
+/// The policy ([`crate::config::Config`]), an array of one.
+pub const CONFIG: &str = "CONFIG";
+/// Networks never limited or dropped, an LPM trie of [`crate::network::NetKey`].
+pub const ALLOW: &str = "ALLOW";
+/// Networks always dropped.
+pub const DENY: &str = "DENY";
+/// Per-network request limits ([`crate::config::Limit`]); the longest prefix wins.
+pub const OVERRIDES: &str = "OVERRIDES";
+
+/// Entries in each network list.
+pub const NETWORK_SLOTS: u32 = 16_384;

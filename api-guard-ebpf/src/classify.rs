@@ -15,7 +15,12 @@ use crate::{
 /// The port flags of the packet's destination port (0 when not watched).
 #[inline(always)]
 pub fn port_flags(pkt: &TcpPacket) -> u8 {
-    PORTS.get(pkt.dport as u32).copied().unwrap_or(0)
+    flags_of_port(pkt.dport)
+}
+
+#[inline(always)]
+pub fn flags_of_port(port: u16) -> u8 {
+    PORTS.get(port as u32).copied().unwrap_or(0)
 }
 
 #[inline(always)]

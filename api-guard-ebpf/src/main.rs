@@ -1,21 +1,34 @@
 //! api-guard's kernel programs. The TC ingress classifier is a pipeline of small
-//! stages: parse → classify → (enforce) → count.
+//! stages: parse → classify → enforce → count; the sock_ops program keeps each
+//! client's count of open connections for `--max-conns`.
 #![no_std]
 #![no_main]
-// Atomic adds on map values (see count.rs); the kernel crate builds on nightly.
+// Atomic adds on map values (see atomic.rs); the kernel crate builds on nightly.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod atomic;
 mod classify;
 mod count;
+mod enforce;
 mod maps;
 mod parse;
+mod sockops;
 
-use api_guard_common::counters::{Kind, Verdict};
-use aya_ebpf::{bindings::TC_ACT_PIPE, macros::classifier, programs::TcContext};
+use api_guard_common::{
+    config::flags,
+    counters::{Kind, Verdict},
+};
+use aya_ebpf::{
+    bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, sock_ops},
+    programs::{SockOpsContext, TcContext},
+};
 
 use crate::{
-    count::Delta,
+    count::Event,
+    maps::CONFIG,
     parse::{Skip, TcpPacket},
 };
 
@@ -27,8 +40,14 @@ pub fn api_guard_ingress(ctx: TcContext) -> i32 {
     try_ingress(&ctx)
 }
 
-/// Returns the TC action. Every path passes the packet for now: the enforce stage
-/// is where drops will be decided.
+#[sock_ops]
+pub fn api_guard_sockops(ctx: SockOpsContext) -> u32 {
+    sockops::handle(&ctx);
+    // sock_ops programs return 1 for "handled"; the value changes nothing here.
+    1
+}
+
+/// Returns the TC action.
 #[inline(always)]
 fn try_ingress(ctx: &TcContext) -> i32 {
     let pkt = match parse_tcp(ctx) {
@@ -42,28 +61,51 @@ fn try_ingress(ctx: &TcContext) -> i32 {
             return TC_ACT_PIPE;
         }
     };
-    let flags = classify::port_flags(&pkt);
-    if !classify::is_watched(flags) {
+    if !classify::is_watched(classify::port_flags(&pkt)) {
         count::verdict(Kind::Packets, Verdict::Passed);
         return TC_ACT_PIPE;
     }
+    let Some(cfg) = CONFIG.get(0) else {
+        return TC_ACT_PIPE;
+    };
     let Ok(key) = parse::client_key(ctx, &pkt) else {
         count::verdict(Kind::Packets, Verdict::Malformed);
         return TC_ACT_PIPE;
     };
-    let delta = Delta {
-        requests: classify::request_method(ctx, &pkt).is_some() as u64,
-        connections: classify::is_connection_start(&pkt) as u64,
+    let key = key.bucketed(cfg.ipv6_prefix);
+    let ev = Event {
+        request: classify::request_method(ctx, &pkt).is_some(),
+        connection: classify::is_connection_start(&pkt),
     };
-    count::client(&key, &delta);
-    count::verdict(Kind::Packets, Verdict::Allowed);
-    if delta.requests != 0 {
-        count::verdict(Kind::Requests, Verdict::Allowed);
+
+    let verdict = match enforce::lists(cfg, &key) {
+        // Denied networks are dropped before any per-client state is kept.
+        Some(Verdict::Denied) => Verdict::Denied,
+        list => {
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            match count::state(&key) {
+                Some(state) => {
+                    count::client(state, ev, now);
+                    match list {
+                        Some(allowed) => allowed,
+                        None => enforce::client(cfg, &key, state, ev, now),
+                    }
+                }
+                // The client map refused the entry: fail open, but count it.
+                None => Verdict::Allowed,
+            }
+        }
+    };
+    count::verdicts(ev, verdict);
+    if verdict == Verdict::Allowed {
+        return TC_ACT_PIPE;
     }
-    if delta.connections != 0 {
-        count::verdict(Kind::Connections, Verdict::Allowed);
+    if cfg.has(flags::DRY_RUN) {
+        count::verdicts(ev, Verdict::WouldDrop);
+        return TC_ACT_PIPE;
     }
-    TC_ACT_PIPE
+    TC_ACT_SHOT
 }
 
 /// Parses to TCP, pulling the headers into the linear area once if they are not.

@@ -3,22 +3,42 @@
 
 use api_guard_common::{
     client::{ClientKey, ClientState},
+    config::{Config, Limit},
     counters,
-    maps::{DEFAULT_MAX_CLIENTS, PORT_SLOTS},
+    maps::{DEFAULT_MAX_CLIENTS, NETWORK_SLOTS, PORT_SLOTS},
+    network::NetKey,
 };
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
 };
 
 /// Port flags by destination port (`api_guard_common::ports`), set by the daemon.
 #[map(name = "PORTS")]
 pub static PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
 
+/// The policy, one entry.
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
 /// Per-client state; the daemon resizes it from `--max-clients` before loading.
 #[map(name = "CLIENTS")]
 pub static CLIENTS: LruHashMap<ClientKey, ClientState> =
     LruHashMap::with_max_entries(DEFAULT_MAX_CLIENTS, 0);
+
+/// Networks never limited or dropped.
+#[map(name = "ALLOW")]
+pub static ALLOW: LpmTrie<NetKey, u8> = LpmTrie::with_max_entries(NETWORK_SLOTS, BPF_F_NO_PREALLOC);
+
+/// Networks always dropped.
+#[map(name = "DENY")]
+pub static DENY: LpmTrie<NetKey, u8> = LpmTrie::with_max_entries(NETWORK_SLOTS, BPF_F_NO_PREALLOC);
+
+/// Per-network request limits; the longest matching prefix wins.
+#[map(name = "OVERRIDES")]
+pub static OVERRIDES: LpmTrie<NetKey, Limit> =
+    LpmTrie::with_max_entries(NETWORK_SLOTS, BPF_F_NO_PREALLOC);
 
 /// Verdict counters, indexed by `api_guard_common::counters::index`.
 #[map(name = "COUNTERS")]

@@ -1,8 +1,10 @@
 //! Command-line flags.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::policy::{Network, NetworkLimit, Policy};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,6 +55,90 @@ pub struct RunArgs {
     /// Daemon log level (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: tracing::Level,
+
+    /// Requests per second per client (a token bucket; none by default).
+    #[arg(long, value_name = "N", help_heading = "Limits", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+
+    /// Requests a client may send at once before --rate applies [default: the rate].
+    #[arg(long, value_name = "N", help_heading = "Limits", value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst: Option<u32>,
+
+    /// New connections (SYNs) per second per client; also covers TLS ports.
+    #[arg(long, value_name = "N", help_heading = "Limits", value_parser = clap::value_parser!(u32).range(1..))]
+    pub conn_rate: Option<u32>,
+
+    /// Connections a client may open at once before --conn-rate applies [default: the rate].
+    #[arg(long, value_name = "N", help_heading = "Limits", value_parser = clap::value_parser!(u32).range(1..))]
+    pub conn_burst: Option<u32>,
+
+    /// Block a client that goes over a limit for this long (e.g. 30s, 5m): every
+    /// packet from it to the API ports is dropped, SYNs included.
+    #[arg(long, value_name = "DURATION", help_heading = "Limits", value_parser = parse_nonzero_duration)]
+    pub block_for: Option<Duration>,
+
+    /// Concurrent established connections per client; over it new SYNs are dropped.
+    #[arg(long, value_name = "N", help_heading = "Limits", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_conns: Option<u32>,
+
+    /// Per-network request limit, most specific prefix first (repeatable).
+    #[arg(
+        long = "limit",
+        value_name = "CIDR=RATE[:BURST]",
+        help_heading = "Limits"
+    )]
+    pub limits: Vec<NetworkLimit>,
+
+    /// Network never limited or dropped; checked before --deny (repeatable).
+    #[arg(long, value_name = "CIDR", help_heading = "Networks")]
+    pub allow: Vec<Network>,
+
+    /// Network always dropped (repeatable).
+    #[arg(long, value_name = "CIDR", help_heading = "Networks")]
+    pub deny: Vec<Network>,
+
+    /// IPv6 clients share a bucket per prefix of this length, so rotating
+    /// addresses inside one /64 does not dodge a limit.
+    #[arg(long, value_name = "BITS", default_value_t = 64, help_heading = "Networks", value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub ipv6_prefix: u8,
+
+    /// Compute and count every decision ("would_drop"), drop nothing.
+    #[arg(long, help_heading = "Limits")]
+    pub dry_run: bool,
+
+    /// cgroup v2 directory for the connection tracker (--max-conns) [default: the
+    /// cgroup v2 root, found in /proc/mounts].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The policy flags, validated together.
+    pub fn policy(&self) -> Result<Policy, String> {
+        let policy = Policy {
+            rate: self.rate,
+            burst: self.burst,
+            conn_rate: self.conn_rate,
+            conn_burst: self.conn_burst,
+            block_for: self.block_for,
+            max_conns: self.max_conns,
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            limits: self.limits.clone(),
+            ipv6_prefix: self.ipv6_prefix,
+            dry_run: self.dry_run,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+}
+
+/// A duration with a unit that is not zero.
+pub fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero".into()),
+        d => Ok(d),
+    }
 }
 
 /// A duration with a unit ("30s", "5m", "1h 30m"), or a bare 0.
@@ -99,6 +185,61 @@ mod tests {
     fn iface_and_port_are_required() {
         assert!(run(&["--port", "80"]).is_err());
         assert!(run(&["--iface", "a"]).is_err());
+    }
+
+    #[test]
+    fn policy_flags() {
+        let r = run(&[
+            "--iface",
+            "a",
+            "--port",
+            "80",
+            "--rate",
+            "10",
+            "--burst",
+            "20",
+            "--block-for",
+            "5s",
+            "--allow",
+            "198.18.1.0/24",
+            "--deny",
+            "2001:db8:9::/48",
+            "--limit",
+            "198.18.2.0/24=5:6",
+            "--ipv6-prefix",
+            "56",
+            "--dry-run",
+        ])
+        .unwrap();
+        let p = r.policy().unwrap();
+        assert_eq!(
+            (p.rate, p.burst, p.ipv6_prefix, p.dry_run),
+            (Some(10), Some(20), 56, true)
+        );
+        assert_eq!(p.block_for, Some(Duration::from_secs(5)));
+        assert_eq!(p.limits[0].rate, 5);
+        assert_eq!(p.allow.len() + p.deny.len(), 2);
+    }
+
+    #[test]
+    fn bad_policy_flags_are_rejected() {
+        for bad in [
+            &["--rate", "0"][..],
+            &["--burst", "0"],
+            &["--ipv6-prefix", "0"],
+            &["--ipv6-prefix", "129"],
+            &["--block-for", "10"],
+            &["--block-for", "0s"],
+            &["--deny", "198.18.0.0/40"],
+            &["--limit", "198.18.0.0/24"],
+            &["--max-conns", "-1"],
+        ] {
+            let mut args = vec!["--iface", "a", "--port", "80"];
+            args.extend_from_slice(bad);
+            assert!(run(&args).is_err(), "{bad:?}");
+        }
+        let r = run(&["--iface", "a", "--port", "80", "--burst", "5"]).unwrap();
+        assert!(r.policy().is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::io;
 
 use anyhow::Result;
+use api_guard_common::maps as names;
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval},
@@ -11,11 +12,16 @@ use tracing::info;
 
 use crate::{
     cli::RunArgs,
+    failure::{ExitCode, Failure},
     loader::{Datapath, LoadOptions},
+    policy::{Network, Policy},
     preflight, report,
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
+    let policy = args
+        .policy()
+        .map_err(|e| Failure::new(ExitCode::Usage, e))?;
     preflight::check_privileges()?;
     for iface in &args.ifaces {
         preflight::interface_index(iface)?;
@@ -25,6 +31,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         max_clients: args.max_clients,
     })?;
     datapath.watch_ports(&args.ports)?;
+    apply_policy(&mut datapath, &policy, &args)?;
     for iface in &args.ifaces {
         datapath.attach_ingress(iface)?;
     }
@@ -61,4 +68,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
     drop(datapath);
     info!("detached from {:?}", args.ifaces);
     report::write_final(&mut io::stdout().lock(), &clients, &counters)
+}
+
+/// Pushes the policy into the maps; attaches the connection tracker if needed.
+fn apply_policy(datapath: &mut Datapath, policy: &Policy, args: &RunArgs) -> Result<()> {
+    let keys = |nets: &[Network]| nets.iter().map(Network::lpm_key).collect::<Vec<_>>();
+    datapath.add_networks(names::ALLOW, &keys(&policy.allow))?;
+    datapath.add_networks(names::DENY, &keys(&policy.deny))?;
+    datapath.add_overrides(&policy.overrides())?;
+    let cookie = if policy.max_conns.is_some() {
+        let cgroup = match &args.cgroup {
+            Some(dir) => dir.clone(),
+            None => preflight::cgroup2_root()?,
+        };
+        datapath.attach_sockops(&cgroup)?;
+        preflight::netns_cookie()?
+    } else {
+        0
+    };
+    // The lists are in place before the config switches them on.
+    datapath.set_config(&policy.config(cookie))?;
+    Ok(())
 }

@@ -4,9 +4,11 @@
 
 use anyhow::{Context as _, Result};
 use api_guard_common::maps as names;
+use std::path::Path;
+
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TcAttachType},
+    programs::{CgroupAttachMode, SchedClassifier, SockOps, TcAttachType},
 };
 
 use crate::failure::{ExitCode, Failure};
@@ -16,6 +18,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ap
 
 /// The TC ingress classifier's name in the object.
 pub const INGRESS_PROGRAM: &str = "api_guard_ingress";
+/// The connection tracker's name in the object.
+pub const SOCKOPS_PROGRAM: &str = "api_guard_sockops";
 
 /// What the kernel side is sized with at load time.
 #[derive(Clone, Debug)]
@@ -54,7 +58,11 @@ impl Datapath {
                 format!("the kernel rejected the ingress program: {e:#}"),
             )
         })?;
-        Ok(Self { ebpf })
+        let mut datapath = Self { ebpf };
+        // Never leave the policy zeroed (a zero IPv6 prefix would lump every IPv6
+        // client together): watch-only until the caller sets its own.
+        datapath.set_config(&api_guard_common::config::Config::unlimited())?;
+        Ok(datapath)
     }
 
     /// Attaches the ingress classifier to `iface` (tcx where the kernel has it).
@@ -65,6 +73,36 @@ impl Datapath {
                 Failure::new(
                     ExitCode::Environment,
                     format!("cannot attach to the ingress of {iface}: {e}"),
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Loads the connection tracker and attaches it to the cgroup v2 directory
+    /// `cgroup` (the root: every socket on the host; it filters by namespace).
+    pub fn attach_sockops(&mut self, cgroup: &Path) -> Result<()> {
+        let file = crate::preflight::open_cgroup(cgroup)?;
+        let prog: &mut SockOps = self
+            .ebpf
+            .program_mut(SOCKOPS_PROGRAM)
+            .context("the sock_ops program is missing from the object")?
+            .try_into()
+            .context("the sock_ops program has the wrong type")?;
+        prog.load().map_err(|e| {
+            Failure::new(
+                ExitCode::Environment,
+                format!("the kernel rejected the sock_ops program: {e:#}"),
+            )
+        })?;
+        // Several programs may share a cgroup (another api-guard, other tools).
+        prog.attach(&file, CgroupAttachMode::AllowMultiple)
+            .map_err(|e| {
+                Failure::new(
+                    ExitCode::Environment,
+                    format!(
+                        "cannot attach the connection tracker to cgroup {}: {e}",
+                        cgroup.display()
+                    ),
                 )
             })?;
         Ok(())

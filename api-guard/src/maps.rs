@@ -5,10 +5,16 @@ use std::net::IpAddr;
 use anyhow::{Context as _, Result};
 use api_guard_common::{
     client::{ClientKey, ClientState},
+    config::{Config, Limit},
     counters::{self, Kind, Verdict},
-    maps as names, ports,
+    maps as names,
+    network::NetKey,
+    ports,
 };
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{
+    Array, HashMap, MapData, PerCpuArray,
+    lpm_trie::{Key, LpmTrie},
+};
 
 use crate::loader::Datapath;
 
@@ -46,6 +52,46 @@ impl Datapath {
         Ok(())
     }
 
+    /// Replaces the policy; programs use it from the next packet on.
+    pub fn set_config(&mut self, config: &Config) -> Result<()> {
+        let mut map: Array<&mut MapData, Config> = Array::try_from(
+            self.ebpf_mut()
+                .map_mut(names::CONFIG)
+                .context("map CONFIG missing")?,
+        )?;
+        map.set(0, *config, 0).context("cannot write the policy")?;
+        Ok(())
+    }
+
+    /// Adds networks to the allow (`names::ALLOW`) or deny (`names::DENY`) list.
+    pub fn add_networks(&mut self, list: &str, nets: &[(u32, NetKey)]) -> Result<()> {
+        let entries: Vec<((u32, NetKey), u8)> = nets.iter().map(|&n| (n, 1)).collect();
+        self.add_lpm(list, &entries)
+    }
+
+    /// Adds per-network request limits.
+    pub fn add_overrides(&mut self, limits: &[((u32, NetKey), Limit)]) -> Result<()> {
+        self.add_lpm(names::OVERRIDES, limits)
+    }
+
+    fn add_lpm<V: aya::Pod>(&mut self, name: &str, entries: &[((u32, NetKey), V)]) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, NetKey, V> = LpmTrie::try_from(
+            self.ebpf_mut()
+                .map_mut(name)
+                .with_context(|| format!("map {name} missing"))?,
+        )?;
+        for &((prefix, addr), value) in entries {
+            map.insert(&Key::new(prefix, addr), value, 0)
+                .with_context(|| {
+                    format!(
+                        "cannot add to {name} (it holds {} networks at most)",
+                        names::NETWORK_SLOTS
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
     /// Every tracked client, in the map's order.
     pub fn clients(&self) -> Result<Vec<Client>> {
         // aya skips entries evicted between reading a key and its value.
@@ -61,9 +107,21 @@ impl Datapath {
             .collect()
     }
 
-    /// One client's state, if tracked.
+    /// The policy in force.
+    pub fn config(&self) -> Result<Config> {
+        let map: Array<&MapData, Config> = Array::try_from(
+            self.ebpf()
+                .map(names::CONFIG)
+                .context("map CONFIG missing")?,
+        )?;
+        Ok(map.get(&0, 0)?)
+    }
+
+    /// The state of the client `addr` belongs to (IPv6 addresses share their
+    /// bucket, per the policy's IPv6 prefix), if tracked.
     pub fn client(&self, addr: IpAddr) -> Result<Option<ClientState>> {
-        match self.clients_map()?.get(&ClientKey::from(addr), 0) {
+        let key = ClientKey::from(addr).bucketed(self.config()?.ipv6_prefix);
+        match self.clients_map()?.get(&key, 0) {
             Ok(state) => Ok(Some(state)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),

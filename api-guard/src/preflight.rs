@@ -1,7 +1,13 @@
 //! Checks made before anything touches the kernel, so that a missing privilege or a
 //! mistyped interface is one clear line instead of an obscure BPF error.
 
-use std::{ffi::CString, fs};
+use std::{
+    ffi::CString,
+    fs,
+    net::UdpSocket,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Result;
 
@@ -53,6 +59,76 @@ pub fn interface_index(name: &str) -> Result<u32> {
     Ok(index)
 }
 
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup` on unified hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    cgroup2_in(&mounts).ok_or_else(|| {
+        Failure::new(
+            ExitCode::Environment,
+            "no cgroup v2 mount found in /proc/mounts: --max-conns needs cgroup v2 (or give --cgroup PATH)",
+        )
+        .into()
+    })
+}
+
+fn cgroup2_in(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+/// Opens a cgroup directory for attaching, with a clear error.
+pub fn open_cgroup(dir: &Path) -> Result<fs::File> {
+    fs::File::open(dir).map_err(|e| {
+        Failure::new(
+            ExitCode::Environment,
+            format!("cannot open cgroup {}: {e}", dir.display()),
+        )
+        .into()
+    })
+}
+
+/// The cookie of this process's network namespace (SO_NETNS_COOKIE, Linux 5.14+);
+/// the sock_ops program counts only sockets of this namespace.
+pub fn netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| UdpSocket::bind("[::1]:0"))
+        .map_err(|e| {
+            Failure::new(
+                ExitCode::Environment,
+                format!("cannot open a socket to read the network namespace: {e}"),
+            )
+        })?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the fd is open for the call; cookie and len point to live locals of
+    // the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(Failure::new(
+            ExitCode::Environment,
+            format!(
+                "cannot read the network namespace cookie (Linux 5.14+ needed): {}",
+                std::io::Error::last_os_error()
+            ),
+        )
+        .into());
+    }
+    Ok(cookie)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +141,25 @@ mod tests {
         assert!(!has_caps(1 << CAP_BPF));
         assert!(!has_caps(1 << CAP_NET_ADMIN));
         assert!(!has_caps(0));
+    }
+
+    #[test]
+    fn finds_cgroup2_on_hybrid_and_unified_hosts() {
+        let hybrid = "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_in("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0"),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(cgroup2_in("proc /proc proc rw 0 0"), None);
+    }
+
+    #[test]
+    fn reads_a_netns_cookie() {
+        assert_ne!(netns_cookie().unwrap(), 0);
     }
 
     #[test]

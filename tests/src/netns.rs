@@ -112,6 +112,17 @@ impl Client {
             self.addr4.into()
         }
     }
+
+    /// The address api-guard keys this client by: IPv4 as is, IPv6 as its /64
+    /// (the default `--ipv6-prefix`).
+    pub fn key(&self, ipv6: bool) -> IpAddr {
+        if ipv6 {
+            let s = self.addr6.segments();
+            Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0).into()
+        } else {
+            self.addr4.into()
+        }
+    }
 }
 
 /// A server namespace and `n` client namespaces. Link `i` is 198.18.i.0/24 and

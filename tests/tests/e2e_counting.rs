@@ -66,7 +66,7 @@ fn count(ipv6: bool, port: u16, n: usize, mode: Connections) -> Result<u64> {
         !program_loaded(prog_id),
         "the ingress program outlived the daemon"
     );
-    let requests = stopped.requests_from(&client.addr(ipv6).to_string())?;
+    let requests = stopped.requests_from(&client.key(ipv6).to_string())?;
     if port == API {
         assert_eq!(stopped.counter("requests", "allowed")?, requests);
         assert_eq!(

@@ -1,0 +1,72 @@
+//! Open connections per client, for `--max-conns`: +1 when a connection to a
+//! watched port is established (passive side), -1 when it closes. Attached to the
+//! cgroup v2 root, it sees every socket on the host, so it only counts those of the
+//! daemon's network namespace.
+
+use api_guard_common::client::ClientKey;
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE,
+    },
+    helpers::bpf_get_netns_cookie,
+    programs::SockOpsContext,
+};
+
+use crate::{
+    atomic, classify,
+    maps::{CLIENTS, CONFIG},
+};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+#[inline(always)]
+pub fn handle(ctx: &SockOpsContext) {
+    let op = ctx.op();
+    if op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB {
+        return;
+    }
+    let Some(cfg) = CONFIG.get(0) else { return };
+    if cfg.max_conns == 0 {
+        return;
+    }
+    // SAFETY: the context pointer is the program's own, valid for this call.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.ops as *mut _) };
+    if cfg.netns_cookie != 0 && cookie != cfg.netns_cookie {
+        return;
+    }
+    // local_port is in host byte order.
+    let port = ctx.local_port() as u16;
+    if !classify::is_watched(classify::flags_of_port(port)) {
+        return;
+    }
+    let key = match ctx.family() {
+        AF_INET => ClientKey::v4(ctx.remote_ip4().to_ne_bytes()),
+        AF_INET6 => {
+            let w = ctx.remote_ip6();
+            let mut addr = [0u8; 16];
+            addr[0..4].copy_from_slice(&w[0].to_ne_bytes());
+            addr[4..8].copy_from_slice(&w[1].to_ne_bytes());
+            addr[8..12].copy_from_slice(&w[2].to_ne_bytes());
+            addr[12..16].copy_from_slice(&w[3].to_ne_bytes());
+            // A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d, which is
+            // exactly the key the ingress program uses for that IPv4 client.
+            ClientKey::v6(addr)
+        }
+        _ => return,
+    }
+    .bucketed(cfg.ipv6_prefix);
+    let Some(state) = CLIENTS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: the map value lives for this program run (RCU).
+    let state = unsafe { &mut *state };
+    if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        atomic::add(&mut state.open_conns, 1);
+        // Ask for state changes on this socket, to see it close.
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    } else if ctx.arg(1) == BPF_TCP_CLOSE && atomic::read(&state.open_conns) > 0 {
+        atomic::sub(&mut state.open_conns, 1);
+    }
+}

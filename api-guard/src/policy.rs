@@ -1,0 +1,250 @@
+//! The policy flags of `api-guard run`, checked and turned into what the kernel
+//! reads: the `CONFIG` entry, the allow and deny lists and the per-network limits.
+
+use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
+
+use api_guard_common::{
+    config::{Config, Limit, flags},
+    network::{NetKey, V4_MAPPED_BITS},
+};
+use ipnet::IpNet;
+
+/// A network given on the command line; a bare address is a /32 or /128.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network(pub IpNet);
+
+impl FromStr for Network {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let net = match s.parse::<IpNet>() {
+            Ok(net) => net,
+            Err(_) => match s.parse::<IpAddr>() {
+                Ok(ip) => IpNet::from(ip),
+                Err(_) => {
+                    return Err(format!(
+                        "{s:?} is not a network (use CIDR notation, e.g. 198.18.0.0/15 or 2001:db8::/32)"
+                    ));
+                }
+            },
+        };
+        // 198.18.0.1/24 means the network 198.18.0.0/24.
+        Ok(Network(net.trunc()))
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Network {
+    /// The LPM-trie key: IPv4 as IPv4-mapped IPv6, like the kernel's client keys.
+    pub fn lpm_key(&self) -> (u32, NetKey) {
+        match self.0 {
+            IpNet::V4(n) => (
+                V4_MAPPED_BITS + u32::from(n.prefix_len()),
+                n.addr().to_ipv6_mapped().octets(),
+            ),
+            IpNet::V6(n) => (u32::from(n.prefix_len()), n.addr().octets()),
+        }
+    }
+}
+
+/// `--limit CIDR=RATE[:BURST]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkLimit {
+    pub network: Network,
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl FromStr for NetworkLimit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (net, spec) = s.split_once('=').ok_or_else(|| {
+            format!("{s:?} is not CIDR=RATE[:BURST] (e.g. 198.18.0.0/24=100:200)")
+        })?;
+        let network: Network = net.parse()?;
+        let (rate, burst) = match spec.split_once(':') {
+            Some((r, b)) => (positive(r, "rate")?, positive(b, "burst")?),
+            None => {
+                let r = positive(spec, "rate")?;
+                (r, r)
+            }
+        };
+        Ok(NetworkLimit {
+            network,
+            rate,
+            burst,
+        })
+    }
+}
+
+/// A whole number of at least 1.
+pub fn positive(s: &str, what: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{what} must be a whole number of at least 1, not {s:?}"
+        )),
+    }
+}
+
+/// What the policy flags ask for, validated.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub rate: Option<u32>,
+    pub burst: Option<u32>,
+    pub conn_rate: Option<u32>,
+    pub conn_burst: Option<u32>,
+    pub block_for: Option<Duration>,
+    pub max_conns: Option<u32>,
+    pub allow: Vec<Network>,
+    pub deny: Vec<Network>,
+    pub limits: Vec<NetworkLimit>,
+    pub ipv6_prefix: u8,
+    pub dry_run: bool,
+}
+
+impl Policy {
+    /// Checks the combinations clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.burst.is_some() && self.rate.is_none() {
+            return Err("--burst needs --rate".into());
+        }
+        if self.conn_burst.is_some() && self.conn_rate.is_none() {
+            return Err("--conn-burst needs --conn-rate".into());
+        }
+        if self.block_for.is_some()
+            && self.rate.is_none()
+            && self.conn_rate.is_none()
+            && self.limits.is_empty()
+        {
+            return Err(
+                "--block-for needs a limit to go over (--rate, --conn-rate or --limit)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The `CONFIG` entry; `netns_cookie` scopes the connection counting.
+    pub fn config(&self, netns_cookie: u64) -> Config {
+        let limit = |rate: Option<u32>, burst: Option<u32>| match rate {
+            Some(r) => Limit::per_second(u64::from(r), u64::from(burst.unwrap_or(r))),
+            None => Limit::NONE,
+        };
+        let mut f = 0;
+        if self.dry_run {
+            f |= flags::DRY_RUN;
+        }
+        if !self.allow.is_empty() {
+            f |= flags::HAS_ALLOW;
+        }
+        if !self.deny.is_empty() {
+            f |= flags::HAS_DENY;
+        }
+        if !self.limits.is_empty() {
+            f |= flags::HAS_OVERRIDES;
+        }
+        Config {
+            requests: limit(self.rate, self.burst),
+            connections: limit(self.conn_rate, self.conn_burst),
+            block_ns: self
+                .block_for
+                .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX / 2)) as u64),
+            max_conns: self.max_conns.map_or(0, u64::from),
+            netns_cookie,
+            ipv6_prefix: u32::from(self.ipv6_prefix),
+            flags: f,
+        }
+    }
+
+    /// The per-network limits as LPM entries.
+    pub fn overrides(&self) -> Vec<((u32, NetKey), Limit)> {
+        self.limits
+            .iter()
+            .map(|l| {
+                (
+                    l.network.lpm_key(),
+                    Limit::per_second(u64::from(l.rate), u64::from(l.burst)),
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_parse_both_families_and_bare_addresses() {
+        let n: Network = "198.18.0.0/15".parse().unwrap();
+        assert_eq!(n.lpm_key().0, 96 + 15);
+        assert_eq!(&n.lpm_key().1[10..], &[0xff, 0xff, 198, 18, 0, 0]);
+        let n: Network = "2001:db8::/32".parse().unwrap();
+        assert_eq!(n.lpm_key().0, 32);
+        let n: Network = "198.18.0.7".parse().unwrap();
+        assert_eq!(n.to_string(), "198.18.0.7/32");
+        // Host bits are cleared.
+        let n: Network = "198.18.3.7/24".parse().unwrap();
+        assert_eq!(n.to_string(), "198.18.3.0/24");
+        for bad in ["198.18.0.0/33", "nonsense", "2001:db8::/129", ""] {
+            assert!(bad.parse::<Network>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn network_limits() {
+        let l: NetworkLimit = "198.18.0.0/24=100:200".parse().unwrap();
+        assert_eq!((l.rate, l.burst), (100, 200));
+        let l: NetworkLimit = "2001:db8::/48=5".parse().unwrap();
+        assert_eq!((l.rate, l.burst), (5, 5));
+        for bad in [
+            "198.18.0.0/24",
+            "198.18.0.0/24=0",
+            "198.18.0.0/24=10:0",
+            "x=1",
+            "198.18.0.0/24=1:",
+        ] {
+            assert!(bad.parse::<NetworkLimit>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_reflects_the_flags() {
+        let p = Policy {
+            rate: Some(10),
+            burst: Some(20),
+            block_for: Some(Duration::from_secs(2)),
+            deny: vec!["198.18.9.0/24".parse().unwrap()],
+            ipv6_prefix: 64,
+            ..Default::default()
+        };
+        p.validate().unwrap();
+        let c = p.config(7);
+        assert_eq!(c.requests, Limit::per_second(10, 20));
+        assert_eq!(c.requests.burst_ns, 2_000_000_000);
+        assert!(!c.connections.is_set());
+        assert_eq!(c.block_ns, 2_000_000_000);
+        assert_eq!(c.flags, flags::HAS_DENY);
+        assert_eq!((c.netns_cookie, c.ipv6_prefix), (7, 64));
+    }
+
+    #[test]
+    fn combinations_are_checked() {
+        let burst_alone = Policy {
+            burst: Some(5),
+            ..Default::default()
+        };
+        assert!(burst_alone.validate().unwrap_err().contains("--rate"));
+        let block_alone = Policy {
+            block_for: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        assert!(block_alone.validate().is_err());
+    }
+}
