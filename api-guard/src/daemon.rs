@@ -3,7 +3,6 @@
 use std::io;
 
 use anyhow::Result;
-use api_guard_common::maps as names;
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval},
@@ -14,7 +13,7 @@ use crate::{
     cli::RunArgs,
     failure::{ExitCode, Failure},
     loader::{Datapath, LoadOptions},
-    policy::{Network, Policy},
+    policy::Policy,
     preflight, report,
 };
 
@@ -70,12 +69,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     report::write_final(&mut io::stdout().lock(), &clients, &counters)
 }
 
-/// Pushes the policy into the maps; attaches the connection tracker if needed.
+/// Attaches the connection tracker if the policy needs it, then pushes the policy
+/// into the maps.
 fn apply_policy(datapath: &mut Datapath, policy: &Policy, args: &RunArgs) -> Result<()> {
-    let keys = |nets: &[Network]| nets.iter().map(Network::lpm_key).collect::<Vec<_>>();
-    datapath.add_networks(names::ALLOW, &keys(&policy.allow))?;
-    datapath.add_networks(names::DENY, &keys(&policy.deny))?;
-    datapath.add_overrides(&policy.overrides())?;
     let cookie = if policy.max_conns.is_some() {
         let cgroup = match &args.cgroup {
             Some(dir) => dir.clone(),
@@ -86,7 +82,5 @@ fn apply_policy(datapath: &mut Datapath, policy: &Policy, args: &RunArgs) -> Res
     } else {
         0
     };
-    // The lists are in place before the config switches them on.
-    datapath.set_config(&policy.config(cookie))?;
-    Ok(())
+    datapath.apply_policy(policy, cookie)
 }

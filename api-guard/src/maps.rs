@@ -16,7 +16,10 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 
-use crate::loader::Datapath;
+use crate::{
+    loader::Datapath,
+    policy::{Network, Policy},
+};
 
 /// One client as the kernel sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +64,16 @@ impl Datapath {
         )?;
         map.set(0, *config, 0).context("cannot write the policy")?;
         Ok(())
+    }
+
+    /// Pushes a policy: lists and per-network limits first, then the config that
+    /// switches them on. `netns_cookie` scopes the connection tracker.
+    pub fn apply_policy(&mut self, policy: &Policy, netns_cookie: u64) -> Result<()> {
+        let keys = |nets: &[Network]| nets.iter().map(Network::lpm_key).collect::<Vec<_>>();
+        self.add_networks(names::ALLOW, &keys(&policy.allow))?;
+        self.add_networks(names::DENY, &keys(&policy.deny))?;
+        self.add_overrides(&policy.overrides())?;
+        self.set_config(&policy.config(netns_cookie))
     }
 
     /// Adds networks to the allow (`names::ALLOW`) or deny (`names::DENY`) list.

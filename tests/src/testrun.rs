@@ -2,7 +2,10 @@
 //! reading back verdicts and map state through the daemon's own map access.
 
 use anyhow::Result;
-use api_guard::loader::{Datapath, LoadOptions};
+use api_guard::{
+    loader::{Datapath, LoadOptions},
+    policy::Policy,
+};
 use aya::programs::{TestRun, TestRunOptions};
 
 /// TC actions the classifier returns.
@@ -22,6 +25,13 @@ impl Harness {
         Ok(Self { datapath })
     }
 
+    /// A harness enforcing `policy` (parse it from flags with [`policy`]).
+    pub fn with_policy(ports: &[u16], policy: &Policy) -> Result<Self> {
+        let mut h = Self::new(ports)?;
+        h.datapath.apply_policy(policy, 0)?;
+        Ok(h)
+    }
+
     /// Runs the ingress program once on `frame` and returns its TC action.
     pub fn run(&self, frame: &[u8]) -> Result<u32> {
         let result = self.datapath.ingress()?.test_run(TestRunOptions {
@@ -31,4 +41,14 @@ impl Harness {
         })?;
         Ok(result.return_value)
     }
+}
+
+/// The policy `api-guard run` would build from these flags.
+pub fn policy(flags: &[&str]) -> Result<Policy> {
+    use api_guard::cli::{Cli, Command};
+    use clap::Parser;
+    let mut argv = vec!["api-guard", "run", "--iface", "lo", "--port", "1"];
+    argv.extend_from_slice(flags);
+    let Command::Run(args) = Cli::try_parse_from(argv)?.command;
+    args.policy().map_err(anyhow::Error::msg)
 }

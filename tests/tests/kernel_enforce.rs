@@ -1,0 +1,219 @@
+//! The enforce stage through BPF_PROG_TEST_RUN: limits, blocks, lists, per-network
+//! limits, IPv6 buckets and dry run, with policies built from real flags.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    thread,
+    time::Duration,
+};
+
+use api_guard_common::counters::{Kind, Verdict};
+use api_guard_tests::{
+    packet::{self, CLIENT4, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, SERVER4, SERVER6, Tcp},
+    testrun::{Harness, TC_ACT_PIPE, TC_ACT_SHOT, policy},
+};
+
+const API: u16 = 8080;
+const GET: &[u8] = b"GET /v1/items HTTP/1.1\r\nHost: api\r\n\r\n";
+
+fn harness(flags: &[&str]) -> Harness {
+    Harness::with_policy(&[API], &policy(flags).unwrap()).unwrap()
+}
+
+fn from(src: IpAddr, tcp: &Tcp) -> Vec<u8> {
+    match src {
+        IpAddr::V4(s) => packet::ethernet(
+            &[],
+            ETH_P_IP,
+            &packet::ipv4(s, SERVER4, &[], IPPROTO_TCP, &tcp.bytes()),
+        ),
+        IpAddr::V6(s) => packet::ethernet(
+            &[],
+            ETH_P_IPV6,
+            &packet::ipv6(s, SERVER6, &[], IPPROTO_TCP, &tcp.bytes()),
+        ),
+    }
+}
+
+/// Sends `n` requests from `src` at once and returns how many passed.
+fn requests(h: &Harness, src: impl Into<IpAddr>, n: usize) -> usize {
+    let frame = from(src.into(), &Tcp::data(API, GET));
+    (0..n)
+        .filter(|_| h.run(&frame).unwrap() == TC_ACT_PIPE)
+        .count()
+}
+
+fn counter(h: &Harness, kind: Kind, verdict: Verdict) -> u64 {
+    h.datapath.counters().unwrap().get(kind, verdict)
+}
+
+fn v4(last: u8) -> IpAddr {
+    Ipv4Addr::new(198, 18, 0, last).into()
+}
+
+#[test]
+fn no_limit_passes_everything() {
+    let h = harness(&[]);
+    assert_eq!(requests(&h, CLIENT4, 50), 50);
+}
+
+#[test]
+fn rate_limit_admits_the_burst_then_drops() {
+    let h = harness(&["--rate", "1", "--burst", "5"]);
+    assert_eq!(requests(&h, CLIENT4, 20), 5);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::Allowed), 5);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::RateLimited), 15);
+    assert_eq!(counter(&h, Kind::Packets, Verdict::RateLimited), 15);
+    // Packets that are not request starts (ACKs, data) are not limited.
+    let mut ack = Tcp::data(API, b"");
+    ack.flags = packet::ACK;
+    assert_eq!(h.run(&packet::v4(&ack)).unwrap(), TC_ACT_PIPE);
+    // Another client has its own bucket.
+    assert_eq!(requests(&h, v4(77), 20), 5);
+}
+
+#[test]
+fn the_bucket_refills_at_the_rate() {
+    let h = harness(&["--rate", "20", "--burst", "2"]);
+    assert_eq!(requests(&h, CLIENT4, 10), 2);
+    thread::sleep(Duration::from_millis(120)); // 2.4 intervals of 50 ms
+    assert_eq!(requests(&h, CLIENT4, 10), 2);
+}
+
+#[test]
+fn a_retransmitted_request_is_judged_again() {
+    // The kernel keeps no per-connection state: a retransmission of a dropped
+    // request is a request start like any other, dropped while the client is over
+    // its limit and admitted once the bucket has refilled (TCP delivers it late).
+    let h = harness(&["--rate", "2", "--burst", "1"]);
+    let frame = packet::v4(&Tcp::data(API, GET));
+    assert_eq!(h.run(&frame).unwrap(), TC_ACT_PIPE);
+    assert_eq!(h.run(&frame).unwrap(), TC_ACT_SHOT);
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(h.run(&frame).unwrap(), TC_ACT_PIPE);
+    let state = h.datapath.client(CLIENT4.into()).unwrap().unwrap();
+    assert_eq!(state.requests, 3);
+}
+
+#[test]
+fn going_over_blocks_every_packet_until_the_block_expires() {
+    let h = harness(&["--rate", "1", "--burst", "1", "--block-for", "1s"]);
+    assert_eq!(requests(&h, CLIENT4, 2), 1);
+    // Now everything from the client to the API port is dropped, SYNs included.
+    let mut ack = Tcp::data(API, b"");
+    ack.flags = packet::ACK;
+    assert_eq!(h.run(&packet::v4(&Tcp::syn(API))).unwrap(), TC_ACT_SHOT);
+    assert_eq!(h.run(&packet::v4(&ack)).unwrap(), TC_ACT_SHOT);
+    assert_eq!(counter(&h, Kind::Connections, Verdict::Blocked), 1);
+    assert_eq!(counter(&h, Kind::Packets, Verdict::Blocked), 2);
+    // Other ports and other clients are untouched.
+    assert_eq!(h.run(&packet::v4(&Tcp::syn(9999))).unwrap(), TC_ACT_PIPE);
+    assert_eq!(h.run(&from(v4(9), &Tcp::syn(API))).unwrap(), TC_ACT_PIPE);
+    thread::sleep(Duration::from_millis(1500)); // past the block; the bucket refilled
+    assert_eq!(h.run(&packet::v4(&ack)).unwrap(), TC_ACT_PIPE);
+    assert_eq!(requests(&h, CLIENT4, 1), 1);
+}
+
+#[test]
+fn connection_rate_limits_syns() {
+    let h = harness(&["--conn-rate", "1", "--conn-burst", "3"]);
+    let syn = packet::v4(&Tcp::syn(API));
+    let passed = (0..10)
+        .filter(|_| h.run(&syn).unwrap() == TC_ACT_PIPE)
+        .count();
+    assert_eq!(passed, 3);
+    assert_eq!(counter(&h, Kind::Connections, Verdict::ConnLimited), 7);
+    // Requests on established connections are not connection attempts.
+    assert_eq!(requests(&h, CLIENT4, 5), 5);
+}
+
+#[test]
+fn deny_drops_and_allow_bypasses_limits() {
+    let h = harness(&[
+        "--rate",
+        "1",
+        "--burst",
+        "1",
+        "--deny",
+        "198.18.0.0/24",
+        "--deny",
+        "2001:db8:66::/48",
+        "--allow",
+        "198.18.0.7",
+    ]);
+    // Denied: everything, SYNs too, IPv4 and IPv6.
+    assert_eq!(requests(&h, v4(2), 3), 0);
+    assert_eq!(h.run(&from(v4(2), &Tcp::syn(API))).unwrap(), TC_ACT_SHOT);
+    let denied6: IpAddr = "2001:db8:66:1::5".parse().unwrap();
+    assert_eq!(requests(&h, denied6, 2), 0);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::Denied), 5);
+    // Allow wins over deny, and over the limit.
+    assert_eq!(requests(&h, v4(7), 30), 30);
+    // Outside both lists: the limit bites.
+    assert_eq!(requests(&h, Ipv4Addr::new(198, 19, 1, 1), 3), 1);
+}
+
+#[test]
+fn network_limits_apply_most_specific_first() {
+    let h = harness(&[
+        "--rate",
+        "1",
+        "--burst",
+        "2",
+        "--limit",
+        "198.18.0.0/16=1:5",
+        "--limit",
+        "198.18.3.0/24=1:9",
+        "--limit",
+        "2001:db8:5::/48=1:4",
+    ]);
+    assert_eq!(requests(&h, Ipv4Addr::new(198, 18, 3, 4), 20), 9);
+    assert_eq!(requests(&h, Ipv4Addr::new(198, 18, 4, 4), 20), 5);
+    assert_eq!(requests(&h, Ipv4Addr::new(198, 19, 4, 4), 20), 2);
+    assert_eq!(
+        requests(&h, "2001:db8:5:1::1".parse::<Ipv6Addr>().unwrap(), 20),
+        4
+    );
+}
+
+#[test]
+fn ipv6_clients_share_a_bucket_per_prefix() {
+    let h = harness(&["--rate", "1", "--burst", "4"]);
+    let a: Ipv6Addr = "2001:db8:1:2::a".parse().unwrap();
+    let b: Ipv6Addr = "2001:db8:1:2:ffff::b".parse().unwrap();
+    let other: Ipv6Addr = "2001:db8:1:3::a".parse().unwrap();
+    assert_eq!(requests(&h, a, 3), 3);
+    assert_eq!(requests(&h, b, 3), 1, "same /64 as a: one token left");
+    assert_eq!(requests(&h, other, 3), 3, "another /64: its own bucket");
+    // --ipv6-prefix 128 keys every address on its own.
+    let h = harness(&["--rate", "1", "--burst", "4", "--ipv6-prefix", "128"]);
+    assert_eq!(requests(&h, a, 4), 4);
+    assert_eq!(requests(&h, b, 4), 4);
+}
+
+#[test]
+fn dry_run_drops_nothing_and_counts_what_it_would() {
+    let h = harness(&[
+        "--rate",
+        "1",
+        "--burst",
+        "2",
+        "--deny",
+        "198.18.9.0/24",
+        "--dry-run",
+    ]);
+    assert_eq!(requests(&h, CLIENT4, 10), 10);
+    assert_eq!(requests(&h, Ipv4Addr::new(198, 18, 9, 1), 3), 3);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::RateLimited), 8);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::Denied), 3);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::WouldDrop), 11);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::Allowed), 2);
+}
+
+#[test]
+fn live_policy_changes_apply_to_the_next_packet() {
+    let mut h = harness(&["--rate", "1", "--burst", "1"]);
+    assert_eq!(requests(&h, CLIENT4, 3), 1);
+    h.datapath.apply_policy(&policy(&[]).unwrap(), 0).unwrap();
+    assert_eq!(requests(&h, CLIENT4, 3), 3);
+}
