@@ -3,6 +3,7 @@
 //! same bytes; each module ends with what userspace adds under the `user` feature.
 #![no_std]
 
+pub mod checksum;
 pub mod client;
 pub mod config;
 pub mod counters;

@@ -24,3 +24,9 @@ pub const OVERRIDES: &str = "OVERRIDES";
 
 /// Entries in each network list.
 pub const NETWORK_SLOTS: u32 = 16_384;
+/// Tail-call targets of the ingress program, indexed by the `TAIL_*` slots.
+pub const TAILS: &str = "TAILS";
+/// Slot of the reset rewriter (`--on-limit reset`): a program of its own so that
+/// the verifier checks it once, not once per parse path of the ingress program.
+pub const TAIL_RESET: u32 = 0;
+pub const TAIL_SLOTS: u32 = 1;

@@ -13,6 +13,7 @@ mod count;
 mod enforce;
 mod maps;
 mod parse;
+mod reset;
 mod sockops;
 
 use api_guard_common::{
@@ -36,8 +37,17 @@ use crate::{
 const PULL_LEN: u32 = 256;
 
 #[classifier]
-pub fn api_guard_ingress(ctx: TcContext) -> i32 {
-    try_ingress(&ctx)
+pub fn api_guard_ingress(mut ctx: TcContext) -> i32 {
+    try_ingress(&mut ctx)
+}
+
+/// Tail-called by the ingress program for `--on-limit reset`.
+#[classifier]
+pub fn api_guard_reset(ctx: TcContext) -> i32 {
+    match reset::from_tail_call(&ctx) {
+        Ok(()) => TC_ACT_PIPE,
+        Err(()) => TC_ACT_SHOT,
+    }
 }
 
 #[sock_ops]
@@ -49,7 +59,7 @@ pub fn api_guard_sockops(ctx: SockOpsContext) -> u32 {
 
 /// Returns the TC action.
 #[inline(always)]
-fn try_ingress(ctx: &TcContext) -> i32 {
+fn try_ingress(ctx: &mut TcContext) -> i32 {
     let pkt = match parse_tcp(ctx) {
         Ok(pkt) => pkt,
         Err(Skip::Malformed) => {
@@ -104,6 +114,9 @@ fn try_ingress(ctx: &TcContext) -> i32 {
     if cfg.has(flags::DRY_RUN) {
         count::verdicts(ev, Verdict::WouldDrop);
         return TC_ACT_PIPE;
+    }
+    if verdict == Verdict::RateLimited && cfg.has(flags::ON_LIMIT_RESET) {
+        reset::tail_call(ctx, &pkt);
     }
     TC_ACT_SHOT
 }

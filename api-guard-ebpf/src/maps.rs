@@ -5,13 +5,13 @@ use api_guard_common::{
     client::{ClientKey, ClientState},
     config::{Config, Limit},
     counters,
-    maps::{DEFAULT_MAX_CLIENTS, NETWORK_SLOTS, PORT_SLOTS},
+    maps::{DEFAULT_MAX_CLIENTS, NETWORK_SLOTS, PORT_SLOTS, TAIL_SLOTS},
     network::NetKey,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 
 /// Port flags by destination port (`api_guard_common::ports`), set by the daemon.
@@ -43,3 +43,7 @@ pub static OVERRIDES: LpmTrie<NetKey, Limit> =
 /// Verdict counters, indexed by `api_guard_common::counters::index`.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::SLOTS, 0);
+
+/// Tail-call targets (`api_guard_common::maps::TAIL_*`), filled by the daemon.
+#[map(name = "TAILS")]
+pub static TAILS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);

@@ -21,13 +21,14 @@ const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const MAX_IPV6_EXT_HEADERS: usize = 6;
 
-const TCP_MIN_HLEN: usize = 20;
+pub const TCP_MIN_HLEN: usize = 20;
 
 /// Offsets past this are not parsed (the verifier needs a bound, and no real header
 /// chain is this long).
-const MAX_L4_OFF: usize = 512;
+pub const MAX_L4_OFF: usize = 512;
 
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// Why a packet was not parsed to TCP.
@@ -46,6 +47,8 @@ pub struct TcpPacket {
     /// the packet turns out to be for a watched port.
     pub l3_off: usize,
     pub ipv6: bool,
+    /// TCP header offset.
+    pub l4_off: usize,
     pub dport: u16,
     pub flags: u8,
     /// Offset and length of the TCP payload (length from the IP header, so that
@@ -73,7 +76,7 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Skip> {
 /// is cheaper than one per field, and it keeps LLVM from folding a one-byte check
 /// into a form the verifier cannot use.
 #[inline(always)]
-fn header<const N: usize>(ctx: &TcContext, off: usize) -> Result<&[u8; N], Skip> {
+pub fn header<const N: usize>(ctx: &TcContext, off: usize) -> Result<&[u8; N], Skip> {
     // SAFETY: ptr_at checked that all N bytes lie inside the packet, which stays
     // put for the rest of this program run (nothing here resizes it).
     Ok(unsafe { &*ptr_at::<[u8; N]>(ctx, off)? })
@@ -110,6 +113,7 @@ pub fn tcp(ctx: &TcContext) -> Result<TcpPacket, Skip> {
     Ok(TcpPacket {
         l3_off,
         ipv6,
+        l4_off,
         dport: be16(th, 2),
         flags: th[13],
         payload_off: l4_off + doff,

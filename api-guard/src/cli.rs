@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::policy::{Network, NetworkLimit, Policy};
 
@@ -102,6 +102,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "BITS", default_value_t = 64, help_heading = "Networks", value_parser = clap::value_parser!(u8).range(1..=128))]
     pub ipv6_prefix: u8,
 
+    /// What happens to a request over the limit: dropped (the client retransmits
+    /// it), or turned into a TCP reset toward the server, which frees the
+    /// connection at once.
+    #[arg(long, value_name = "ACTION", value_enum, default_value_t = OnLimit::Drop, help_heading = "Limits")]
+    pub on_limit: OnLimit,
+
     /// Compute and count every decision ("would_drop"), drop nothing.
     #[arg(long, help_heading = "Limits")]
     pub dry_run: bool,
@@ -110,6 +116,12 @@ pub struct RunArgs {
     /// cgroup v2 root, found in /proc/mounts].
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnLimit {
+    Drop,
+    Reset,
 }
 
 impl RunArgs {
@@ -127,6 +139,7 @@ impl RunArgs {
             limits: self.limits.clone(),
             ipv6_prefix: self.ipv6_prefix,
             dry_run: self.dry_run,
+            on_limit_reset: self.on_limit == OnLimit::Reset,
         };
         policy.validate()?;
         Ok(policy)

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{MapData, ProgramArray},
     programs::{CgroupAttachMode, SchedClassifier, SockOps, TcAttachType},
 };
 
@@ -18,6 +19,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ap
 
 /// The TC ingress classifier's name in the object.
 pub const INGRESS_PROGRAM: &str = "api_guard_ingress";
+/// The reset rewriter, tail-called by the ingress program.
+pub const RESET_PROGRAM: &str = "api_guard_reset";
 /// The connection tracker's name in the object.
 pub const SOCKOPS_PROGRAM: &str = "api_guard_sockops";
 
@@ -58,6 +61,7 @@ impl Datapath {
                 format!("the kernel rejected the ingress program: {e:#}"),
             )
         })?;
+        load_tail(&mut ebpf, RESET_PROGRAM, names::TAIL_RESET)?;
         let mut datapath = Self { ebpf };
         // Never leave the policy zeroed (a zero IPv6 prefix would lump every IPv6
         // client together): watch-only until the caller sets its own.
@@ -129,6 +133,28 @@ impl Datapath {
     pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+/// Loads a classifier that the ingress program tail-calls and puts it in its slot.
+fn load_tail(ebpf: &mut Ebpf, name: &str, slot: u32) -> Result<()> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} is missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a classifier"))?;
+    prog.load().map_err(|e| {
+        Failure::new(
+            ExitCode::Environment,
+            format!("the kernel rejected program {name}: {e:#}"),
+        )
+    })?;
+    let fd = prog.fd()?.try_clone()?;
+    let mut tails: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(ebpf.map_mut(names::TAILS).context("map TAILS missing")?)?;
+    tails
+        .set(slot, &fd, 0)
+        .with_context(|| format!("cannot install {name}"))?;
+    Ok(())
 }
 
 fn ingress_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {

@@ -107,6 +107,7 @@ pub struct Policy {
     pub limits: Vec<NetworkLimit>,
     pub ipv6_prefix: u8,
     pub dry_run: bool,
+    pub on_limit_reset: bool,
 }
 
 impl Policy {
@@ -139,6 +140,9 @@ impl Policy {
         let mut f = 0;
         if self.dry_run {
             f |= flags::DRY_RUN;
+        }
+        if self.on_limit_reset {
+            f |= flags::ON_LIMIT_RESET;
         }
         if !self.allow.is_empty() {
             f |= flags::HAS_ALLOW;

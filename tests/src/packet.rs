@@ -1,6 +1,7 @@
 //! Crafted frames for BPF_PROG_TEST_RUN: Ethernet (optionally VLAN-tagged) carrying
 //! IPv4 (optionally with options) or IPv6 (optionally with extension headers) and
-//! TCP. Checksums are left zero: the kernel programs do not verify them.
+//! TCP. The IPv4 header checksum is filled in (the reset rewriter updates it
+//! incrementally); TCP checksums are left zero: nothing verifies them on input.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -85,6 +86,8 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, options: &[u8], proto: u8, l4: &[u8]) 
     b.extend(src.octets());
     b.extend(dst.octets());
     b.extend(options);
+    let check = api_guard_common::checksum::finish(api_guard_common::checksum::add_words(0, &b));
+    b[10..12].copy_from_slice(&check.to_be_bytes());
     b.extend(l4);
     b
 }

@@ -32,6 +32,20 @@ impl Harness {
         Ok(h)
     }
 
+    /// Runs the ingress program once on `frame`; returns its TC action and the
+    /// frame as the program left it.
+    pub fn run_out(&self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self.datapath.ingress()?.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
     /// Runs the ingress program once on `frame` and returns its TC action.
     pub fn run(&self, frame: &[u8]) -> Result<u32> {
         let result = self.datapath.ingress()?.test_run(TestRunOptions {

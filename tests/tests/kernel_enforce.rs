@@ -217,3 +217,74 @@ fn live_policy_changes_apply_to_the_next_packet() {
     h.datapath.apply_policy(&policy(&[]).unwrap(), 0).unwrap();
     assert_eq!(requests(&h, CLIENT4, 3), 3);
 }
+
+/// Whether the IPv4 header and TCP checksums of a frame (no VLAN) are right.
+fn checksums_ok_v4(frame: &[u8]) -> bool {
+    use api_guard_common::checksum::{add_words, finish, pseudo_header};
+    let ip = &frame[14..34];
+    let tcp = &frame[34..];
+    finish(add_words(0, ip)) == 0
+        && finish(add_words(
+            pseudo_header(&ip[12..16], &ip[16..20], tcp.len() as u32),
+            tcp,
+        )) == 0
+}
+
+#[test]
+fn on_limit_reset_turns_the_request_into_a_reset() {
+    let h = harness(&["--rate", "1", "--burst", "1", "--on-limit", "reset"]);
+    let mut tcp = Tcp::data(API, GET);
+    tcp.seq = 0x01020304;
+    tcp.options = vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+    let frame = packet::v4(&tcp);
+    let (action, out) = h.run_out(&frame).unwrap();
+    assert_eq!(
+        (action, out.len()),
+        (TC_ACT_PIPE, frame.len()),
+        "under the limit: untouched"
+    );
+    assert_eq!(out, frame);
+
+    let (action, out) = h.run_out(&frame).unwrap();
+    assert_eq!(action, TC_ACT_PIPE, "the reset goes on to the server");
+    assert_eq!(out.len(), 14 + 20 + 20, "payload and options trimmed");
+    assert_eq!(
+        u16::from_be_bytes([out[16], out[17]]),
+        40,
+        "IP total length"
+    );
+    assert_eq!(out[34 + 12], 0x50, "data offset 5");
+    assert_eq!(out[34 + 13], packet::ACK | 0x04, "RST|ACK");
+    assert_eq!(&out[34 + 4..34 + 8], &[1, 2, 3, 4], "sequence number kept");
+    // Everything else up to the TCP flags is as it was (bar length and checksum).
+    assert_eq!(
+        (&out[..16], &out[18..24], &out[26..46]),
+        (&frame[..16], &frame[18..24], &frame[26..46])
+    );
+    assert!(checksums_ok_v4(&out), "checksums fixed");
+    assert_eq!(counter(&h, Kind::Requests, Verdict::RateLimited), 1);
+}
+
+#[test]
+fn on_limit_reset_works_for_ipv6() {
+    let h = harness(&["--rate", "1", "--burst", "1", "--on-limit", "reset"]);
+    let frame = packet::v6(&Tcp::data(API, GET));
+    assert_eq!(h.run_out(&frame).unwrap().0, TC_ACT_PIPE);
+    let (action, out) = h.run_out(&frame).unwrap();
+    assert_eq!((action, out.len()), (TC_ACT_PIPE, 14 + 40 + 20));
+    assert_eq!(
+        u16::from_be_bytes([out[18], out[19]]),
+        20,
+        "IPv6 payload length"
+    );
+    let tcp = &out[54..];
+    assert_eq!(tcp[13], packet::ACK | 0x04);
+    use api_guard_common::checksum::{add_words, finish, pseudo_header};
+    assert_eq!(
+        finish(add_words(
+            pseudo_header(&out[22..38], &out[38..54], 20),
+            tcp
+        )),
+        0
+    );
+}
