@@ -3,6 +3,8 @@
 //! cgroup v2 root, it sees every socket on the host, so it only counts those of the
 //! daemon's network namespace.
 
+use core::ptr::read_volatile;
+
 use api_guard_common::client::ClientKey;
 use aya_ebpf::{
     bindings::{
@@ -41,15 +43,31 @@ pub fn handle(ctx: &SockOpsContext) {
     if !classify::is_watched(classify::flags_of_port(port)) {
         return;
     }
-    let key = match ctx.family() {
-        AF_INET => ClientKey::v4(ctx.remote_ip4().to_ne_bytes()),
+    // Read the peer address fields unconditionally, each with its own load: if
+    // LLVM merges the IPv4 and IPv6 loads behind a computed pointer, the verifier
+    // refuses the access ("dereference of modified ctx ptr").
+    let ops = ctx.ops;
+    // SAFETY: `ops` is the program's context; the fields are readable in sock_ops.
+    let (family, ip4, ip6) = unsafe {
+        (
+            read_volatile(&raw const (*ops).family),
+            read_volatile(&raw const (*ops).remote_ip4),
+            [
+                read_volatile(&raw const (*ops).remote_ip6[0]),
+                read_volatile(&raw const (*ops).remote_ip6[1]),
+                read_volatile(&raw const (*ops).remote_ip6[2]),
+                read_volatile(&raw const (*ops).remote_ip6[3]),
+            ],
+        )
+    };
+    let key = match family {
+        AF_INET => ClientKey::v4(ip4.to_ne_bytes()),
         AF_INET6 => {
-            let w = ctx.remote_ip6();
             let mut addr = [0u8; 16];
-            addr[0..4].copy_from_slice(&w[0].to_ne_bytes());
-            addr[4..8].copy_from_slice(&w[1].to_ne_bytes());
-            addr[8..12].copy_from_slice(&w[2].to_ne_bytes());
-            addr[12..16].copy_from_slice(&w[3].to_ne_bytes());
+            addr[0..4].copy_from_slice(&ip6[0].to_ne_bytes());
+            addr[4..8].copy_from_slice(&ip6[1].to_ne_bytes());
+            addr[8..12].copy_from_slice(&ip6[2].to_ne_bytes());
+            addr[12..16].copy_from_slice(&ip6[3].to_ne_bytes());
             // A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d, which is
             // exactly the key the ingress program uses for that IPv4 client.
             ClientKey::v6(addr)

@@ -14,7 +14,8 @@ use crate::{
     failure::{ExitCode, Failure},
     loader::{Datapath, LoadOptions},
     policy::Policy,
-    preflight, report,
+    preflight::{self, Cgroup2},
+    report,
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -30,7 +31,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         max_clients: args.max_clients,
     })?;
     datapath.watch_ports(&args.ports)?;
-    apply_policy(&mut datapath, &policy, &args)?;
+    // Kept until exit: a cgroup hierarchy api-guard mounted itself is unmounted then.
+    let _cgroup = apply_policy(&mut datapath, &policy, &args)?;
     for iface in &args.ifaces {
         datapath.attach_ingress(iface)?;
     }
@@ -71,16 +73,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
 /// Attaches the connection tracker if the policy needs it, then pushes the policy
 /// into the maps.
-fn apply_policy(datapath: &mut Datapath, policy: &Policy, args: &RunArgs) -> Result<()> {
-    let cookie = if policy.max_conns.is_some() {
-        let cgroup = match &args.cgroup {
-            Some(dir) => dir.clone(),
-            None => preflight::cgroup2_root()?,
+fn apply_policy(
+    datapath: &mut Datapath,
+    policy: &Policy,
+    args: &RunArgs,
+) -> Result<Option<Cgroup2>> {
+    let mut cgroup = None;
+    let mut cookie = 0;
+    if policy.max_conns.is_some() {
+        let root = match &args.cgroup {
+            Some(dir) => Cgroup2::Mounted(dir.clone()),
+            None => Cgroup2::find_or_mount()?,
         };
-        datapath.attach_sockops(&cgroup)?;
-        preflight::netns_cookie()?
-    } else {
-        0
-    };
-    datapath.apply_policy(policy, cookie)
+        datapath.attach_sockops(root.path())?;
+        cookie = preflight::netns_cookie()?;
+        cgroup = Some(root);
+    }
+    datapath.apply_policy(policy, cookie)?;
+    Ok(cgroup)
 }

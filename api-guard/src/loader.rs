@@ -98,17 +98,19 @@ impl Datapath {
                 format!("the kernel rejected the sock_ops program: {e:#}"),
             )
         })?;
-        // Several programs may share a cgroup (another api-guard, other tools).
-        prog.attach(&file, CgroupAttachMode::AllowMultiple)
-            .map_err(|e| {
-                Failure::new(
-                    ExitCode::Environment,
-                    format!(
-                        "cannot attach the connection tracker to cgroup {}: {e}",
-                        cgroup.display()
-                    ),
-                )
-            })?;
+        // On kernels with cgroup bpf links (5.7+) aya attaches through a link, which
+        // always coexists with other programs on the cgroup and refuses any attach
+        // flag: so the mode is Single (no flags), not AllowMultiple.
+        prog.attach(&file, CgroupAttachMode::Single).map_err(|e| {
+            Failure::new(
+                ExitCode::Environment,
+                format!(
+                    "cannot attach the connection tracker to cgroup {}: {:#}",
+                    cgroup.display(),
+                    anyhow::Error::new(e)
+                ),
+            )
+        })?;
         Ok(())
     }
 

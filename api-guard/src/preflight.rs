@@ -59,17 +59,70 @@ pub fn interface_index(name: &str) -> Result<u32> {
     Ok(index)
 }
 
-/// Where cgroup v2 is mounted (`/sys/fs/cgroup` on unified hosts,
-/// `/sys/fs/cgroup/unified` on hybrid ones).
-pub fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    cgroup2_in(&mounts).ok_or_else(|| {
-        Failure::new(
-            ExitCode::Environment,
-            "no cgroup v2 mount found in /proc/mounts: --max-conns needs cgroup v2 (or give --cgroup PATH)",
-        )
-        .into()
-    })
+/// Where api-guard mounts cgroup v2 when none is visible.
+const PRIVATE_CGROUP2: &str = "/run/api-guard/cgroup2";
+
+/// The cgroup v2 root for the connection tracker.
+pub enum Cgroup2 {
+    /// Mounted already (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
+    /// on hybrid ones).
+    Mounted(PathBuf),
+    /// Not visible in this mount namespace (`ip netns exec` remounts /sys):
+    /// mounted here by api-guard and unmounted when this drops.
+    Private(PathBuf),
+}
+
+impl Cgroup2 {
+    pub fn path(&self) -> &Path {
+        match self {
+            Cgroup2::Mounted(p) | Cgroup2::Private(p) => p,
+        }
+    }
+
+    /// Finds the cgroup v2 mount, or mounts the hierarchy at a private directory.
+    pub fn find_or_mount() -> Result<Self> {
+        let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+        if let Some(dir) = cgroup2_in(&mounts) {
+            return Ok(Cgroup2::Mounted(dir));
+        }
+        // A fixed place, reused: daemons in different mount namespaces may each
+        // mount there, and the directory is never removed under another's mount.
+        let dir = PathBuf::from(PRIVATE_CGROUP2);
+        let fail = |what: String| Failure::new(ExitCode::Environment, what);
+        fs::create_dir_all(&dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        let c_dir =
+            CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|e| fail(e.to_string()))?;
+        // SAFETY: all pointers are valid NUL-terminated strings for the call.
+        let rc = unsafe {
+            libc::mount(
+                c"cgroup2".as_ptr(),
+                c_dir.as_ptr(),
+                c"cgroup2".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(fail(format!(
+                "no cgroup v2 mount found and mounting one failed ({err}): --max-conns needs cgroup v2"
+            ))
+            .into());
+        }
+        Ok(Cgroup2::Private(dir))
+    }
+}
+
+impl Drop for Cgroup2 {
+    fn drop(&mut self) {
+        if let Cgroup2::Private(dir) = self
+            && let Ok(c_dir) = CString::new(dir.as_os_str().as_encoded_bytes())
+        {
+            // SAFETY: a valid NUL-terminated path.
+            unsafe { libc::umount2(c_dir.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
 }
 
 fn cgroup2_in(mounts: &str) -> Option<PathBuf> {

@@ -1,10 +1,14 @@
-//! Real HTTP clients (curl) run inside client namespaces.
+//! Real HTTP clients run inside client namespaces: curl for counted requests, wrk
+//! for floods.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::netns::Netns;
+use crate::{netns::Netns, process};
 
 /// The URL of `path` on `addr:port`, brackets and all for IPv6.
 pub fn url(addr: IpAddr, port: u16, path: &str) -> String {
@@ -14,54 +18,127 @@ pub fn url(addr: IpAddr, port: u16, path: &str) -> String {
 /// What curl reported for a batch of requests.
 #[derive(Debug)]
 pub struct Batch {
-    /// The HTTP status of each request (0 when no response arrived).
+    /// The HTTP status of each request (0 when no response arrived), in the order
+    /// they finished.
     pub statuses: Vec<u16>,
     /// TCP connections curl opened for the batch.
     pub connects: u32,
 }
 
+impl Batch {
+    /// Requests answered 200.
+    pub fn ok(&self) -> usize {
+        self.statuses.iter().filter(|&&s| s == 200).count()
+    }
+}
+
 /// How the requests of a batch travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Connections {
-    /// One new connection per request (`Connection: close`).
+    /// One new connection per request (`Connection: close`), one after another.
     New,
     /// All requests over one keep-alive connection.
     KeepAlive,
+    /// One new connection per request, all at once.
+    Parallel,
 }
 
-/// Sends the requests with one curl process inside `ns`.
-pub fn curl(ns: &Netns, urls: &[String], mode: Connections) -> Result<Batch> {
+/// How curl sends a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Opts {
+    pub mode: Connections,
+    /// Per-request limit; a request not answered by then counts as status 0.
+    pub max_time: Duration,
+    /// Source address to send from (one of the client's addresses).
+    pub source: Option<IpAddr>,
+}
+
+impl Opts {
+    pub fn new(mode: Connections) -> Self {
+        Self {
+            mode,
+            max_time: Duration::from_secs(10),
+            source: None,
+        }
+    }
+
+    pub fn max_time(self, max_time: Duration) -> Self {
+        Self { max_time, ..self }
+    }
+
+    pub fn source(self, source: IpAddr) -> Self {
+        Self {
+            source: Some(source),
+            ..self
+        }
+    }
+}
+
+/// Sends the requests with one curl process inside `ns`. Failed requests are
+/// reported as status 0, not as an error.
+pub fn curl(ns: &Netns, urls: &[String], opts: Opts) -> Result<Batch> {
+    let max_time = format!("{:.3}", opts.max_time.as_secs_f64());
+    let source = opts.source.map(|s| s.to_string());
     let mut args = vec![
         "-sS",
         "--max-time",
-        "10",
+        &max_time,
         "-w",
         "%{http_code} %{num_connects}\\n",
     ];
-    if mode == Connections::New {
-        args.extend(["-H", "Connection: close"]);
+    if let Some(s) = &source {
+        args.extend(["--interface", s]);
+    }
+    match opts.mode {
+        Connections::New => args.extend(["-H", "Connection: close"]),
+        Connections::KeepAlive => {}
+        Connections::Parallel => args.extend([
+            "-H",
+            "Connection: close",
+            "-Z",
+            "--parallel-immediate",
+            "--parallel-max",
+            "100",
+        ]),
     }
     // One "-o /dev/null" per URL: curl pairs each -o with one URL.
     for u in urls {
         args.extend(["-o", "/dev/null", u.as_str()]);
     }
-    let out = ns.exec("curl", &args).context("curl failed")?;
+    let mut cmd = ns.command("curl");
+    cmd.args(&args);
+    let out = cmd.output().context("cannot run curl")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
     let mut batch = Batch {
         statuses: Vec::new(),
         connects: 0,
     };
-    for line in out.lines() {
+    for line in stdout.lines() {
         let (code, connects) = line
             .split_once(' ')
-            .with_context(|| format!("unexpected curl output {out:?}"))?;
+            .with_context(|| format!("unexpected curl output {stdout:?}"))?;
         batch.statuses.push(code.parse()?);
         batch.connects += connects.parse::<u32>()?;
     }
     ensure!(
         batch.statuses.len() == urls.len(),
-        "curl reported {} of {} requests",
+        "curl reported {} of {} requests: {}",
         batch.statuses.len(),
-        urls.len()
+        urls.len(),
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(batch)
+}
+
+/// Floods `url` with wrk from `ns` for `duration` over `connections` connections.
+/// Returns wrk's report.
+pub fn wrk(ns: &Netns, url: &str, connections: u32, duration: Duration) -> Result<String> {
+    process::run(ns.command("wrk").args([
+        "-t2",
+        &format!("-c{connections}"),
+        &format!("-d{}s", duration.as_secs()),
+        "--timeout",
+        "5s",
+        url,
+    ]))
 }

@@ -11,6 +11,7 @@ pub mod netns;
 pub mod nginx;
 pub mod packet;
 pub mod process;
+pub mod scenario;
 pub mod testrun;
 
 /// Every namespace, directory and process name the harness makes starts with this,

@@ -3,70 +3,42 @@
 
 use anyhow::Result;
 use api_guard_tests::{
-    client::{Connections, curl, url},
-    daemon::{Daemon, program_loaded},
-    netns::Topology,
-    nginx::Nginx,
+    client::{Connections, Opts, curl, url},
+    daemon::program_loaded,
+    scenario::{API, OTHER, Scenario},
 };
-
-const API: u16 = 8080;
-const OTHER: u16 = 8081;
-
-/// A server with nginx on both ports, one client, and the daemon watching API only.
-struct Setup {
-    daemon: Daemon,
-    // Drop order: daemon, nginx, then the namespaces.
-    nginx: Nginx,
-    topo: Topology,
-}
-
-fn setup() -> Result<Setup> {
-    let topo = Topology::new(1)?;
-    let nginx = Nginx::start(&topo.server, &[API, OTHER])?;
-    let mut args = vec!["run".to_string(), "--port".into(), API.to_string()];
-    for iface in &topo.server_ifaces {
-        args.extend(["--iface".into(), iface.clone()]);
-    }
-    let daemon = Daemon::start(&topo.server, &args)?;
-    Ok(Setup {
-        daemon,
-        nginx,
-        topo,
-    })
-}
 
 /// Sends `n` requests to `port` in the given way and returns the daemon's count
 /// for the client after stopping it.
 fn count(ipv6: bool, port: u16, n: usize, mode: Connections) -> Result<u64> {
-    let s = setup()?;
-    let client = &s.topo.clients[0];
+    let s = Scenario::start(1, &[])?;
+    let client = s.client(0);
     let urls: Vec<String> = (0..n)
         .map(|i| url(client.server(ipv6), port, &format!("/v1/items/{i}")))
         .collect();
-    let batch = curl(&client.ns, &urls, mode)?;
-    assert!(batch.statuses.iter().all(|&c| c == 200), "{batch:?}");
+    let batch = curl(&client.ns, &urls, Opts::new(mode))?;
+    assert_eq!(batch.ok(), n, "{batch:?}");
     let expected_connects = match mode {
-        Connections::New => n as u32,
         Connections::KeepAlive => 1,
+        _ => n as u32,
     };
     assert_eq!(batch.connects, expected_connects, "curl's connections");
-
     // nginx saw every request: the traffic was real.
-    let served = s.nginx.access_log()?;
-    let from_client = served
-        .iter()
-        .filter(|l| l.client == client.addr(ipv6).to_string() && l.server_port == port)
-        .count();
-    assert_eq!(from_client, n, "nginx's access log");
+    assert_eq!(
+        s.served(&client.addr(ipv6).to_string(), port)?,
+        n,
+        "nginx's access log"
+    );
 
     let prog_id = s.daemon.prog_id;
-    let stopped = s.daemon.stop()?;
+    let key = client.key(ipv6).to_string();
+    let (stopped, _nginx, _topo) = s.stop()?;
     assert!(stopped.status.success(), "daemon exit: {stopped:?}");
     assert!(
         !program_loaded(prog_id),
         "the ingress program outlived the daemon"
     );
-    let requests = stopped.requests_from(&client.key(ipv6).to_string())?;
+    let requests = stopped.requests_from(&key)?;
     if port == API {
         assert_eq!(stopped.counter("requests", "allowed")?, requests);
         assert_eq!(
@@ -110,7 +82,7 @@ fn other_ports_count_nothing() -> Result<()> {
 
 #[test]
 fn sigint_also_stops_cleanly() -> Result<()> {
-    let s = setup()?;
+    let s = Scenario::start(1, &[])?;
     let prog_id = s.daemon.prog_id;
     assert!(program_loaded(prog_id));
     let stopped = s.daemon.stop_with(libc::SIGINT)?;

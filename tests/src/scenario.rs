@@ -1,0 +1,67 @@
+//! A whole end-to-end scene: client namespaces, a server namespace with nginx,
+//! and the real daemon watching the API port there.
+
+use anyhow::Result;
+
+use crate::{
+    daemon::{Daemon, Stopped},
+    netns::{Client, Topology},
+    nginx::Nginx,
+};
+
+/// The port nginx serves the API on, watched by the daemon.
+pub const API: u16 = 8080;
+/// A second nginx port the daemon does not watch.
+pub const OTHER: u16 = 8081;
+
+pub struct Scenario {
+    // Fields drop in order: the daemon, nginx, then the namespaces.
+    pub daemon: Daemon,
+    pub nginx: Nginx,
+    pub topo: Topology,
+}
+
+impl Scenario {
+    /// `clients` client hosts, nginx on API and OTHER, and `api-guard run`
+    /// watching API on every server interface with the extra `flags`.
+    pub fn start(clients: usize, flags: &[&str]) -> Result<Self> {
+        let topo = Topology::new(clients)?;
+        let nginx = Nginx::start(&topo.server, &[API, OTHER])?;
+        let mut args = vec!["run".to_string(), "--port".into(), API.to_string()];
+        for iface in &topo.server_ifaces {
+            args.extend(["--iface".into(), iface.clone()]);
+        }
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let daemon = Daemon::start(&topo.server, &args)?;
+        Ok(Self {
+            daemon,
+            nginx,
+            topo,
+        })
+    }
+
+    pub fn client(&self, i: usize) -> &Client {
+        &self.topo.clients[i]
+    }
+
+    /// Requests nginx served to `client` (an address as nginx logs it) on `port`.
+    pub fn served(&self, client: &str, port: u16) -> Result<usize> {
+        Ok(self
+            .nginx
+            .access_log()?
+            .iter()
+            .filter(|l| l.client == client && l.server_port == port)
+            .count())
+    }
+
+    /// Stops the daemon (SIGTERM) and returns what it left; the rest stays up
+    /// until the scenario drops.
+    pub fn stop(self) -> Result<(Stopped, Nginx, Topology)> {
+        let Scenario {
+            daemon,
+            nginx,
+            topo,
+        } = self;
+        Ok((daemon.stop()?, nginx, topo))
+    }
+}
