@@ -44,6 +44,18 @@ pub const VERDICTS: [Verdict; 8] = [
     Verdict::WouldDrop,
 ];
 
+/// Per-CPU counts of datapath events that are not verdicts, in the `EVENTS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A client entry was created. Minus the entries now tracked, this is the
+    /// number of evictions: the LRU map drops its least recently seen client when
+    /// full (userspace never deletes clients).
+    ClientsCreated = 0,
+}
+
+pub const EVENT_SLOTS: u32 = 1;
+
 /// Slots in the `COUNTERS` array.
 pub const SLOTS: u32 = (KINDS.len() * VERDICTS.len()) as u32;
 

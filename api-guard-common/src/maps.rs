@@ -13,6 +13,8 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const DEFAULT_MAX_CLIENTS: u32 = 65_536;
 /// One slot per possible TCP port.
 pub const PORT_SLOTS: u32 = 65_536;
+/// Per-CPU event counters, an array indexed by [`crate::counters::Event`].
+pub const EVENTS: &str = "EVENTS";
 /// The policy ([`crate::config::Config`]), an array of one.
 pub const CONFIG: &str = "CONFIG";
 /// Networks never limited or dropped, an LPM trie of [`crate::network::NetKey`].

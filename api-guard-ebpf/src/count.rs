@@ -3,35 +3,40 @@
 
 use api_guard_common::{
     client::{ClientKey, ClientState},
-    counters::{self, Kind, Verdict},
+    counters::{self, Event, Kind, Verdict},
 };
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuArray};
 
 use crate::{
     atomic,
-    maps::{CLIENTS, COUNTERS},
+    maps::{CLIENTS, COUNTERS, EVENTS},
 };
 
 /// Adds one to the per-CPU counter of (kind, verdict).
 #[inline(always)]
 pub fn verdict(kind: Kind, verdict: Verdict) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counters::index(kind, verdict)) {
+    bump(&COUNTERS, counters::index(kind, verdict));
+}
+
+#[inline(always)]
+fn bump(array: &PerCpuArray<u64>, slot: u32) {
+    if let Some(slot) = array.get_ptr_mut(slot) {
         // SAFETY: a per-CPU slot is only written by this CPU, and the program is
         // not preempted by itself on one CPU.
         unsafe { *slot += 1 };
     }
 }
 
-/// What one packet is: the kinds its verdict is counted under.
+/// What one packet was seen to be: the kinds its verdict is counted under.
 #[derive(Clone, Copy)]
-pub struct Event {
+pub struct Seen {
     pub request: bool,
     pub connection: bool,
 }
 
 /// Counts `verdict` for the packet and for the request or connection it carries.
 #[inline(always)]
-pub fn verdicts(ev: Event, v: Verdict) {
+pub fn verdicts(ev: Seen, v: Verdict) {
     verdict(Kind::Packets, v);
     if ev.request {
         verdict(Kind::Requests, v);
@@ -51,14 +56,19 @@ pub fn state(key: &ClientKey) -> Option<&'static mut ClientState> {
     }
     // NOEXIST: if the other CPU created the entry meanwhile, use its entry instead
     // of overwriting its counts.
-    let _ = CLIENTS.insert(key, &ClientState::default(), BPF_NOEXIST as u64);
+    if CLIENTS
+        .insert(key, &ClientState::default(), BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        bump(&EVENTS, Event::ClientsCreated as u32);
+    }
     // SAFETY: as above.
     CLIENTS.get_ptr_mut(key).map(|s| unsafe { &mut *s })
 }
 
 /// Records one packet in the client's state.
 #[inline(always)]
-pub fn client(state: &mut ClientState, ev: Event, now: u64) {
+pub fn client(state: &mut ClientState, ev: Seen, now: u64) {
     atomic::add(&mut state.packets, 1);
     if ev.request {
         atomic::add(&mut state.requests, 1);

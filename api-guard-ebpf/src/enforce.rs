@@ -10,7 +10,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
     atomic,
-    count::Event,
+    count::Seen,
     maps::{ALLOW, DENY, OVERRIDES},
 };
 
@@ -37,7 +37,7 @@ pub fn client(
     cfg: &Config,
     key: &ClientKey,
     state: &mut ClientState,
-    ev: Event,
+    ev: Seen,
     now: u64,
 ) -> Verdict {
     if atomic::read(&state.blocked_until_ns) > now {

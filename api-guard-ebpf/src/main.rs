@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    count::Event,
+    count::Seen,
     maps::CONFIG,
     parse::{Skip, TcpPacket},
 };
@@ -83,7 +83,7 @@ fn try_ingress(ctx: &mut TcContext) -> i32 {
         return TC_ACT_PIPE;
     };
     let key = key.bucketed(cfg.ipv6_prefix);
-    let ev = Event {
+    let ev = Seen {
         request: classify::request_method(ctx, &pkt).is_some(),
         connection: classify::is_connection_start(&pkt),
     };

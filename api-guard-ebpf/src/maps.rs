@@ -47,3 +47,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::
 /// Tail-call targets (`api_guard_common::maps::TAIL_*`), filled by the daemon.
 #[map(name = "TAILS")]
 pub static TAILS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
+
+/// Event counters, indexed by `api_guard_common::counters::Event`.
+#[map(name = "EVENTS")]
+pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::EVENT_SLOTS, 0);

@@ -3,6 +3,7 @@
 use std::io;
 
 use anyhow::Result;
+use api_guard_common::counters::Event;
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval},
@@ -65,10 +66,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     // Read the final state while the programs are still loaded, then detach.
     let clients = datapath.clients()?;
+    let created = datapath.event(Event::ClientsCreated)?;
     let counters = datapath.counters()?;
     drop(datapath);
     info!("detached from {:?}", args.ifaces);
-    report::write_final(&mut io::stdout().lock(), &clients, &counters)
+    report::write_final(&mut io::stdout().lock(), &clients, created, &counters)
 }
 
 /// Attaches the connection tracker if the policy needs it, then pushes the policy

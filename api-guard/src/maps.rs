@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use api_guard_common::{
     client::{ClientKey, ClientState},
     config::{Config, Limit},
-    counters::{self, Kind, Verdict},
+    counters::{self, Event, Kind, Verdict},
     maps as names,
     network::NetKey,
     ports,
@@ -151,15 +151,27 @@ impl Datapath {
 
     /// The verdict counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
+        let mut out = Counters::default();
+        self.sum_per_cpu(names::COUNTERS, &mut out.slots)?;
+        Ok(out)
+    }
+
+    /// An event counter, summed over CPUs.
+    pub fn event(&self, event: Event) -> Result<u64> {
+        let mut slots = [0u64; counters::EVENT_SLOTS as usize];
+        self.sum_per_cpu(names::EVENTS, &mut slots)?;
+        Ok(slots[event as usize])
+    }
+
+    fn sum_per_cpu(&self, name: &str, totals: &mut [u64]) -> Result<()> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             self.ebpf()
-                .map(names::COUNTERS)
-                .context("map COUNTERS missing")?,
+                .map(name)
+                .with_context(|| format!("map {name} missing"))?,
         )?;
-        let mut out = Counters::default();
-        for (slot, total) in out.slots.iter_mut().enumerate() {
+        for (slot, total) in totals.iter_mut().enumerate() {
             *total = map.get(&(slot as u32), 0)?.iter().sum();
         }
-        Ok(out)
+        Ok(())
     }
 }

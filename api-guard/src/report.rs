@@ -21,8 +21,14 @@ struct ClientLine<'a> {
     packets: u64,
 }
 
-/// Writes the final report: clients by request count (most first), then counters.
-pub fn write_final(out: &mut impl Write, clients: &[Client], counters: &Counters) -> Result<()> {
+/// Writes the final report: clients by request count (most first), the client
+/// table's totals, then the verdict counters.
+pub fn write_final(
+    out: &mut impl Write,
+    clients: &[Client],
+    clients_created: u64,
+    counters: &Counters,
+) -> Result<()> {
     let mut sorted: Vec<&Client> = clients.iter().collect();
     sorted.sort_by(|a, b| {
         b.state
@@ -41,6 +47,15 @@ pub fn write_final(out: &mut impl Write, clients: &[Client], counters: &Counters
         serde_json::to_writer(&mut *out, &line)?;
         writeln!(out)?;
     }
+    let tracked = clients.len() as u64;
+    let table = serde_json::json!({
+        "type": "clients",
+        "tracked": tracked,
+        "created": clients_created,
+        "evicted": clients_created.saturating_sub(tracked),
+    });
+    serde_json::to_writer(&mut *out, &table)?;
+    writeln!(out)?;
     let mut totals = serde_json::Map::new();
     totals.insert("type".into(), "counters".into());
     for kind in KINDS {

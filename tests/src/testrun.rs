@@ -20,7 +20,12 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(ports: &[u16]) -> Result<Self> {
-        let mut datapath = Datapath::load(&LoadOptions::default())?;
+        Self::load(&LoadOptions::default(), ports)
+    }
+
+    /// A harness with its maps sized by `opts`.
+    pub fn load(opts: &LoadOptions, ports: &[u16]) -> Result<Self> {
+        let mut datapath = Datapath::load(opts)?;
         datapath.watch_ports(ports)?;
         Ok(Self { datapath })
     }

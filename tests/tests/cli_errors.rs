@@ -70,3 +70,28 @@ fn unprivileged_user_is_refused_with_exit_3() {
     assert_fails(&out, 3, "needs root");
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
+
+#[test]
+fn bad_policy_flags_exit_2_with_the_reason() {
+    let base = ["run", "--iface", "lo", "--port", "8080"];
+    for (extra, needle) in [
+        (&["--deny", "198.18.0.0/33"][..], "not a network"),
+        (&["--allow", "example.com"], "not a network"),
+        (&["--rate", "0"], "--rate"),
+        (&["--burst", "0", "--rate", "5"], "--burst"),
+        (&["--ipv6-prefix", "129"], "--ipv6-prefix"),
+        (&["--block-for", "30", "--rate", "5"], "unit"),
+        (&["--limit", "198.18.0.0/24=0"], "at least 1"),
+        (&["--on-limit", "explode"], "--on-limit"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        assert_fails(&api_guard(&args), 2, needle);
+    }
+    // Combinations clap cannot see: one line from api-guard itself.
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--burst", "5"]);
+    let out = api_guard(&args);
+    assert_fails(&out, 2, "--burst needs --rate");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}

@@ -300,3 +300,72 @@ fn method_tokens_and_near_misses() {
     }
     assert_eq!(requests(&h, CLIENT6), Some(0));
 }
+
+#[test]
+fn a_full_client_map_evicts_the_least_recent_and_counts_it() {
+    use api_guard::loader::LoadOptions;
+    use api_guard_common::counters::Event;
+    let h = Harness::load(&LoadOptions { max_clients: 64 }, &[API]).unwrap();
+    let first = std::net::Ipv4Addr::new(198, 18, 200, 0);
+    for i in 0..1000u32 {
+        let src = std::net::Ipv4Addr::from(u32::from(first) + i);
+        let frame = packet::ethernet(
+            &[],
+            ETH_P_IP,
+            &packet::ipv4(
+                src,
+                packet::SERVER4,
+                &[],
+                packet::IPPROTO_TCP,
+                &Tcp::data(API, GET).bytes(),
+            ),
+        );
+        assert_eq!(h.run(&frame).unwrap(), TC_ACT_PIPE);
+    }
+    let tracked = h.datapath.clients().unwrap().len() as u64;
+    let created = h.datapath.event(Event::ClientsCreated).unwrap();
+    assert!(tracked <= 64, "the map stays at its bound: {tracked}");
+    assert_eq!(created, 1000);
+    // The most recent client survived; the first one was evicted.
+    let last = std::net::Ipv4Addr::from(u32::from(first) + 999);
+    assert!(h.datapath.client(last.into()).unwrap().is_some());
+    assert!(h.datapath.client(first.into()).unwrap().is_none());
+    assert_eq!(counter(&h, Kind::Requests, Verdict::Allowed), 1000);
+}
+
+#[test]
+fn garbage_frames_pass_without_error() {
+    // A fixed-seed xorshift: the same "random" frames every run.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let h = harness();
+    let template = packet::v4(&Tcp::data(API, GET));
+    let template6 = packet::v6(&Tcp::data(API, GET));
+    for i in 0..2000 {
+        let base = if i % 2 == 0 { &template } else { &template6 };
+        let mut frame = base.clone();
+        // Flip a few bytes past the Ethernet header and cut at a random length.
+        for _ in 0..(1 + next() % 6) {
+            let at = 14 + (next() as usize) % (frame.len() - 14);
+            frame[at] = next() as u8;
+        }
+        let len = 14 + 40 + (next() as usize) % (frame.len() - 54 + 1);
+        frame.truncate(len);
+        // BPF_PROG_TEST_RUN itself refuses some frames (an IP ethertype shorter
+        // than its header): only frames it takes are judged.
+        if let Ok(action) = h.run(&frame) {
+            assert_eq!(action, TC_ACT_PIPE, "frame {i}: {frame:02x?}");
+        }
+    }
+    let c = h.datapath.counters().unwrap();
+    let judged: u64 = [Verdict::Allowed, Verdict::Passed, Verdict::Malformed]
+        .iter()
+        .map(|&v| c.get(Kind::Packets, v))
+        .sum();
+    assert!(judged > 1000, "most frames were judged: {judged}");
+}
