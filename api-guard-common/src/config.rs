@@ -58,6 +58,8 @@ pub mod flags {
     pub const HAS_DENY: u32 = 1 << 3;
     /// Per-network limit overrides exist.
     pub const HAS_OVERRIDES: u32 = 1 << 4;
+    /// The block list (operator and auth blocks) has entries.
+    pub const HAS_BLOCKS: u32 = 1 << 5;
 }
 
 #[repr(C)]
@@ -78,6 +80,11 @@ pub struct Config {
     pub ipv6_prefix: u32,
     /// `flags::*` bits.
     pub flags: u32,
+    /// Request starts are sampled when `bpf_get_prandom_u32() < sample_below`;
+    /// `u32::MAX` samples all, 0 none.
+    pub sample_below: u32,
+    /// Payload bytes captured per sample (at most `sample::MAX_CAPTURE`).
+    pub capture_bytes: u32,
 }
 
 /// IPv6 clients are bucketed by /64 unless told otherwise.
@@ -94,6 +101,8 @@ impl Config {
             netns_cookie: 0,
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
             flags: 0,
+            sample_below: 0,
+            capture_bytes: 0,
         }
     }
 
@@ -107,7 +116,7 @@ impl Config {
 mod user {
     // SAFETY: `#[repr(C)]` u64 fields, no padding.
     unsafe impl aya::Pod for super::Limit {}
-    // SAFETY: `#[repr(C)]`: 2 Limits, 3 u64, 2 u32 — no padding.
+    // SAFETY: `#[repr(C)]`: 2 Limits, 3 u64, 4 u32 — no padding.
     unsafe impl aya::Pod for super::Config {}
 }
 

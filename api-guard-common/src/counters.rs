@@ -52,9 +52,13 @@ pub enum Event {
     /// number of evictions: the LRU map drops its least recently seen client when
     /// full (userspace never deletes clients).
     ClientsCreated = 0,
+    /// A request head was sampled into the ring buffer.
+    Sampled = 1,
+    /// A sample was lost: the ring buffer was full.
+    SamplesLost = 2,
 }
 
-pub const EVENT_SLOTS: u32 = 1;
+pub const EVENT_SLOTS: u32 = 3;
 
 /// Slots in the `COUNTERS` array.
 pub const SLOTS: u32 = (KINDS.len() * VERDICTS.len()) as u32;

@@ -11,3 +11,4 @@ pub mod http;
 pub mod maps;
 pub mod network;
 pub mod ports;
+pub mod sample;

@@ -21,6 +21,9 @@ pub const CONFIG: &str = "CONFIG";
 pub const ALLOW: &str = "ALLOW";
 /// Networks always dropped.
 pub const DENY: &str = "DENY";
+/// Operator and auth blocks: networks dropped until a deadline (a u64 of
+/// CLOCK_MONOTONIC nanoseconds; u64::MAX for no deadline).
+pub const BLOCKS: &str = "BLOCKS";
 /// Per-network request limits ([`crate::config::Limit`]); the longest prefix wins.
 pub const OVERRIDES: &str = "OVERRIDES";
 
@@ -31,4 +34,10 @@ pub const TAILS: &str = "TAILS";
 /// Slot of the reset rewriter (`--on-limit reset`): a program of its own so that
 /// the verifier checks it once, not once per parse path of the ingress program.
 pub const TAIL_RESET: u32 = 0;
-pub const TAIL_SLOTS: u32 = 1;
+/// Slot of the sampler: copies a request head into the ring buffer.
+pub const TAIL_SAMPLE: u32 = 1;
+pub const TAIL_SLOTS: u32 = 2;
+/// Sampled request heads ([`crate::sample`]), a ring buffer.
+pub const SAMPLES: &str = "SAMPLES";
+/// Per-CPU scratch space where a sample is built before it is copied out.
+pub const SAMPLE_SCRATCH: &str = "SAMPLE_SCRATCH";

@@ -37,16 +37,17 @@ pub fn is_connection_start(pkt: &TcpPacket) -> bool {
 /// The HTTP method when the payload starts a request.
 #[inline(always)]
 pub fn request_method(ctx: &TcContext, pkt: &TcpPacket) -> Option<Method> {
-    const SHORT: usize = 4;
     let mut head = [0u8; HEAD_LEN];
-    if pkt.payload_len >= HEAD_LEN {
-        head = ctx.load::<[u8; HEAD_LEN]>(pkt.payload_off).ok()?;
-    } else if pkt.payload_len >= SHORT {
-        // "GET " and "PUT " fit in 4 bytes; the matcher ignores bytes past the payload.
-        let short = ctx.load::<[u8; SHORT]>(pkt.payload_off).ok()?;
-        head[..SHORT].copy_from_slice(&short);
-    } else {
-        return None;
+    let off = pkt.payload_off;
+    // Constant-size loads only (the verifier's rule); the matcher ignores bytes
+    // past the payload.
+    match pkt.payload_len {
+        0..=3 => return None,
+        4 => head[..4].copy_from_slice(&ctx.load::<[u8; 4]>(off).ok()?),
+        5 => head[..5].copy_from_slice(&ctx.load::<[u8; 5]>(off).ok()?),
+        6 => head[..6].copy_from_slice(&ctx.load::<[u8; 6]>(off).ok()?),
+        7 => head[..7].copy_from_slice(&ctx.load::<[u8; 7]>(off).ok()?),
+        _ => head = ctx.load::<[u8; HEAD_LEN]>(off).ok()?,
     }
     http::request_method(&head, pkt.payload_len)
 }

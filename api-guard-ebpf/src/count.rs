@@ -18,6 +18,12 @@ pub fn verdict(kind: Kind, verdict: Verdict) {
     bump(&COUNTERS, counters::index(kind, verdict));
 }
 
+/// Adds one to a per-CPU event counter.
+#[inline(always)]
+pub fn event(event: Event) {
+    bump(&EVENTS, event as u32);
+}
+
 #[inline(always)]
 fn bump(array: &PerCpuArray<u64>, slot: u32) {
     if let Some(slot) = array.get_ptr_mut(slot) {
@@ -60,7 +66,7 @@ pub fn state(key: &ClientKey) -> Option<&'static mut ClientState> {
         .insert(key, &ClientState::default(), BPF_NOEXIST as u64)
         .is_ok()
     {
-        bump(&EVENTS, Event::ClientsCreated as u32);
+        event(Event::ClientsCreated);
     }
     // SAFETY: as above.
     CLIENTS.get_ptr_mut(key).map(|s| unsafe { &mut *s })

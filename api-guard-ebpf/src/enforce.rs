@@ -11,13 +11,14 @@ use aya_ebpf::maps::lpm_trie::Key;
 use crate::{
     atomic,
     count::Seen,
-    maps::{ALLOW, DENY, OVERRIDES},
+    maps::{ALLOW, BLOCKS, DENY, OVERRIDES},
 };
 
-/// The verdict of the allow and deny lists, when one of them matches.
+/// The verdict of the network lists, when one matches: allow, then deny, then
+/// operator and auth blocks.
 #[inline(always)]
-pub fn lists(cfg: &Config, key: &ClientKey) -> Option<Verdict> {
-    if cfg.flags & (flags::HAS_ALLOW | flags::HAS_DENY) == 0 {
+pub fn lists(cfg: &Config, key: &ClientKey, now: u64) -> Option<Verdict> {
+    if cfg.flags & (flags::HAS_ALLOW | flags::HAS_DENY | flags::HAS_BLOCKS) == 0 {
         return None;
     }
     let lpm = Key::new(128, key.addr);
@@ -26,6 +27,12 @@ pub fn lists(cfg: &Config, key: &ClientKey) -> Option<Verdict> {
     }
     if cfg.has(flags::HAS_DENY) && DENY.get(&lpm).is_some() {
         return Some(Verdict::Denied);
+    }
+    if cfg.has(flags::HAS_BLOCKS)
+        && let Some(until) = BLOCKS.get(&lpm)
+        && *until > now
+    {
+        return Some(Verdict::Blocked);
     }
     None
 }
@@ -44,7 +51,7 @@ pub fn client(
         return Verdict::Blocked;
     }
     if ev.connection {
-        if cfg.max_conns != 0 && atomic::read(&state.open_conns) >= cfg.max_conns {
+        if cfg.max_conns != 0 && open_conns(state) >= cfg.max_conns {
             return Verdict::ConnLimited;
         }
         if cfg.connections.is_set() && !take(&mut state.conn_tat_ns, &cfg.connections, now) {
@@ -60,6 +67,15 @@ pub fn client(
         }
     }
     Verdict::Allowed
+}
+
+/// Open connections, read defensively: a close racing another close (or one seen
+/// after the client was evicted and created again) can take the count below zero,
+/// which wraps; that reads as none open rather than as a client at its limit.
+#[inline(always)]
+fn open_conns(state: &ClientState) -> u64 {
+    let n = atomic::read(&state.open_conns);
+    if n > u64::MAX / 2 { 0 } else { n }
 }
 
 /// The request limit for this client: the most specific override, else the default.
@@ -87,9 +103,12 @@ fn block(cfg: &Config, state: &mut ClientState, now: u64) {
 /// long-run rate stays exact because only admitted events keep their interval.
 #[inline(always)]
 fn take(tat: &mut u64, limit: &Limit, now: u64) -> bool {
-    if atomic::read(tat) < now {
-        // Idle since the last event: the bucket is full again.
-        atomic::write(tat, now);
+    let cur = atomic::read(tat);
+    if cur < now {
+        // Idle since the last event: the bucket is full again. Move the clock up
+        // with an add, not a store, so a reservation the other CPU made meanwhile
+        // is kept (two CPUs both adding errs low, never high).
+        atomic::add(tat, now - cur);
     }
     atomic::add(tat, limit.interval_ns);
     if atomic::read(tat) > now + limit.burst_ns {

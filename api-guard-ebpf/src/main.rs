@@ -14,11 +14,14 @@ mod enforce;
 mod maps;
 mod parse;
 mod reset;
+mod sample;
 mod sockops;
+mod tail;
 
 use api_guard_common::{
     config::flags,
     counters::{Kind, Verdict},
+    maps::{TAIL_RESET, TAIL_SAMPLE},
 };
 use aya_ebpf::{
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
@@ -31,10 +34,12 @@ use crate::{
     count::Seen,
     maps::CONFIG,
     parse::{Skip, TcpPacket},
+    tail::Handoff,
 };
 
-/// Linear bytes to pull when headers lie in page fragments.
-const PULL_LEN: u32 = 256;
+/// Linear bytes to pull when headers lie in page fragments: as far as the parser
+/// follows headers, plus a TCP header.
+const PULL_LEN: u32 = (parse::MAX_L4_OFF + parse::TCP_MIN_HLEN) as u32;
 
 #[classifier]
 pub fn api_guard_ingress(mut ctx: TcContext) -> i32 {
@@ -44,10 +49,26 @@ pub fn api_guard_ingress(mut ctx: TcContext) -> i32 {
 /// Tail-called by the ingress program for `--on-limit reset`.
 #[classifier]
 pub fn api_guard_reset(ctx: TcContext) -> i32 {
-    match reset::from_tail_call(&ctx) {
-        Ok(()) => TC_ACT_PIPE,
-        Err(()) => TC_ACT_SHOT,
+    match Handoff::load(&ctx).map(|h| reset::rewrite(&ctx, &h)) {
+        Some(Ok(())) => TC_ACT_PIPE,
+        _ => TC_ACT_SHOT,
     }
+}
+
+/// Tail-called by the ingress program for a sampled request start; carries on
+/// with the ingress program's decision.
+#[classifier]
+pub fn api_guard_sample(mut ctx: TcContext) -> i32 {
+    let Some(h) = Handoff::load(&ctx) else {
+        return TC_ACT_PIPE;
+    };
+    if let Some(cfg) = CONFIG.get(0) {
+        let _ = sample::emit(&ctx, &h, cfg.capture_bytes);
+    }
+    if h.reset {
+        h.call(&mut ctx, TAIL_RESET);
+    }
+    if h.drop { TC_ACT_SHOT } else { TC_ACT_PIPE }
 }
 
 #[sock_ops]
@@ -62,6 +83,7 @@ pub fn api_guard_sockops(ctx: SockOpsContext) -> u32 {
 fn try_ingress(ctx: &mut TcContext) -> i32 {
     let pkt = match parse_tcp(ctx) {
         Ok(pkt) => pkt,
+        Err(Skip::Opaque { l3_off, ipv6 }) => return opaque(ctx, l3_off, ipv6),
         Err(Skip::Malformed) => {
             count::verdict(Kind::Packets, Verdict::Malformed);
             return TC_ACT_PIPE;
@@ -78,47 +100,75 @@ fn try_ingress(ctx: &mut TcContext) -> i32 {
     let Some(cfg) = CONFIG.get(0) else {
         return TC_ACT_PIPE;
     };
-    let Ok(key) = parse::client_key(ctx, &pkt) else {
+    let Ok(source) = parse::source(ctx, pkt.l3_off, pkt.ipv6) else {
         count::verdict(Kind::Packets, Verdict::Malformed);
         return TC_ACT_PIPE;
     };
-    let key = key.bucketed(cfg.ipv6_prefix);
+    // Lists match the address itself; per-client state is kept per bucket.
+    let key = source.bucketed(cfg.ipv6_prefix);
     let ev = Seen {
         request: classify::request_method(ctx, &pkt).is_some(),
         connection: classify::is_connection_start(&pkt),
     };
 
-    let verdict = match enforce::lists(cfg, &key) {
-        // Denied networks are dropped before any per-client state is kept.
-        Some(Verdict::Denied) => Verdict::Denied,
-        list => {
-            // SAFETY: bpf_ktime_get_ns has no preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
-            match count::state(&key) {
-                Some(state) => {
-                    count::client(state, ev, now);
-                    match list {
-                        Some(allowed) => allowed,
-                        None => enforce::client(cfg, &key, state, ev, now),
-                    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let verdict = match enforce::lists(cfg, &source, now) {
+        // Denied and blocked networks are dropped before any per-client state.
+        Some(v @ (Verdict::Denied | Verdict::Blocked)) => v,
+        list => match count::state(&key) {
+            Some(state) => {
+                count::client(state, ev, now);
+                match list {
+                    Some(allowed) => allowed,
+                    None => enforce::client(cfg, &key, state, ev, now),
                 }
-                // The client map refused the entry: fail open, but count it.
-                None => Verdict::Allowed,
             }
-        }
+            // The client map refused the entry: fail open, but count it.
+            None => Verdict::Allowed,
+        },
     };
     count::verdicts(ev, verdict);
-    if verdict == Verdict::Allowed {
-        return TC_ACT_PIPE;
-    }
-    if cfg.has(flags::DRY_RUN) {
+    let dry_run = cfg.has(flags::DRY_RUN);
+    let drop = verdict != Verdict::Allowed && !dry_run;
+    if verdict != Verdict::Allowed && dry_run {
         count::verdicts(ev, Verdict::WouldDrop);
+    }
+    let reset = drop && verdict == Verdict::RateLimited && cfg.has(flags::ON_LIMIT_RESET);
+    if ev.request && sample::chosen(cfg) {
+        Handoff::new(&pkt, verdict as u32, reset, drop).call(ctx, TAIL_SAMPLE);
+        // Only reached if the sampler is not loaded: go on without a sample.
+    }
+    if reset {
+        Handoff::new(&pkt, verdict as u32, reset, drop).call(ctx, TAIL_RESET);
+    }
+    if drop { TC_ACT_SHOT } else { TC_ACT_PIPE }
+}
+
+/// A TCP packet whose TCP header cannot be read (see `Skip::Opaque`): dropped if
+/// its source is denied or blocked, else passed.
+#[inline(always)]
+fn opaque(ctx: &TcContext, l3_off: usize, ipv6: bool) -> i32 {
+    let (Some(cfg), Ok(source)) = (CONFIG.get(0), parse::source(ctx, l3_off, ipv6)) else {
+        count::verdict(Kind::Packets, Verdict::Passed);
         return TC_ACT_PIPE;
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match enforce::lists(cfg, &source, now) {
+        Some(v @ (Verdict::Denied | Verdict::Blocked)) => {
+            count::verdict(Kind::Packets, v);
+            if cfg.has(flags::DRY_RUN) {
+                count::verdict(Kind::Packets, Verdict::WouldDrop);
+                return TC_ACT_PIPE;
+            }
+            TC_ACT_SHOT
+        }
+        _ => {
+            count::verdict(Kind::Packets, Verdict::Passed);
+            TC_ACT_PIPE
+        }
     }
-    if verdict == Verdict::RateLimited && cfg.has(flags::ON_LIMIT_RESET) {
-        reset::tail_call(ctx, &pkt);
-    }
-    TC_ACT_SHOT
 }
 
 /// Parses to TCP, pulling the headers into the linear area once if they are not.

@@ -7,11 +7,12 @@ use api_guard_common::{
     counters,
     maps::{DEFAULT_MAX_CLIENTS, NETWORK_SLOTS, PORT_SLOTS, TAIL_SLOTS},
     network::NetKey,
+    sample::{DEFAULT_RING_BYTES, SampleBuf},
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 
 /// Port flags by destination port (`api_guard_common::ports`), set by the daemon.
@@ -35,6 +36,11 @@ pub static ALLOW: LpmTrie<NetKey, u8> = LpmTrie::with_max_entries(NETWORK_SLOTS,
 #[map(name = "DENY")]
 pub static DENY: LpmTrie<NetKey, u8> = LpmTrie::with_max_entries(NETWORK_SLOTS, BPF_F_NO_PREALLOC);
 
+/// Operator and auth blocks: network → deadline (CLOCK_MONOTONIC ns).
+#[map(name = "BLOCKS")]
+pub static BLOCKS: LpmTrie<NetKey, u64> =
+    LpmTrie::with_max_entries(NETWORK_SLOTS, BPF_F_NO_PREALLOC);
+
 /// Per-network request limits; the longest matching prefix wins.
 #[map(name = "OVERRIDES")]
 pub static OVERRIDES: LpmTrie<NetKey, Limit> =
@@ -51,3 +57,11 @@ pub static TAILS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
 /// Event counters, indexed by `api_guard_common::counters::Event`.
 #[map(name = "EVENTS")]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::EVENT_SLOTS, 0);
+
+/// Sampled request heads for the daemon; resized from `--sample-buffer`.
+#[map(name = "SAMPLES")]
+pub static SAMPLES: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Per-CPU space where a sample is built before it is copied out.
+#[map(name = "SAMPLE_SCRATCH")]
+pub static SAMPLE_SCRATCH: PerCpuArray<SampleBuf> = PerCpuArray::with_max_entries(1, 0);

@@ -33,9 +33,15 @@ pub const TCP_ACK: u8 = 0x10;
 
 /// Why a packet was not parsed to TCP.
 pub enum Skip {
-    /// Not IPv4/IPv6 carrying TCP, or a non-first fragment: not ours to look at.
+    /// Not IPv4/IPv6 carrying TCP: not ours to look at.
     NotTcp,
-    /// Headers cut short or inconsistent.
+    /// IP carrying TCP whose TCP header cannot be read or trusted here: a
+    /// non-first fragment, a first fragment too short for the TCP header, an
+    /// extension-header chain longer than we follow, a bad data offset. The
+    /// network lists still apply by source address, so fragmenting cannot slip
+    /// past a deny or a block.
+    Opaque { l3_off: usize, ipv6: bool },
+    /// IP headers cut short or inconsistent.
     Malformed,
     /// A header lies past the linear part of the skb: pull and parse again.
     NotLinear,
@@ -91,24 +97,28 @@ fn be16(h: &[u8], at: usize) -> u16 {
 #[inline(always)]
 pub fn tcp(ctx: &TcContext) -> Result<TcpPacket, Skip> {
     let (ethertype, l3_off) = ethernet(ctx)?;
-    let (l4_off, l4_len, ipv6) = match ethertype {
-        ETH_P_IP => {
-            let (l4_off, l4_len) = ipv4(ctx, l3_off)?;
-            (l4_off, l4_len, false)
-        }
-        ETH_P_IPV6 => {
-            let (l4_off, l4_len) = ipv6(ctx, l3_off)?;
-            (l4_off, l4_len, true)
-        }
+    let ipv6 = match ethertype {
+        ETH_P_IP => false,
+        ETH_P_IPV6 => true,
         _ => return Err(Skip::NotTcp),
     };
+    let (l4_off, l4_len) = if ipv6 {
+        ipv6_l4(ctx, l3_off)?
+    } else {
+        ipv4_l4(ctx, l3_off)?
+    };
+    let opaque = Skip::Opaque { l3_off, ipv6 };
     if l4_off > MAX_L4_OFF {
-        return Err(Skip::Malformed);
+        return Err(opaque);
     }
-    let th = header::<TCP_MIN_HLEN>(ctx, l4_off)?;
+    let th = match header::<TCP_MIN_HLEN>(ctx, l4_off) {
+        Ok(th) => th,
+        Err(Skip::NotLinear) => return Err(Skip::NotLinear),
+        Err(_) => return Err(opaque),
+    };
     let doff = ((th[12] >> 4) as usize) * 4;
     if doff < TCP_MIN_HLEN || doff > l4_len {
-        return Err(Skip::Malformed);
+        return Err(opaque);
     }
     Ok(TcpPacket {
         l3_off,
@@ -139,16 +149,22 @@ fn ethernet(ctx: &TcContext) -> Result<(u16, usize), Skip> {
 
 /// Returns the TCP header offset and the TCP segment length.
 #[inline(always)]
-fn ipv4(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
+fn ipv4_l4(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
     let ip = header::<IPV4_MIN_HLEN>(ctx, off)?;
     let ihl = ((ip[0] & 0x0f) as usize) * 4;
     let total_len = be16(ip, 2) as usize;
     if ip[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN || total_len < ihl {
         return Err(Skip::Malformed);
     }
-    // A non-first fragment carries no TCP header.
-    if be16(ip, 6) & 0x1fff != 0 || ip[9] != IPPROTO_TCP {
+    if ip[9] != IPPROTO_TCP {
         return Err(Skip::NotTcp);
+    }
+    // A non-first fragment carries no TCP header.
+    if be16(ip, 6) & 0x1fff != 0 {
+        return Err(Skip::Opaque {
+            l3_off: off,
+            ipv6: false,
+        });
     }
     Ok((off + ihl, total_len - ihl))
 }
@@ -156,7 +172,7 @@ fn ipv4(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
 /// Returns the TCP header offset and the TCP segment length, after skipping
 /// hop-by-hop, routing, destination-options, fragment and AH extension headers.
 #[inline(always)]
-fn ipv6(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
+fn ipv6_l4(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
     let ip = header::<IPV6_HLEN>(ctx, off)?;
     if ip[0] >> 4 != 6 {
         return Err(Skip::Malformed);
@@ -164,19 +180,27 @@ fn ipv6(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
     let mut next = ip[6];
     let mut hdr = off + IPV6_HLEN;
     let end = hdr + be16(ip, 4) as usize;
+    let opaque = Skip::Opaque {
+        l3_off: off,
+        ipv6: true,
+    };
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         if next == IPPROTO_TCP {
             break;
         }
         // Every extension header we skip is at least 8 bytes.
-        let ext = header::<8>(ctx, hdr)?;
+        let ext = match header::<8>(ctx, hdr) {
+            Ok(ext) => ext,
+            Err(Skip::NotLinear) => return Err(Skip::NotLinear),
+            Err(_) => return Err(opaque),
+        };
         let len = match next {
             // Hop-by-hop, routing, destination options: (hdr ext len + 1) * 8.
             0 | 43 | 60 => (ext[1] as usize + 1) * 8,
             // Fragment: only the first fragment carries the TCP header.
             44 => {
                 if be16(ext, 2) & 0xfff8 != 0 {
-                    return Err(Skip::NotTcp);
+                    return Err(opaque);
                 }
                 8
             }
@@ -187,25 +211,25 @@ fn ipv6(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
         next = ext[0];
         hdr += len;
         if hdr > MAX_L4_OFF {
-            return Err(Skip::Malformed);
+            return Err(opaque);
         }
     }
     if next != IPPROTO_TCP {
-        // A chain longer than we skip, or no TCP at its end: treat as opaque.
-        return Err(Skip::NotTcp);
+        // A chain longer than we follow may still end in TCP.
+        return Err(opaque);
     }
     if hdr > end {
-        return Err(Skip::Malformed);
+        return Err(opaque);
     }
     Ok((hdr, end - hdr))
 }
 
-/// The client key from the source address of a parsed packet.
+/// The client key from the source address of the IP header at `l3_off`.
 #[inline(always)]
-pub fn client_key(ctx: &TcContext, pkt: &TcpPacket) -> Result<ClientKey, Skip> {
-    if pkt.ipv6 {
-        Ok(ClientKey::v6(*header::<16>(ctx, pkt.l3_off + 8)?))
+pub fn source(ctx: &TcContext, l3_off: usize, ipv6: bool) -> Result<ClientKey, Skip> {
+    if ipv6 {
+        Ok(ClientKey::v6(*header::<16>(ctx, l3_off + 8)?))
     } else {
-        Ok(ClientKey::v4(*header::<4>(ctx, pkt.l3_off + 12)?))
+        Ok(ClientKey::v4(*header::<4>(ctx, l3_off + 12)?))
     }
 }

@@ -5,52 +5,19 @@
 //! (RFC 5961). The client's retransmission then meets no connection and gets a
 //! reset from the server.
 
-use api_guard_common::{checksum, maps::TAIL_RESET};
+use api_guard_common::checksum;
 use aya_ebpf::{bindings::BPF_F_RECOMPUTE_CSUM, helpers::bpf_skb_change_tail, programs::TcContext};
 
 use crate::{
-    maps::TAILS,
-    parse::{MAX_L4_OFF, TCP_ACK, TCP_MIN_HLEN, TCP_RST, TcpPacket, header},
+    parse::{TCP_ACK, TCP_MIN_HLEN, TCP_RST, header},
+    tail::Handoff,
 };
-
-/// Hands the packet to the reset program, passing the header offsets in skb->cb.
-/// Returns only if the tail call failed (no reset program loaded).
-#[inline(always)]
-pub fn tail_call(ctx: &mut TcContext, pkt: &TcpPacket) {
-    let cb = ctx.cb_mut();
-    cb[0] = pkt.l3_off as u32;
-    cb[1] = pkt.l4_off as u32;
-    cb[2] = pkt.ipv6 as u32;
-    // SAFETY: the context is the program's own; the call does not return on success.
-    unsafe { TAILS.tail_call(ctx, TAIL_RESET) };
-}
-
-/// The reset program's body: offsets from skb->cb, checked again (the verifier
-/// knows nothing of them here).
-#[inline(always)]
-pub fn from_tail_call(ctx: &TcContext) -> Result<(), ()> {
-    let cb = ctx.cb();
-    let (l3_off, l4_off) = (cb[0] as usize, cb[1] as usize);
-    if l4_off > MAX_L4_OFF || l3_off + 20 > l4_off {
-        return Err(());
-    }
-    let pkt = TcpPacket {
-        l3_off,
-        ipv6: cb[2] != 0,
-        l4_off,
-        dport: 0,
-        flags: 0,
-        payload_off: 0,
-        payload_len: 0,
-    };
-    rewrite(ctx, &pkt)
-}
 
 /// Writes with BPF_F_RECOMPUTE_CSUM keep skb->csum right for CHECKSUM_COMPLETE.
 const RECOMPUTE: u64 = BPF_F_RECOMPUTE_CSUM as u64;
 
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, pkt: &TcpPacket) -> Result<(), ()> {
+pub fn rewrite(ctx: &TcContext, pkt: &Handoff) -> Result<(), ()> {
     // Keep the headers up to a 20-byte TCP header: no payload, no TCP options.
     let new_len = pkt.l4_off + TCP_MIN_HLEN;
     // SAFETY: the skb pointer is the program's own context.
@@ -69,8 +36,9 @@ pub fn rewrite(ctx: &TcContext, pkt: &TcpPacket) -> Result<(), ()> {
         let ip = header::<20>(ctx, pkt.l3_off).map_err(|_| ())?;
         let old_total = u16::from_ne_bytes([ip[2], ip[3]]);
         let new_total = ip_len.to_be_bytes();
-        ctx.store(pkt.l3_off + 2, &new_total, RECOMPUTE)
-            .map_err(|_| ())?;
+        // No RECOMPUTE here: the IP checksum update below keeps the header's sum
+        // unchanged, so skb->csum must not move for this store either.
+        ctx.store(pkt.l3_off + 2, &new_total, 0).map_err(|_| ())?;
         ctx.l3_csum_replace(
             pkt.l3_off + 10,
             old_total as u64,

@@ -29,10 +29,8 @@ pub fn handle(ctx: &SockOpsContext) {
     if op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB {
         return;
     }
+    // Counts are kept whatever `max_conns` is now: it may be switched on live.
     let Some(cfg) = CONFIG.get(0) else { return };
-    if cfg.max_conns == 0 {
-        return;
-    }
     // SAFETY: the context pointer is the program's own, valid for this call.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.ops as *mut _) };
     if cfg.netns_cookie != 0 && cookie != cfg.netns_cookie {
@@ -84,7 +82,9 @@ pub fn handle(ctx: &SockOpsContext) {
         atomic::add(&mut state.open_conns, 1);
         // Ask for state changes on this socket, to see it close.
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-    } else if ctx.arg(1) == BPF_TCP_CLOSE && atomic::read(&state.open_conns) > 0 {
+    } else if ctx.arg(1) == BPF_TCP_CLOSE {
+        // Not "if > 0 then subtract": that is not atomic. A count taken below zero
+        // by racing closes is read as zero by the ingress program.
         atomic::sub(&mut state.open_conns, 1);
     }
 }

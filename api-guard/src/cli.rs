@@ -57,7 +57,7 @@ pub struct RunArgs {
     pub log_level: tracing::Level,
 
     /// Requests per second per client (a token bucket; none by default).
-    #[arg(long, value_name = "N", help_heading = "Limits", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", help_heading = "Limits", value_parser = clap::value_parser!(u32).range(1..=MAX_RATE))]
     pub rate: Option<u32>,
 
     /// Requests a client may send at once before --rate applies [default: the rate].
@@ -65,7 +65,7 @@ pub struct RunArgs {
     pub burst: Option<u32>,
 
     /// New connections (SYNs) per second per client; also covers TLS ports.
-    #[arg(long, value_name = "N", help_heading = "Limits", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", help_heading = "Limits", value_parser = clap::value_parser!(u32).range(1..=MAX_RATE))]
     pub conn_rate: Option<u32>,
 
     /// Connections a client may open at once before --conn-rate applies [default: the rate].
@@ -112,10 +112,72 @@ pub struct RunArgs {
     #[arg(long, help_heading = "Limits")]
     pub dry_run: bool,
 
+    /// Fraction of request starts sampled for the access log and metrics (0 to 1).
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0, help_heading = "Sampling", value_parser = parse_ratio)]
+    pub sample: f64,
+
+    /// Payload bytes captured per sampled request (1 to 8192).
+    #[arg(long, value_name = "N", default_value_t = 2048, help_heading = "Sampling",
+          value_parser = clap::value_parser!(u32).range(1..=api_guard_common::sample::MAX_CAPTURE as i64))]
+    pub capture_bytes: u32,
+
+    /// Size of the kernel's sample ring buffer in bytes (a power of two, at least
+    /// 4096); a full buffer loses samples, and counts them.
+    #[arg(long, value_name = "BYTES", default_value_t = api_guard_common::sample::DEFAULT_RING_BYTES,
+          help_heading = "Sampling", value_parser = parse_ring_bytes)]
+    pub sample_buffer: u32,
+
+    /// Write the API access log (JSON lines) here; "-" for stdout. SIGHUP reopens it.
+    #[arg(long, value_name = "PATH", help_heading = "Sampling")]
+    pub access_log: Option<PathBuf>,
+
+    /// Header that carries a credential (repeatable) [default: Authorization].
+    #[arg(
+        long = "auth-header",
+        value_name = "NAME",
+        help_heading = "Authentication"
+    )]
+    pub auth_headers: Vec<String>,
+
+    /// Requests without a credential: not checked, logged, or logged and blocked
+    /// (a client over --auth-failures in a minute is blocked for --block-for).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = RequireAuth::Off, help_heading = "Authentication")]
+    pub require_auth: RequireAuth,
+
+    /// Unauthenticated requests a client may send in a minute before
+    /// --require-auth block blocks it.
+    #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Authentication",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failures: u32,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9477",
+        help_heading = "Metrics"
+    )]
+    pub metrics_addr: std::net::SocketAddr,
+
+    /// Clients in the top-clients gauge.
+    #[arg(long, value_name = "K", default_value_t = 10, help_heading = "Metrics",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub top_clients: u32,
+
     /// cgroup v2 directory for the connection tracker (--max-conns) [default: the
     /// cgroup v2 root, found in /proc/mounts].
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+}
+
+/// The highest rate: one event per nanosecond, the buckets' resolution.
+const MAX_RATE: i64 = 1_000_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RequireAuth {
+    Off,
+    Log,
+    Block,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -140,9 +202,46 @@ impl RunArgs {
             ipv6_prefix: self.ipv6_prefix,
             dry_run: self.dry_run,
             on_limit_reset: self.on_limit == OnLimit::Reset,
+            sample: self.sample,
+            capture_bytes: self.capture_bytes,
+            auth_blocks: self.require_auth == RequireAuth::Block,
         };
         policy.validate()?;
         Ok(policy)
+    }
+}
+
+impl RunArgs {
+    /// The credential header names, lower-cased (httparse keeps their case).
+    pub fn auth_header_names(&self) -> Vec<String> {
+        if self.auth_headers.is_empty() {
+            vec!["authorization".into()]
+        } else {
+            self.auth_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect()
+        }
+    }
+}
+
+/// A fraction from 0 to 1.
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a ratio from 0 to 1 (e.g. 0.01 for 1%)"
+        )),
+    }
+}
+
+/// A ring buffer size: a power of two of at least one page.
+pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n >= 4096 && n.is_power_of_two() => Ok(n),
+        _ => Err(format!(
+            "{s:?} must be a power of two of at least 4096 bytes (e.g. 4194304)"
+        )),
     }
 }
 

@@ -1,76 +1,195 @@
-//! The `run` command: check, load, attach, report until SIGINT/SIGTERM, detach.
+//! The `run` command: check, load, attach, then watch (sample pipeline, metrics,
+//! periodic summary) until SIGINT/SIGTERM; drain and flush, detach, report.
 
-use std::io;
-
-use anyhow::Result;
-use api_guard_common::counters::Event;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, interval},
+use std::{
+    collections::HashMap,
+    io,
+    sync::{Arc, Mutex},
+    time::Duration,
 };
-use tracing::info;
+
+use anyhow::{Context as _, Result};
+use api_guard_common::counters::Event;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+    time::{Instant, MissedTickBehavior, interval_at},
+};
+use tracing::{info, warn};
 
 use crate::{
+    access_log::AccessLog,
     cli::RunArgs,
     failure::{ExitCode, Failure},
     loader::{Datapath, LoadOptions},
+    metrics::{self, Metrics, TopClients},
     policy::Policy,
     preflight::{self, Cgroup2},
     report,
+    sampler::{Sampler, SamplerConfig},
 };
+
+/// How often the top-clients gauge is recomputed.
+const TOP_CLIENTS_EVERY: Duration = Duration::from_secs(5);
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let policy = args
         .policy()
         .map_err(|e| Failure::new(ExitCode::Usage, e))?;
     preflight::check_privileges()?;
+    let mut ifnames = HashMap::new();
     for iface in &args.ifaces {
-        preflight::interface_index(iface)?;
+        ifnames.insert(preflight::interface_index(iface)?, iface.clone());
     }
+    // Signals first: a stop request from here on is never lost.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
 
     let mut datapath = Datapath::load(&LoadOptions {
         max_clients: args.max_clients,
+        ring_bytes: args.sample_buffer,
     })?;
     datapath.watch_ports(&args.ports)?;
     // Kept until exit: a cgroup hierarchy api-guard mounted itself is unmounted then.
     let _cgroup = apply_policy(&mut datapath, &policy, &args)?;
+    let ring = datapath.take_samples()?;
+    let log = match &args.access_log {
+        Some(path) => Some(
+            AccessLog::open(path)
+                .map_err(|e| Failure::new(ExitCode::Environment, format!("{e:#}")))?,
+        ),
+        None => None,
+    };
+    let listener = TcpListener::bind(args.metrics_addr).await.map_err(|e| {
+        Failure::new(
+            ExitCode::Environment,
+            format!("cannot listen on {} for metrics: {e}", args.metrics_addr),
+        )
+    })?;
     for iface in &args.ifaces {
         datapath.attach_ingress(iface)?;
     }
+    let prog_id = datapath.ingress_id()?;
+    let datapath = Arc::new(Mutex::new(datapath));
+    let metrics = Arc::new(Metrics::new(datapath.clone(), args.max_clients)?);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sampler = Sampler::new(
+        SamplerConfig {
+            auth_headers: args.auth_header_names(),
+            require_auth: args.require_auth,
+            auth_failures: args.auth_failures,
+            block_for: policy.block_for,
+            ipv6_prefix: policy.ipv6_prefix,
+            ifnames,
+        },
+        log,
+        metrics.clone(),
+        datapath.clone(),
+    );
+    let sampler_task = tokio::spawn(run_sampler(ring, sampler, stop_rx.clone()));
+    let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone(), stop_rx));
     info!(
         ifaces = ?args.ifaces,
         ports = ?args.ports,
         max_clients = args.max_clients,
-        prog_id = datapath.ingress_id()?,
+        metrics = %format!("http://{}/metrics", args.metrics_addr),
+        prog_id,
         "api-guard ready"
     );
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut ticker = (!args.report_every.is_zero()).then(|| {
-        let mut t = interval(args.report_every);
-        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        t
-    });
-
+    let mut summary = (!args.report_every.is_zero()).then(|| ticker(args.report_every));
+    let mut top_tick = ticker(TOP_CLIENTS_EVERY);
+    let mut top = TopClients::new(args.top_clients);
     loop {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = async { ticker.as_mut().unwrap().tick().await }, if ticker.is_some() => {
-                let clients = datapath.clients()?.len();
-                info!("{}", report::summary(clients, &datapath.counters()?));
+            _ = async { summary.as_mut().unwrap().tick().await }, if summary.is_some() => {
+                let dp = lock(&datapath)?;
+                info!("{}", report::summary(dp.clients()?.len(), &dp.counters()?));
+            }
+            _ = top_tick.tick() => {
+                if let Err(e) = top.update(&*lock(&datapath)?, &metrics.top_clients) {
+                    warn!("cannot update the top clients: {e:#}");
+                }
             }
         }
     }
 
-    // Read the final state while the programs are still loaded, then detach.
-    let clients = datapath.clients()?;
-    let created = datapath.event(Event::ClientsCreated)?;
-    let counters = datapath.counters()?;
+    // Drain the ring buffer and flush the log while the programs still run, then
+    // read the final state and detach.
+    let _ = stop_tx.send(true);
+    let sampler = sampler_task.await.context("the sampler task failed")??;
+    let _ = metrics_task.await;
+    drop(metrics);
+    let dp = lock(&datapath)?;
+    let final_state = report::Final {
+        clients: dp.clients()?,
+        clients_created: dp.event(Event::ClientsCreated)?,
+        counters: dp.counters()?,
+        samples: dp.event(Event::Sampled)?,
+        samples_lost: dp.event(Event::SamplesLost)?,
+        logged: sampler.lines_written(),
+    };
+    drop(dp);
+    drop(sampler);
     drop(datapath);
     info!("detached from {:?}", args.ifaces);
-    report::write_final(&mut io::stdout().lock(), &clients, created, &counters)
+    final_state.write(&mut io::stdout().lock())
+}
+
+/// Ticks every `every`, the first time after one period (not at once).
+fn ticker(every: Duration) -> tokio::time::Interval {
+    let mut t = interval_at(Instant::now() + every, every);
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    t
+}
+
+fn lock(dp: &Mutex<Datapath>) -> Result<std::sync::MutexGuard<'_, Datapath>> {
+    dp.lock()
+        .map_err(|_| anyhow::anyhow!("the datapath lock is poisoned"))
+}
+
+/// Takes records off the ring buffer as they come; flushes the access log every
+/// second; reopens it on SIGHUP; drains what is left when told to stop.
+async fn run_sampler(
+    ring: RingBuf<MapData>,
+    mut sampler: Sampler,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Sampler> {
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same for
+    // as long as the AsyncFd owns the ring buffer.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("cannot watch the sample ring buffer: {e}"))?;
+    let mut flush = ticker(Duration::from_secs(1));
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            ready = ring.readable_mut() => {
+                let mut guard = ready?;
+                drain(guard.get_inner_mut(), &mut sampler);
+                guard.clear_ready();
+            }
+            _ = flush.tick() => sampler.flush(),
+            _ = hup.recv() => sampler.reopen(),
+            _ = stop.changed() => break,
+        }
+    }
+    drain(ring.get_mut(), &mut sampler);
+    sampler.flush();
+    Ok(sampler)
+}
+
+fn drain(ring: &mut RingBuf<MapData>, sampler: &mut Sampler) {
+    while let Some(record) = ring.next() {
+        if let Err(e) = sampler.handle(&record) {
+            warn!("sample dropped: {e:#}");
+        }
+    }
 }
 
 /// Attaches the connection tracker if the policy needs it, then pushes the policy

@@ -6,11 +6,17 @@
 //! attach the kernel programs), `maps` (typed access to the kernel's maps), `report`
 //! (what the daemon tells the operator) and `daemon` (the `run` command's life cycle).
 
+pub mod access_log;
+pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod daemon;
 pub mod failure;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod report;
+pub mod request;
+pub mod sampler;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, ProgramArray},
+    maps::{MapData, ProgramArray, RingBuf},
     programs::{CgroupAttachMode, SchedClassifier, SockOps, TcAttachType},
 };
 
@@ -21,6 +21,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ap
 pub const INGRESS_PROGRAM: &str = "api_guard_ingress";
 /// The reset rewriter, tail-called by the ingress program.
 pub const RESET_PROGRAM: &str = "api_guard_reset";
+/// The sampler, tail-called by the ingress program.
+pub const SAMPLE_PROGRAM: &str = "api_guard_sample";
 /// The connection tracker's name in the object.
 pub const SOCKOPS_PROGRAM: &str = "api_guard_sockops";
 
@@ -28,12 +30,15 @@ pub const SOCKOPS_PROGRAM: &str = "api_guard_sockops";
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub max_clients: u32,
+    /// Sample ring buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             max_clients: names::DEFAULT_MAX_CLIENTS,
+            ring_bytes: api_guard_common::sample::DEFAULT_RING_BYTES,
         }
     }
 }
@@ -48,6 +53,7 @@ impl Datapath {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::CLIENTS, opts.max_clients)
+            .map_max_entries(names::SAMPLES, opts.ring_bytes)
             .load(OBJECT)
             .map_err(|e| {
                 Failure::new(
@@ -62,6 +68,7 @@ impl Datapath {
             )
         })?;
         load_tail(&mut ebpf, RESET_PROGRAM, names::TAIL_RESET)?;
+        load_tail(&mut ebpf, SAMPLE_PROGRAM, names::TAIL_SAMPLE)?;
         let mut datapath = Self { ebpf };
         // Never leave the policy zeroed (a zero IPv6 prefix would lump every IPv6
         // client together): watch-only until the caller sets its own.
@@ -112,6 +119,15 @@ impl Datapath {
             )
         })?;
         Ok(())
+    }
+
+    /// Takes the sample ring buffer out, for the sampler task to own.
+    pub fn take_samples(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(names::SAMPLES)
+            .context("map SAMPLES missing (or already taken)")?;
+        Ok(RingBuf::try_from(map)?)
     }
 
     /// The ingress program, for BPF_PROG_TEST_RUN.

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use anyhow::{Context as _, Result};
 use api_guard_common::{
     client::{ClientKey, ClientState},
+    config::flags as config_flags,
     config::{Config, Limit},
     counters::{self, Event, Kind, Verdict},
     maps as names,
@@ -103,6 +104,47 @@ impl Datapath {
                 })?;
         }
         Ok(())
+    }
+
+    /// Blocks a network until `until_ns` (CLOCK_MONOTONIC; u64::MAX: until
+    /// unblocked), effective on the next packet.
+    pub fn block(&mut self, net: (u32, NetKey), until_ns: u64) -> Result<()> {
+        self.add_lpm(names::BLOCKS, &[(net, until_ns)])?;
+        let mut config = self.config()?;
+        if !config.has(config_flags::HAS_BLOCKS) {
+            config.flags |= config_flags::HAS_BLOCKS;
+            self.set_config(&config)?;
+        }
+        Ok(())
+    }
+
+    /// Lifts a block; false if there was none for exactly this network.
+    pub fn unblock(&mut self, net: (u32, NetKey)) -> Result<bool> {
+        let mut map: LpmTrie<&mut MapData, NetKey, u64> = LpmTrie::try_from(
+            self.ebpf_mut()
+                .map_mut(names::BLOCKS)
+                .context("map BLOCKS missing")?,
+        )?;
+        match map.remove(&Key::new(net.0, net.1)) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Blocks in the block list: (prefix length, network, deadline).
+    pub fn blocks(&self) -> Result<Vec<(u32, NetKey, u64)>> {
+        let map: LpmTrie<&MapData, NetKey, u64> = LpmTrie::try_from(
+            self.ebpf()
+                .map(names::BLOCKS)
+                .context("map BLOCKS missing")?,
+        )?;
+        map.iter()
+            .map(|e| {
+                let (key, until) = e?;
+                Ok((key.prefix_len(), key.data(), until))
+            })
+            .collect()
     }
 
     /// Every tracked client, in the map's order.

@@ -28,6 +28,18 @@ impl FromStr for Network {
                 }
             },
         };
+        // IPv4 clients are keyed as ::ffff:a.b.c.d: an IPv6 network spanning that
+        // range (::/0, say) would silently match every IPv4 client too.
+        if let IpNet::V6(v6) = net
+            && v6.prefix_len() <= 96
+            && v6
+                .trunc()
+                .contains(&std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0))
+        {
+            return Err(format!(
+                "{s:?} would also match every IPv4 client (IPv4 is kept as ::ffff:0:0/96); give IPv6 networks that leave it out, and IPv4 networks as IPv4"
+            ));
+        }
         // 198.18.0.1/24 means the network 198.18.0.0/24.
         Ok(Network(net.trunc()))
     }
@@ -83,13 +95,25 @@ impl FromStr for NetworkLimit {
     }
 }
 
-/// A whole number of at least 1.
+/// A whole number from 1 to 1e9 (the buckets count in nanoseconds).
 pub fn positive(s: &str, what: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
-        Ok(n) if n >= 1 => Ok(n),
+        Ok(n) if (1..=1_000_000_000).contains(&n) => Ok(n),
         _ => Err(format!(
-            "{what} must be a whole number of at least 1, not {s:?}"
+            "{what} must be a whole number from 1 to 1000000000, not {s:?}"
         )),
+    }
+}
+
+/// The `sample_below` threshold of a sampling ratio: the kernel samples when a
+/// random u32 is below it (`u32::MAX` meaning always).
+pub fn sample_below(ratio: f64) -> u32 {
+    if ratio >= 1.0 {
+        u32::MAX
+    } else if ratio <= 0.0 {
+        0
+    } else {
+        (ratio * f64::from(u32::MAX)) as u32
     }
 }
 
@@ -108,6 +132,12 @@ pub struct Policy {
     pub ipv6_prefix: u8,
     pub dry_run: bool,
     pub on_limit_reset: bool,
+    /// Fraction of request starts sampled for the access log (0 to 1).
+    pub sample: f64,
+    /// Payload bytes captured per sample.
+    pub capture_bytes: u32,
+    /// `--require-auth block`: clients without credentials get blocked too.
+    pub auth_blocks: bool,
 }
 
 impl Policy {
@@ -163,6 +193,8 @@ impl Policy {
             netns_cookie,
             ipv6_prefix: u32::from(self.ipv6_prefix),
             flags: f,
+            sample_below: sample_below(self.sample),
+            capture_bytes: self.capture_bytes,
         }
     }
 
@@ -196,7 +228,14 @@ mod tests {
         // Host bits are cleared.
         let n: Network = "198.18.3.7/24".parse().unwrap();
         assert_eq!(n.to_string(), "198.18.3.0/24");
-        for bad in ["198.18.0.0/33", "nonsense", "2001:db8::/129", ""] {
+        for bad in [
+            "198.18.0.0/33",
+            "nonsense",
+            "2001:db8::/129",
+            "",
+            "::/0",
+            "::ffff:0:0/96",
+        ] {
             assert!(bad.parse::<Network>().is_err(), "{bad}");
         }
     }

@@ -21,6 +21,33 @@ struct ClientLine<'a> {
     packets: u64,
 }
 
+/// What the daemon knows when it stops.
+pub struct Final {
+    pub clients: Vec<Client>,
+    pub clients_created: u64,
+    pub counters: Counters,
+    pub samples: u64,
+    pub samples_lost: u64,
+    /// Access log lines written.
+    pub logged: u64,
+}
+
+impl Final {
+    pub fn write(&self, out: &mut impl Write) -> Result<()> {
+        write_final(out, &self.clients, self.clients_created, &self.counters)?;
+        let samples = serde_json::json!({
+            "type": "samples",
+            "sampled": self.samples,
+            "lost": self.samples_lost,
+            "logged": self.logged,
+        });
+        serde_json::to_writer(&mut *out, &samples)?;
+        writeln!(out)?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
 /// Writes the final report: clients by request count (most first), the client
 /// table's totals, then the verdict counters.
 pub fn write_final(

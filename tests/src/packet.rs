@@ -3,7 +3,7 @@
 //! TCP. The IPv4 header checksum is filled in (the reset rewriter updates it
 //! incrementally); TCP checksums are left zero: nothing verifies them on input.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -169,20 +169,28 @@ pub const SERVER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 pub const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 
+/// An untagged TCP frame from `src` to SERVER4 or SERVER6.
+pub fn from(src: IpAddr, tcp: &Tcp) -> Vec<u8> {
+    match src {
+        IpAddr::V4(s) => ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4(s, SERVER4, &[], IPPROTO_TCP, &tcp.bytes()),
+        ),
+        IpAddr::V6(s) => ethernet(
+            &[],
+            ETH_P_IPV6,
+            &ipv6(s, SERVER6, &[], IPPROTO_TCP, &tcp.bytes()),
+        ),
+    }
+}
+
 /// An untagged IPv4 TCP frame from CLIENT4 to SERVER4.
 pub fn v4(tcp: &Tcp) -> Vec<u8> {
-    ethernet(
-        &[],
-        ETH_P_IP,
-        &ipv4(CLIENT4, SERVER4, &[], IPPROTO_TCP, &tcp.bytes()),
-    )
+    from(CLIENT4.into(), tcp)
 }
 
 /// An untagged IPv6 TCP frame from CLIENT6 to SERVER6.
 pub fn v6(tcp: &Tcp) -> Vec<u8> {
-    ethernet(
-        &[],
-        ETH_P_IPV6,
-        &ipv6(CLIENT6, SERVER6, &[], IPPROTO_TCP, &tcp.bytes()),
-    )
+    from(CLIENT6.into(), tcp)
 }

@@ -53,12 +53,7 @@ impl Harness {
 
     /// Runs the ingress program once on `frame` and returns its TC action.
     pub fn run(&self, frame: &[u8]) -> Result<u32> {
-        let result = self.datapath.ingress()?.test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat: 1,
-            ..Default::default()
-        })?;
-        Ok(result.return_value)
+        Ok(self.run_out(frame)?.0)
     }
 }
 

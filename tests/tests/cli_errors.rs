@@ -81,7 +81,7 @@ fn bad_policy_flags_exit_2_with_the_reason() {
         (&["--burst", "0", "--rate", "5"], "--burst"),
         (&["--ipv6-prefix", "129"], "--ipv6-prefix"),
         (&["--block-for", "30", "--rate", "5"], "unit"),
-        (&["--limit", "198.18.0.0/24=0"], "at least 1"),
+        (&["--limit", "198.18.0.0/24=0"], "from 1 to"),
         (&["--on-limit", "explode"], "--on-limit"),
     ] {
         let mut args = base.to_vec();

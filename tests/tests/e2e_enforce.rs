@@ -38,12 +38,23 @@ fn burst_from(
     Ok(curl(&client.ns, &urls, opts)?.ok())
 }
 
-/// Shorter than a second: an over-limit request (dropped, retransmitted after
-/// 200 ms, 600 ms...) cannot be admitted by a bucket refilling at 1/s.
-const SHORT: Duration = Duration::from_millis(800);
+/// An over-limit request is dropped and retransmitted 200 ms later, then 600 ms
+/// later. Giving up at 400 ms leaves one retransmission, so a bucket refilling at
+/// 1/s can admit none of them as long as a test's bursts start within 0.8 s of
+/// each other.
+const SHORT: Duration = Duration::from_millis(400);
+
+/// These tests share two CPUs with a flood; one at a time keeps their timing
+/// assumptions true (other test binaries still run in parallel with nothing).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 #[test]
 fn a_flood_is_held_to_burst_plus_rate_while_a_legitimate_client_is_served() -> Result<()> {
+    let _serial = serial();
     const RATE: u64 = 40;
     const BURST: u64 = 20;
     const SECS: u64 = 6;
@@ -95,6 +106,7 @@ fn a_flood_is_held_to_burst_plus_rate_while_a_legitimate_client_is_served() -> R
 
 #[test]
 fn deny_drops_allow_bypasses_and_network_limits_apply_most_specific_first() -> Result<()> {
+    let _serial = serial();
     // Clients 0, 1, 2 are 198.18.0.2, 198.18.1.2, 198.18.2.2.
     let s = Scenario::start(
         4,
@@ -131,6 +143,7 @@ fn deny_drops_allow_bypasses_and_network_limits_apply_most_specific_first() -> R
 
 #[test]
 fn ipv6_clients_in_one_64_share_a_bucket() -> Result<()> {
+    let _serial = serial();
     let s = Scenario::start(2, &["--rate", "1", "--burst", "4"])?;
     let c0 = s.client(0);
     // A second address in client 0's /64.
@@ -160,6 +173,7 @@ fn ipv6_clients_in_one_64_share_a_bucket() -> Result<()> {
 
 #[test]
 fn block_for_blocks_then_expires() -> Result<()> {
+    let _serial = serial();
     let s = Scenario::start(1, &["--rate", "1", "--burst", "2", "--block-for", "2s"])?;
     let c = s.client(0);
     assert_eq!(burst(c, 3, SHORT)?, 2);
@@ -174,6 +188,7 @@ fn block_for_blocks_then_expires() -> Result<()> {
 
 #[test]
 fn conn_rate_bites_at_its_number() -> Result<()> {
+    let _serial = serial();
     let s = Scenario::start(1, &["--conn-rate", "1", "--conn-burst", "3"])?;
     assert_eq!(burst(s.client(0), 8, SHORT)?, 3);
     let (stopped, ..) = s.stop()?;
@@ -183,7 +198,7 @@ fn conn_rate_bites_at_its_number() -> Result<()> {
 
 /// Holds an idle TCP connection to the API open from the client until killed.
 fn hold_connection(c: &Client) -> Result<Child> {
-    let target = format!("exec 3<>/dev/tcp/{}/{API}; sleep 30", c.server4);
+    let target = format!("exec 3<>/dev/tcp/{}/{API}; exec sleep 30", c.server4);
     Ok(c.ns
         .command("bash")
         .args(["-c", &target])
@@ -201,6 +216,7 @@ fn established(s: &Scenario) -> Result<usize> {
 
 #[test]
 fn max_conns_bites_at_its_number() -> Result<()> {
+    let _serial = serial();
     let s = Scenario::start(1, &["--max-conns", "2"])?;
     let c = s.client(0);
     let mut holders = vec![hold_connection(c)?, hold_connection(c)?];
@@ -229,6 +245,7 @@ fn max_conns_bites_at_its_number() -> Result<()> {
 
 #[test]
 fn on_limit_reset_resets_the_client_and_closes_the_server_side() -> Result<()> {
+    let _serial = serial();
     let s = Scenario::start(1, &["--rate", "1", "--burst", "1", "--on-limit", "reset"])?;
     let c = s.client(0);
     // One keep-alive connection: the first request passes, the second is over.
@@ -266,6 +283,7 @@ except socket.timeout:
 
 #[test]
 fn dry_run_drops_nothing_and_counts_what_it_would_have() -> Result<()> {
+    let _serial = serial();
     let s = Scenario::start(1, &["--rate", "1", "--burst", "2", "--dry-run"])?;
     assert_eq!(burst(s.client(0), 6, SHORT)?, 6);
     let (stopped, ..) = s.stop()?;

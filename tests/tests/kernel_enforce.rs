@@ -9,7 +9,7 @@ use std::{
 
 use api_guard_common::counters::{Kind, Verdict};
 use api_guard_tests::{
-    packet::{self, CLIENT4, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, SERVER4, SERVER6, Tcp},
+    packet::{self, CLIENT4, Tcp},
     testrun::{Harness, TC_ACT_PIPE, TC_ACT_SHOT, policy},
 };
 
@@ -20,24 +20,9 @@ fn harness(flags: &[&str]) -> Harness {
     Harness::with_policy(&[API], &policy(flags).unwrap()).unwrap()
 }
 
-fn from(src: IpAddr, tcp: &Tcp) -> Vec<u8> {
-    match src {
-        IpAddr::V4(s) => packet::ethernet(
-            &[],
-            ETH_P_IP,
-            &packet::ipv4(s, SERVER4, &[], IPPROTO_TCP, &tcp.bytes()),
-        ),
-        IpAddr::V6(s) => packet::ethernet(
-            &[],
-            ETH_P_IPV6,
-            &packet::ipv6(s, SERVER6, &[], IPPROTO_TCP, &tcp.bytes()),
-        ),
-    }
-}
-
 /// Sends `n` requests from `src` at once and returns how many passed.
 fn requests(h: &Harness, src: impl Into<IpAddr>, n: usize) -> usize {
-    let frame = from(src.into(), &Tcp::data(API, GET));
+    let frame = packet::from(src.into(), &Tcp::data(API, GET));
     (0..n)
         .filter(|_| h.run(&frame).unwrap() == TC_ACT_PIPE)
         .count()
@@ -74,9 +59,9 @@ fn rate_limit_admits_the_burst_then_drops() {
 
 #[test]
 fn the_bucket_refills_at_the_rate() {
-    let h = harness(&["--rate", "20", "--burst", "2"]);
+    let h = harness(&["--rate", "5", "--burst", "2"]);
     assert_eq!(requests(&h, CLIENT4, 10), 2);
-    thread::sleep(Duration::from_millis(120)); // 2.4 intervals of 50 ms
+    thread::sleep(Duration::from_millis(450)); // 2.25 intervals of 200 ms
     assert_eq!(requests(&h, CLIENT4, 10), 2);
 }
 
@@ -108,7 +93,10 @@ fn going_over_blocks_every_packet_until_the_block_expires() {
     assert_eq!(counter(&h, Kind::Packets, Verdict::Blocked), 2);
     // Other ports and other clients are untouched.
     assert_eq!(h.run(&packet::v4(&Tcp::syn(9999))).unwrap(), TC_ACT_PIPE);
-    assert_eq!(h.run(&from(v4(9), &Tcp::syn(API))).unwrap(), TC_ACT_PIPE);
+    assert_eq!(
+        h.run(&packet::from(v4(9), &Tcp::syn(API))).unwrap(),
+        TC_ACT_PIPE
+    );
     thread::sleep(Duration::from_millis(1500)); // past the block; the bucket refilled
     assert_eq!(h.run(&packet::v4(&ack)).unwrap(), TC_ACT_PIPE);
     assert_eq!(requests(&h, CLIENT4, 1), 1);
@@ -143,7 +131,10 @@ fn deny_drops_and_allow_bypasses_limits() {
     ]);
     // Denied: everything, SYNs too, IPv4 and IPv6.
     assert_eq!(requests(&h, v4(2), 3), 0);
-    assert_eq!(h.run(&from(v4(2), &Tcp::syn(API))).unwrap(), TC_ACT_SHOT);
+    assert_eq!(
+        h.run(&packet::from(v4(2), &Tcp::syn(API))).unwrap(),
+        TC_ACT_SHOT
+    );
     let denied6: IpAddr = "2001:db8:66:1::5".parse().unwrap();
     assert_eq!(requests(&h, denied6, 2), 0);
     assert_eq!(counter(&h, Kind::Requests, Verdict::Denied), 5);
@@ -287,4 +278,108 @@ fn on_limit_reset_works_for_ipv6() {
         )),
         0
     );
+}
+
+#[test]
+fn fragments_cannot_slip_past_a_deny_or_a_block() {
+    use api_guard_tests::packet::{ETH_P_IP, ETH_P_IPV6, Ext, IPPROTO_TCP, SERVER4, SERVER6};
+    let h = harness(&["--deny", "198.18.66.0/24", "--deny", "2001:db8:66::/48"]);
+    let denied4 = Ipv4Addr::new(198, 18, 66, 1);
+    let other4 = Ipv4Addr::new(198, 18, 67, 1);
+    let tcp = Tcp::data(API, GET).bytes();
+    let fragment4 = |src: Ipv4Addr, offset: u16, body: &[u8]| {
+        let mut ip = packet::ipv4(src, SERVER4, &[], IPPROTO_TCP, body);
+        ip[6..8].copy_from_slice(&(0x2000 | offset).to_be_bytes()); // MF + offset
+        // Fix the header checksum after the edit.
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let check =
+            api_guard_common::checksum::finish(api_guard_common::checksum::add_words(0, &ip[..20]));
+        ip[10..12].copy_from_slice(&check.to_be_bytes());
+        packet::ethernet(&[], ETH_P_IP, &ip)
+    };
+    // A later fragment, and a first fragment too short to hold the TCP header.
+    assert_eq!(
+        h.run(&fragment4(denied4, 3, &tcp[20..])).unwrap(),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        h.run(&fragment4(denied4, 0, &tcp[..8])).unwrap(),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        h.run(&fragment4(other4, 3, &tcp[20..])).unwrap(),
+        TC_ACT_PIPE
+    );
+    assert_eq!(
+        h.run(&fragment4(other4, 0, &tcp[..8])).unwrap(),
+        TC_ACT_PIPE
+    );
+    // IPv6: a later fragment, and a chain longer than the parser follows.
+    let denied6: Ipv6Addr = "2001:db8:66::9".parse().unwrap();
+    let frag6 = packet::ipv6(
+        denied6,
+        SERVER6,
+        &[Ext::fragment(8, false)],
+        IPPROTO_TCP,
+        &tcp[20..],
+    );
+    assert_eq!(
+        h.run(&packet::ethernet(&[], ETH_P_IPV6, &frag6)).unwrap(),
+        TC_ACT_SHOT
+    );
+    let long_chain: Vec<Ext> = (0..8).map(|_| Ext::dest_opts(1)).collect();
+    let chained = packet::ipv6(denied6, SERVER6, &long_chain, IPPROTO_TCP, &tcp);
+    assert_eq!(
+        h.run(&packet::ethernet(&[], ETH_P_IPV6, &chained)).unwrap(),
+        TC_ACT_SHOT
+    );
+    assert_eq!(counter(&h, Kind::Packets, Verdict::Denied), 4);
+    assert_eq!(counter(&h, Kind::Packets, Verdict::Passed), 2);
+}
+
+#[test]
+fn ipv6_lists_match_the_address_not_its_bucket() {
+    // The /64 bucket keys per-client state only: an allowed or denied /128 is that
+    // host, not its whole /64.
+    let h = harness(&[
+        "--rate",
+        "1",
+        "--burst",
+        "1",
+        "--allow",
+        "2001:db8:1::5",
+        "--deny",
+        "2001:db8:1::6",
+    ]);
+    let allowed: Ipv6Addr = "2001:db8:1::5".parse().unwrap();
+    let denied: Ipv6Addr = "2001:db8:1::6".parse().unwrap();
+    let neighbour: Ipv6Addr = "2001:db8:1::7".parse().unwrap();
+    assert_eq!(requests(&h, allowed, 5), 5);
+    assert_eq!(requests(&h, denied, 2), 0);
+    assert_eq!(
+        requests(&h, neighbour, 3),
+        1,
+        "limited, not allowed nor denied"
+    );
+}
+
+#[test]
+fn short_request_starts_of_every_length_are_seen() {
+    let h = harness(&["--rate", "1", "--burst", "100"]);
+    for start in [
+        &b"GET "[..],
+        b"PUT /",
+        b"POST /",
+        b"HEAD /x",
+        b"PATCH ",
+        b"TRACE /",
+        b"DELETE ",
+    ] {
+        assert_eq!(
+            h.run(&packet::v4(&Tcp::data(API, start))).unwrap(),
+            TC_ACT_PIPE
+        );
+    }
+    let state = h.datapath.client(CLIENT4.into()).unwrap().unwrap();
+    assert_eq!(state.requests, 7);
 }

@@ -1,0 +1,101 @@
+//! Stage 5, sample: a fraction of request starts, with the kernel's verdict and
+//! the first `capture_bytes` of the payload, copied into the `SAMPLES` ring
+//! buffer for the daemon. The sample is built in per-CPU scratch space (it is too
+//! large for the BPF stack), then copied out at its real length.
+
+use api_guard_common::{
+    config::Config,
+    counters::Event,
+    sample::{HEADER_LEN, MAX_CAPTURE, SAMPLE_IPV6, SampleBuf, Source},
+};
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_load_bytes},
+    programs::TcContext,
+};
+
+use crate::{
+    count,
+    maps::{SAMPLE_SCRATCH, SAMPLES},
+    parse::header,
+    tail::Handoff,
+};
+
+/// Whether this request start is sampled (`--sample RATIO`).
+#[inline(always)]
+pub fn chosen(cfg: &Config) -> bool {
+    match cfg.sample_below {
+        0 => false,
+        u32::MAX => true,
+        below => {
+            // SAFETY: bpf_get_prandom_u32 has no preconditions.
+            (unsafe { bpf_get_prandom_u32() }) < below
+        }
+    }
+}
+
+/// Emits one sample; a full ring buffer counts a lost sample.
+#[inline(always)]
+pub fn emit(ctx: &TcContext, h: &Handoff, capture_bytes: u32) -> Result<(), ()> {
+    let buf = SAMPLE_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: a per-CPU scratch entry, used by this program run only.
+    let buf: &mut SampleBuf = unsafe { &mut *buf };
+    let hdr = &mut buf.header;
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+    if h.ipv6 {
+        hdr.client = *header::<16>(ctx, h.l3_off + 8).map_err(|_| ())?;
+        hdr.server = *header::<16>(ctx, h.l3_off + 24).map_err(|_| ())?;
+        hdr.flags = SAMPLE_IPV6;
+    } else {
+        let ip = header::<20>(ctx, h.l3_off).map_err(|_| ())?;
+        hdr.client = mapped([ip[12], ip[13], ip[14], ip[15]]);
+        hdr.server = mapped([ip[16], ip[17], ip[18], ip[19]]);
+        hdr.flags = 0;
+    }
+    let tcp = header::<20>(ctx, h.l4_off).map_err(|_| ())?;
+    hdr.client_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+    hdr.server_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let payload_off = h.l4_off + ((tcp[12] >> 4) as usize) * 4;
+    hdr.source = Source::TcIngress as u16;
+    hdr.verdict = h.verdict as u8;
+    // SAFETY: the skb pointer is the program's own context.
+    hdr.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    hdr.payload_len = h.payload_len as u32;
+    hdr._pad = 0;
+
+    // The capture length, clamped so the verifier sees 1..=MAX_CAPTURE.
+    let mut n = h.payload_len.min(capture_bytes as usize);
+    n &= MAX_CAPTURE * 2 - 1;
+    if n == 0 || n > MAX_CAPTURE {
+        return Err(());
+    }
+    // SAFETY: the destination holds MAX_CAPTURE >= n bytes.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            payload_off as u32,
+            buf.data.as_mut_ptr().cast(),
+            n as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(());
+    }
+    buf.header.captured = n as u32;
+    // SAFETY: HEADER_LEN + n bytes of the scratch entry are initialised.
+    let bytes = unsafe {
+        core::slice::from_raw_parts((buf as *const SampleBuf).cast::<u8>(), HEADER_LEN + n)
+    };
+    if SAMPLES.output::<[u8]>(bytes, 0).is_err() {
+        count::event(Event::SamplesLost);
+        return Err(());
+    }
+    count::event(Event::Sampled);
+    Ok(())
+}
+
+#[inline(always)]
+fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    let [a, b, c, d] = v4;
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+}

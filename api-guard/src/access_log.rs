@@ -1,0 +1,145 @@
+//! The API access log: one JSON line per sampled request, field names from
+//! OpenTelemetry's semantic conventions. Buffered; the sampler flushes it every
+//! second and on shutdown, and reopens it on SIGHUP (logrotate's convention).
+
+use std::{
+    fs::OpenOptions,
+    io::{self, BufWriter, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+/// One access log line. Credential values never get here: the request parser
+/// keeps only whether a credential was present and its scheme.
+#[derive(Debug, Serialize)]
+pub struct AccessRecord<'a> {
+    /// RFC 3339, UTC, nanoseconds.
+    pub timestamp: String,
+    #[serde(rename = "client.address")]
+    pub client_address: String,
+    #[serde(rename = "client.port")]
+    pub client_port: u16,
+    /// The Host header without its port, as OpenTelemetry asks.
+    #[serde(rename = "server.address", skip_serializing_if = "Option::is_none")]
+    pub server_address: Option<&'a str>,
+    #[serde(rename = "server.port")]
+    pub server_port: u16,
+    #[serde(rename = "network.local.address")]
+    pub local_address: String,
+    #[serde(rename = "network.type")]
+    pub network_type: &'static str,
+    #[serde(rename = "network.protocol.name")]
+    pub protocol: &'static str,
+    #[serde(
+        rename = "network.protocol.version",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub protocol_version: Option<&'static str>,
+    #[serde(rename = "http.request.method")]
+    pub method: &'a str,
+    #[serde(rename = "url.path")]
+    pub path: &'a str,
+    #[serde(rename = "url.query", skip_serializing_if = "Option::is_none")]
+    pub query: Option<&'a str>,
+    #[serde(
+        rename = "user_agent.original",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub user_agent: Option<&'a str>,
+    #[serde(
+        rename = "http.request.body.size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub body_size: Option<u64>,
+    #[serde(
+        rename = "api_guard.interface",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interface: Option<&'a str>,
+    #[serde(rename = "api_guard.verdict")]
+    pub verdict: &'static str,
+    #[serde(rename = "api_guard.auth.present")]
+    pub auth_present: bool,
+    #[serde(rename = "api_guard.auth.scheme")]
+    pub auth_scheme: &'static str,
+    #[serde(
+        rename = "api_guard.auth.header",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub auth_header: Option<&'a str>,
+    /// Set when --require-auth is on and the request had no credential.
+    #[serde(
+        rename = "api_guard.auth.missing",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub auth_missing: bool,
+    /// "complete", or "truncated" when the head was longer than the capture.
+    #[serde(rename = "api_guard.head")]
+    pub head: &'static str,
+    #[serde(rename = "api_guard.payload.size")]
+    pub payload_size: u32,
+}
+
+enum Target {
+    Stdout,
+    File(PathBuf),
+}
+
+pub struct AccessLog {
+    target: Target,
+    out: BufWriter<Box<dyn Write + Send>>,
+    /// Lines written since start.
+    pub lines: u64,
+}
+
+impl AccessLog {
+    /// Opens `spec`: a path (appended to, created 0640), or "-" for stdout.
+    pub fn open(spec: &Path) -> Result<Self> {
+        let target = if spec == Path::new("-") {
+            Target::Stdout
+        } else {
+            Target::File(spec.to_path_buf())
+        };
+        let out = BufWriter::with_capacity(64 * 1024, open_target(&target)?);
+        Ok(Self {
+            target,
+            out,
+            lines: 0,
+        })
+    }
+
+    pub fn write(&mut self, record: &AccessRecord<'_>) -> Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    /// Flushes, then opens the file again by name (after logrotate moved it).
+    pub fn reopen(&mut self) -> Result<()> {
+        self.out.flush()?;
+        self.out = BufWriter::with_capacity(64 * 1024, open_target(&self.target)?);
+        Ok(())
+    }
+}
+
+fn open_target(target: &Target) -> Result<Box<dyn Write + Send>> {
+    Ok(match target {
+        Target::Stdout => Box::new(io::stdout()),
+        Target::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(path)
+                .with_context(|| format!("cannot open the access log {}", path.display()))?,
+        ),
+    })
+}

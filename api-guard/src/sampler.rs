@@ -1,0 +1,264 @@
+//! The sample pipeline: ring buffer records → request parser → access log,
+//! metrics and the auth check. Records carry their kernel source, so further
+//! sources (egress responses, TLS uprobes) join the same pipeline.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use api_guard_common::{
+    client::ClientKey,
+    counters::{VERDICTS, Verdict},
+    sample::{SAMPLE_IPV6, SampleHeader, Source},
+};
+use tracing::{info, warn};
+
+use crate::{
+    access_log::{AccessLog, AccessRecord},
+    auth::AuthFailures,
+    cli::RequireAuth,
+    clock::{WallClock, monotonic_ns},
+    loader::Datapath,
+    metrics::Metrics,
+    request::{self, AuthScheme, Completeness},
+};
+
+/// What the sampler needs to know, fixed at start.
+pub struct SamplerConfig {
+    pub auth_headers: Vec<String>,
+    pub require_auth: RequireAuth,
+    pub auth_failures: u32,
+    pub block_for: Option<Duration>,
+    pub ipv6_prefix: u8,
+    /// Interface names by index, for the log.
+    pub ifnames: HashMap<u32, String>,
+}
+
+pub struct Sampler {
+    cfg: SamplerConfig,
+    log: Option<AccessLog>,
+    metrics: Arc<Metrics>,
+    datapath: Arc<Mutex<Datapath>>,
+    failures: AuthFailures,
+    wall: WallClock,
+    /// Records taken from the ring buffer.
+    pub records: u64,
+}
+
+impl Sampler {
+    pub fn new(
+        cfg: SamplerConfig,
+        log: Option<AccessLog>,
+        metrics: Arc<Metrics>,
+        datapath: Arc<Mutex<Datapath>>,
+    ) -> Self {
+        let failures = AuthFailures::new(cfg.auth_failures);
+        Self {
+            cfg,
+            log,
+            metrics,
+            datapath,
+            failures,
+            wall: WallClock::new(),
+            records: 0,
+        }
+    }
+
+    /// Handles one ring buffer record.
+    pub fn handle(&mut self, record: &[u8]) -> Result<()> {
+        self.records += 1;
+        let Some((hdr, data)) = SampleHeader::parse(record) else {
+            self.metrics
+                .parse_errors
+                .with_label_values(&["bad_record"])
+                .inc();
+            return Ok(());
+        };
+        match hdr.source {
+            s if s == Source::TcIngress as u16 => self.request(&hdr, data),
+            _ => {
+                self.metrics
+                    .parse_errors
+                    .with_label_values(&["unknown_source"])
+                    .inc();
+                Ok(())
+            }
+        }
+    }
+
+    fn request(&mut self, hdr: &SampleHeader, data: &[u8]) -> Result<()> {
+        let head = match request::parse(data, &self.cfg.auth_headers) {
+            Ok(head) => head,
+            Err(_) => {
+                self.metrics
+                    .parse_errors
+                    .with_label_values(&["not_http"])
+                    .inc();
+                return Ok(());
+            }
+        };
+        if head.completeness == Completeness::Truncated {
+            self.metrics
+                .parse_errors
+                .with_label_values(&["truncated"])
+                .inc();
+        }
+        let client = address(hdr.client);
+        let method_label = method_label(&head.method);
+        self.metrics
+            .sampled
+            .with_label_values(&[method_label, head.auth.as_str()])
+            .inc();
+        let missing = self.cfg.require_auth != RequireAuth::Off && head.auth == AuthScheme::None;
+        if missing {
+            self.metrics.unauthenticated.inc();
+            if self.cfg.require_auth == RequireAuth::Block
+                && self.failures.miss(client, Instant::now())
+            {
+                self.block(client)?;
+            }
+        }
+        if let Some(log) = &mut self.log {
+            let host = head.host.as_deref().map(strip_port);
+            let record = AccessRecord {
+                timestamp: humantime::format_rfc3339_nanos(self.wall.at(hdr.ts_ns)).to_string(),
+                client_address: client.to_string(),
+                client_port: hdr.client_port,
+                server_address: host,
+                server_port: hdr.server_port,
+                local_address: address(hdr.server).to_string(),
+                network_type: if hdr.flags & SAMPLE_IPV6 != 0 {
+                    "ipv6"
+                } else {
+                    "ipv4"
+                },
+                protocol: "http",
+                protocol_version: match head.version {
+                    Some(0) => Some("1.0"),
+                    Some(1) => Some("1.1"),
+                    _ => None,
+                },
+                method: &head.method,
+                path: &head.path,
+                query: head.query.as_deref(),
+                user_agent: head.user_agent.as_deref(),
+                body_size: head.content_length,
+                interface: self.cfg.ifnames.get(&hdr.ifindex).map(String::as_str),
+                verdict: verdict_name(hdr.verdict),
+                auth_present: head.auth != AuthScheme::None,
+                auth_scheme: head.auth.as_str(),
+                auth_header: head.auth_header.as_deref(),
+                auth_missing: missing,
+                head: match head.completeness {
+                    Completeness::Complete => "complete",
+                    Completeness::Truncated => "truncated",
+                },
+                payload_size: hdr.payload_len,
+            };
+            log.write(&record)?;
+        }
+        Ok(())
+    }
+
+    /// `--require-auth block`: blocks the client's bucket (the address, or its
+    /// IPv6 prefix) in the kernel for --block-for.
+    fn block(&mut self, client: IpAddr) -> Result<()> {
+        let Some(block_for) = self.cfg.block_for else {
+            return Ok(());
+        };
+        let key = ClientKey::from(client).bucketed(u32::from(self.cfg.ipv6_prefix));
+        let prefix = if client.is_ipv4() {
+            128
+        } else {
+            u32::from(self.cfg.ipv6_prefix)
+        };
+        let until = monotonic_ns().saturating_add(block_for.as_nanos() as u64);
+        self.datapath
+            .lock()
+            .map_err(|_| anyhow::anyhow!("datapath lock poisoned"))?
+            .block((prefix, key.addr), until)?;
+        self.metrics.auth_blocks.inc();
+        warn!(client = %client, for_secs = block_for.as_secs(), "blocked: too many requests without credentials");
+        Ok(())
+    }
+
+    /// Flushes the access log (every second and at shutdown).
+    pub fn flush(&mut self) {
+        if let Some(log) = &mut self.log
+            && let Err(e) = log.flush()
+        {
+            warn!("cannot flush the access log: {e}");
+        }
+        self.failures.prune(Instant::now());
+    }
+
+    /// SIGHUP: reopens the access log.
+    pub fn reopen(&mut self) {
+        if let Some(log) = &mut self.log {
+            match log.reopen() {
+                Ok(()) => info!("SIGHUP: access log reopened"),
+                Err(e) => warn!("cannot reopen the access log: {e:#}"),
+            }
+        }
+    }
+
+    pub fn lines_written(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.lines)
+    }
+}
+
+fn address(bytes: [u8; 16]) -> IpAddr {
+    Ipv6Addr::from(bytes).to_canonical()
+}
+
+/// A bounded method label: the nine methods the kernel recognises.
+fn method_label(method: &str) -> &'static str {
+    api_guard_common::http::Method::ALL
+        .iter()
+        .map(|m| m.as_str())
+        .find(|m| *m == method)
+        .unwrap_or("OTHER")
+}
+
+fn verdict_name(v: u8) -> &'static str {
+    VERDICTS
+        .iter()
+        .find(|x| **x as u8 == v)
+        .map_or("unknown", |v: &Verdict| v.name())
+}
+
+/// "api.example:8080" → "api.example"; "[2001:db8::1]:80" → "2001:db8::1".
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lose_their_port() {
+        assert_eq!(strip_port("api.example:8080"), "api.example");
+        assert_eq!(strip_port("api.example"), "api.example");
+        assert_eq!(strip_port("[2001:db8::1]:80"), "2001:db8::1");
+        assert_eq!(strip_port("198.18.0.1"), "198.18.0.1");
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("BREW"), "OTHER");
+        assert_eq!(verdict_name(Verdict::RateLimited as u8), "rate_limited");
+        assert_eq!(verdict_name(200), "unknown");
+    }
+}
