@@ -104,6 +104,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut summary = (!args.report_every.is_zero()).then(|| ticker(args.report_every));
     let mut top_tick = ticker(TOP_CLIENTS_EVERY);
     let mut top = TopClients::new(args.top_clients);
+    // The first snapshot now, so rates exist after one period.
+    top.update(&*lock(&datapath)?, &metrics.top_clients)?;
     loop {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }

@@ -289,10 +289,10 @@ impl TopClients {
             let secs = now.duration_since(*then).as_secs_f64().max(1e-3);
             let rates = snapshot
                 .iter()
-                .filter_map(|(addr, n)| {
-                    before
-                        .get(addr)
-                        .map(|b| (*addr, n.saturating_sub(*b) as f64 / secs))
+                // A client new since the last snapshot started from zero.
+                .map(|(addr, n)| {
+                    let b = before.get(addr).copied().unwrap_or(0);
+                    (*addr, n.saturating_sub(b) as f64 / secs)
                 })
                 .filter(|(_, r)| *r > 0.0);
             gauge.reset();

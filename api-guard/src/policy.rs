@@ -149,14 +149,14 @@ impl Policy {
         if self.conn_burst.is_some() && self.conn_rate.is_none() {
             return Err("--conn-burst needs --conn-rate".into());
         }
-        if self.block_for.is_some()
-            && self.rate.is_none()
-            && self.conn_rate.is_none()
-            && self.limits.is_empty()
-        {
+        let has_limit = self.rate.is_some() || self.conn_rate.is_some() || !self.limits.is_empty();
+        if self.block_for.is_some() && !has_limit && !self.auth_blocks {
             return Err(
-                "--block-for needs a limit to go over (--rate, --conn-rate or --limit)".into(),
+                "--block-for needs something to block for (--rate, --conn-rate, --limit or --require-auth block)".into(),
             );
+        }
+        if self.auth_blocks && self.block_for.is_none() {
+            return Err("--require-auth block needs --block-for (how long to block)".into());
         }
         Ok(())
     }

@@ -114,6 +114,11 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// Sends a signal (SIGHUP, say) without waiting for anything.
+    pub fn signal(&self, sig: libc::c_int) {
+        signal(&self.child, sig);
+    }
+
     /// Everything the daemon wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

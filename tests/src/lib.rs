@@ -11,6 +11,7 @@ pub mod netns;
 pub mod nginx;
 pub mod packet;
 pub mod process;
+pub mod prom;
 pub mod scenario;
 pub mod testrun;
 

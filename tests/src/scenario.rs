@@ -54,6 +54,15 @@ impl Scenario {
             .count())
     }
 
+    /// Scrapes the daemon's metrics (default address, inside the server
+    /// namespace).
+    pub fn scrape(&self) -> Result<String> {
+        self.topo.server.exec(
+            "curl",
+            &["-sS", "--max-time", "10", "http://127.0.0.1:9477/metrics"],
+        )
+    }
+
     /// Stops the daemon (SIGTERM) and returns what it left; the rest stays up
     /// until the scenario drops.
     pub fn stop(self) -> Result<(Stopped, Nginx, Topology)> {

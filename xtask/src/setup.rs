@@ -30,6 +30,7 @@ fn packages(llvm: u32) -> Vec<(String, PathBuf)> {
         ("curl", "curl"),
         ("wrk", "wrk"),
         ("util-linux", "setpriv"),
+        ("prometheus", "promtool"),
     ] {
         list.push((
             pkg.into(),
