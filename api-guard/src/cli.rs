@@ -21,7 +21,65 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the kernel programs, attach them and watch API traffic until stopped.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Show a running daemon's policy, counters, clients and blocks.
+    Status {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the busiest clients of a running daemon (request rate over one second).
+    Top {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// How many clients.
+        #[arg(short = 'n', default_value_t = 10)]
+        n: usize,
+    },
+    /// Block a network on a running daemon (every packet to the API ports dropped).
+    Block {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// The network or address to block.
+        cidr: Network,
+        /// How long (e.g. 10m) [default: until unblocked].
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_nonzero_duration)]
+        duration: Option<Duration>,
+    },
+    /// Lift a block on a running daemon: the network's, and its clients' own.
+    Unblock {
+        #[command(flatten)]
+        pins: PinArgs,
+        cidr: Network,
+    },
+    /// Set (or --remove) a network's request limit on a running daemon.
+    Limit {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// The network to limit.
+        #[arg(required_unless_present = "remove", conflicts_with = "remove")]
+        cidr: Option<Network>,
+        /// Requests per second per client of the network.
+        #[arg(long, value_name = "N", required_unless_present = "remove",
+              value_parser = clap::value_parser!(u32).range(1..=MAX_RATE))]
+        rate: Option<u32>,
+        /// Requests at once before --rate applies [default: the rate].
+        #[arg(long, value_name = "N", requires = "rate", value_parser = clap::value_parser!(u32).range(1..=MAX_RATE))]
+        burst: Option<u32>,
+        /// Remove the limit on this network instead.
+        #[arg(long, value_name = "CIDR", conflicts_with_all = ["rate", "burst"])]
+        remove: Option<Network>,
+    },
+}
+
+/// Where a daemon pins its maps (and where operator commands find them).
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Directory on a BPF filesystem for the daemon's pinned maps.
+    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +222,9 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub top_clients: u32,
 
+    #[command(flatten)]
+    pub pins: PinArgs,
+
     /// cgroup v2 directory for the connection tracker (--max-conns) [default: the
     /// cgroup v2 root, found in /proc/mounts].
     #[arg(long, value_name = "PATH")]
@@ -271,7 +332,8 @@ mod tests {
         let mut argv = vec!["api-guard", "run"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
-            Command::Run(r) => r,
+            Command::Run(r) => *r,
+            other => panic!("not run: {other:?}"),
         })
     }
 

@@ -25,7 +25,9 @@ use crate::{
     cli::RunArgs,
     failure::{ExitCode, Failure},
     loader::{Datapath, LoadOptions},
+    maps::KernelMaps,
     metrics::{self, Metrics, TopClients},
+    pins::PinDir,
     policy::Policy,
     preflight::{self, Cgroup2},
     report,
@@ -44,6 +46,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     for iface in &args.ifaces {
         ifnames.insert(preflight::interface_index(iface)?, iface.clone());
     }
+    // Claim the pin dir before loading anything: two daemons must not share one.
+    let mut pins = PinDir::claim(&args.pins.pin_dir)?;
     // Signals first: a stop request from here on is never lost.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -69,6 +73,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             format!("cannot listen on {} for metrics: {e}", args.metrics_addr),
         )
     })?;
+    pins.pin(&datapath)?;
     for iface in &args.ifaces {
         datapath.attach_ingress(iface)?;
     }
@@ -140,6 +145,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     drop(dp);
     drop(sampler);
     drop(datapath);
+    drop(pins);
     info!("detached from {:?}", args.ifaces);
     final_state.write(&mut io::stdout().lock())
 }

@@ -13,6 +13,8 @@ pub enum ExitCode {
     Privilege = 3,
     /// The host lacks something: an interface, BPF support, a kernel feature.
     Environment = 4,
+    /// An operator command found no running daemon.
+    NotRunning = 5,
 }
 
 /// An error with the exit code it maps to. Raised where the cause is known and

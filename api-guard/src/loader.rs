@@ -13,6 +13,7 @@ use aya::{
 };
 
 use crate::failure::{ExitCode, Failure};
+use crate::maps::KernelMaps;
 
 /// The kernel programs, built by build.rs from `api-guard-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/api-guard"));

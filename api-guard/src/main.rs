@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use api_guard::{
     cli::{Cli, Command},
-    daemon, failure,
+    control, daemon, failure, preflight,
 };
 use clap::Parser;
 
@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match &cli.command {
         Command::Run(args) => args.log_level,
+        _ => tracing::Level::WARN,
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -27,16 +28,43 @@ fn main() -> ExitCode {
             return ExitCode::from(failure::ExitCode::Runtime as u8);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Run(args) => daemon::run(args).await,
-        }
-    });
+    let result = match cli.command {
+        Command::Run(args) => runtime.block_on(daemon::run(*args)),
+        command => operator(command),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("api-guard: error: {}", failure::one_line(&err));
             ExitCode::from(failure::exit_code(&err) as u8)
         }
+    }
+}
+
+/// The commands that act on a running daemon through its pins.
+fn operator(command: Command) -> anyhow::Result<()> {
+    preflight::check_privileges()?;
+    let out = &mut std::io::stdout().lock();
+    match command {
+        Command::Run(_) => unreachable!("handled by the daemon"),
+        Command::Status { pins, json } => control::status(&pins.pin_dir, json, out),
+        Command::Top { pins, n } => control::top(&pins.pin_dir, n, out),
+        Command::Block {
+            pins,
+            cidr,
+            duration,
+        } => control::block(&pins.pin_dir, &cidr, duration, out),
+        Command::Unblock { pins, cidr } => control::unblock(&pins.pin_dir, &cidr, out),
+        Command::Limit {
+            pins,
+            cidr,
+            rate,
+            burst,
+            remove,
+        } => match (remove, cidr, rate) {
+            (Some(net), _, _) => control::remove_limit(&pins.pin_dir, &net, out),
+            (None, Some(net), Some(rate)) => control::limit(&pins.pin_dir, &net, rate, burst, out),
+            _ => unreachable!("clap requires a CIDR and --rate without --remove"),
+        },
     }
 }

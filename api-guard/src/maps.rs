@@ -13,7 +13,7 @@ use api_guard_common::{
     ports,
 };
 use aya::maps::{
-    Array, HashMap, MapData, PerCpuArray,
+    Array, HashMap, Map, MapData, PerCpuArray,
     lpm_trie::{Key, LpmTrie},
 };
 
@@ -41,14 +41,32 @@ impl Counters {
     }
 }
 
-impl Datapath {
+/// Where the maps come from: the daemon's own loaded programs ([`Datapath`]), or
+/// the pins a running daemon left for operator commands ([`crate::pins::Pinned`]).
+pub trait MapSource {
+    fn map(&self, name: &str) -> Result<&Map>;
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map>;
+}
+
+impl MapSource for Datapath {
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf()
+            .map(name)
+            .with_context(|| format!("map {name} missing"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf_mut()
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing"))
+    }
+}
+
+/// Typed access to the kernel's maps, from any [`MapSource`].
+pub trait KernelMaps: MapSource {
     /// Marks these ports as watched (and leaves the others as they are).
-    pub fn watch_ports(&mut self, watched: &[u16]) -> Result<()> {
-        let mut map: Array<&mut MapData, u8> = Array::try_from(
-            self.ebpf_mut()
-                .map_mut(names::PORTS)
-                .context("map PORTS missing")?,
-        )?;
+    fn watch_ports(&mut self, watched: &[u16]) -> Result<()> {
+        let mut map: Array<&mut MapData, u8> = Array::try_from(self.map_mut(names::PORTS)?)?;
         for &port in watched {
             map.set(u32::from(port), ports::WATCHED, 0)
                 .with_context(|| format!("cannot watch port {port}"))?;
@@ -57,19 +75,15 @@ impl Datapath {
     }
 
     /// Replaces the policy; programs use it from the next packet on.
-    pub fn set_config(&mut self, config: &Config) -> Result<()> {
-        let mut map: Array<&mut MapData, Config> = Array::try_from(
-            self.ebpf_mut()
-                .map_mut(names::CONFIG)
-                .context("map CONFIG missing")?,
-        )?;
+    fn set_config(&mut self, config: &Config) -> Result<()> {
+        let mut map: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::CONFIG)?)?;
         map.set(0, *config, 0).context("cannot write the policy")?;
         Ok(())
     }
 
     /// Pushes a policy: lists and per-network limits first, then the config that
     /// switches them on. `netns_cookie` scopes the connection tracker.
-    pub fn apply_policy(&mut self, policy: &Policy, netns_cookie: u64) -> Result<()> {
+    fn apply_policy(&mut self, policy: &Policy, netns_cookie: u64) -> Result<()> {
         let keys = |nets: &[Network]| nets.iter().map(Network::lpm_key).collect::<Vec<_>>();
         self.add_networks(names::ALLOW, &keys(&policy.allow))?;
         self.add_networks(names::DENY, &keys(&policy.deny))?;
@@ -78,22 +92,18 @@ impl Datapath {
     }
 
     /// Adds networks to the allow (`names::ALLOW`) or deny (`names::DENY`) list.
-    pub fn add_networks(&mut self, list: &str, nets: &[(u32, NetKey)]) -> Result<()> {
+    fn add_networks(&mut self, list: &str, nets: &[(u32, NetKey)]) -> Result<()> {
         let entries: Vec<((u32, NetKey), u8)> = nets.iter().map(|&n| (n, 1)).collect();
         self.add_lpm(list, &entries)
     }
 
     /// Adds per-network request limits.
-    pub fn add_overrides(&mut self, limits: &[((u32, NetKey), Limit)]) -> Result<()> {
+    fn add_overrides(&mut self, limits: &[((u32, NetKey), Limit)]) -> Result<()> {
         self.add_lpm(names::OVERRIDES, limits)
     }
 
     fn add_lpm<V: aya::Pod>(&mut self, name: &str, entries: &[((u32, NetKey), V)]) -> Result<()> {
-        let mut map: LpmTrie<&mut MapData, NetKey, V> = LpmTrie::try_from(
-            self.ebpf_mut()
-                .map_mut(name)
-                .with_context(|| format!("map {name} missing"))?,
-        )?;
+        let mut map: LpmTrie<&mut MapData, NetKey, V> = LpmTrie::try_from(self.map_mut(name)?)?;
         for &((prefix, addr), value) in entries {
             map.insert(&Key::new(prefix, addr), value, 0)
                 .with_context(|| {
@@ -108,7 +118,7 @@ impl Datapath {
 
     /// Blocks a network until `until_ns` (CLOCK_MONOTONIC; u64::MAX: until
     /// unblocked), effective on the next packet.
-    pub fn block(&mut self, net: (u32, NetKey), until_ns: u64) -> Result<()> {
+    fn block(&mut self, net: (u32, NetKey), until_ns: u64) -> Result<()> {
         self.add_lpm(names::BLOCKS, &[(net, until_ns)])?;
         let mut config = self.config()?;
         if !config.has(config_flags::HAS_BLOCKS) {
@@ -119,26 +129,48 @@ impl Datapath {
     }
 
     /// Lifts a block; false if there was none for exactly this network.
-    pub fn unblock(&mut self, net: (u32, NetKey)) -> Result<bool> {
-        let mut map: LpmTrie<&mut MapData, NetKey, u64> = LpmTrie::try_from(
-            self.ebpf_mut()
-                .map_mut(names::BLOCKS)
-                .context("map BLOCKS missing")?,
-        )?;
+    fn unblock(&mut self, net: (u32, NetKey)) -> Result<bool> {
+        self.remove_lpm::<u64>(names::BLOCKS, net)
+    }
+
+    /// Removes a per-network limit; false if there was none for exactly it.
+    fn remove_override(&mut self, net: (u32, NetKey)) -> Result<bool> {
+        self.remove_lpm::<Limit>(names::OVERRIDES, net)
+    }
+
+    fn remove_lpm<V: aya::Pod>(&mut self, name: &str, net: (u32, NetKey)) -> Result<bool> {
+        // aya checks the value size even for a removal.
+        let mut map: LpmTrie<&mut MapData, NetKey, V> = LpmTrie::try_from(self.map_mut(name)?)?;
         match map.remove(&Key::new(net.0, net.1)) {
             Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) if not_found(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
 
+    /// Ends the `--block-for` blocks of every client inside `net`; returns how many.
+    fn clear_client_blocks(&mut self, net: &Network) -> Result<usize> {
+        let blocked: Vec<Client> = self
+            .clients()?
+            .into_iter()
+            .filter(|c| c.state.blocked_until_ns != 0 && net.0.contains(&c.addr))
+            .collect();
+        let mut map: HashMap<&mut MapData, ClientKey, ClientState> =
+            HashMap::try_from(self.map_mut(names::CLIENTS)?)?;
+        for c in &blocked {
+            // Read again and write back at once: the kernel may have counted since.
+            let key = ClientKey::from(c.addr);
+            if let Ok(mut state) = map.get(&key, 0) {
+                state.blocked_until_ns = 0;
+                map.insert(key, state, 0)?;
+            }
+        }
+        Ok(blocked.len())
+    }
+
     /// Blocks in the block list: (prefix length, network, deadline).
-    pub fn blocks(&self) -> Result<Vec<(u32, NetKey, u64)>> {
-        let map: LpmTrie<&MapData, NetKey, u64> = LpmTrie::try_from(
-            self.ebpf()
-                .map(names::BLOCKS)
-                .context("map BLOCKS missing")?,
-        )?;
+    fn blocks(&self) -> Result<Vec<(u32, NetKey, u64)>> {
+        let map: LpmTrie<&MapData, NetKey, u64> = LpmTrie::try_from(self.map(names::BLOCKS)?)?;
         map.iter()
             .map(|e| {
                 let (key, until) = e?;
@@ -148,7 +180,7 @@ impl Datapath {
     }
 
     /// Every tracked client, in the map's order.
-    pub fn clients(&self) -> Result<Vec<Client>> {
+    fn clients(&self) -> Result<Vec<Client>> {
         // aya skips entries evicted between reading a key and its value.
         self.clients_map()?
             .iter()
@@ -163,18 +195,14 @@ impl Datapath {
     }
 
     /// The policy in force.
-    pub fn config(&self) -> Result<Config> {
-        let map: Array<&MapData, Config> = Array::try_from(
-            self.ebpf()
-                .map(names::CONFIG)
-                .context("map CONFIG missing")?,
-        )?;
+    fn config(&self) -> Result<Config> {
+        let map: Array<&MapData, Config> = Array::try_from(self.map(names::CONFIG)?)?;
         Ok(map.get(&0, 0)?)
     }
 
     /// The state of the client `addr` belongs to (IPv6 addresses share their
     /// bucket, per the policy's IPv6 prefix), if tracked.
-    pub fn client(&self, addr: IpAddr) -> Result<Option<ClientState>> {
+    fn client(&self, addr: IpAddr) -> Result<Option<ClientState>> {
         let key = ClientKey::from(addr).bucketed(self.config()?.ipv6_prefix);
         match self.clients_map()?.get(&key, 0) {
             Ok(state) => Ok(Some(state)),
@@ -184,36 +212,41 @@ impl Datapath {
     }
 
     fn clients_map(&self) -> Result<HashMap<&MapData, ClientKey, ClientState>> {
-        let map = self
-            .ebpf()
-            .map(names::CLIENTS)
-            .context("map CLIENTS missing")?;
+        let map = self.map(names::CLIENTS)?;
         Ok(HashMap::try_from(map)?)
     }
 
     /// The verdict counters, summed over CPUs.
-    pub fn counters(&self) -> Result<Counters> {
+    fn counters(&self) -> Result<Counters> {
         let mut out = Counters::default();
         self.sum_per_cpu(names::COUNTERS, &mut out.slots)?;
         Ok(out)
     }
 
     /// An event counter, summed over CPUs.
-    pub fn event(&self, event: Event) -> Result<u64> {
+    fn event(&self, event: Event) -> Result<u64> {
         let mut slots = [0u64; counters::EVENT_SLOTS as usize];
         self.sum_per_cpu(names::EVENTS, &mut slots)?;
         Ok(slots[event as usize])
     }
 
     fn sum_per_cpu(&self, name: &str, totals: &mut [u64]) -> Result<()> {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf()
-                .map(name)
-                .with_context(|| format!("map {name} missing"))?,
-        )?;
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(name)?)?;
         for (slot, total) in totals.iter_mut().enumerate() {
             *total = map.get(&(slot as u32), 0)?.iter().sum();
         }
         Ok(())
+    }
+}
+
+impl<T: MapSource> KernelMaps for T {}
+
+/// Whether a map error means "no such key" (aya reports ENOENT from a delete as
+/// a syscall error rather than `KeyNotFound`).
+fn not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }

@@ -31,7 +31,7 @@ use prometheus::{
 use tokio::{net::TcpListener, sync::watch};
 use tracing::warn;
 
-use crate::{clock::monotonic_ns, loader::Datapath};
+use crate::{clock::monotonic_ns, loader::Datapath, maps::KernelMaps};
 
 pub struct Metrics {
     pub registry: Registry,

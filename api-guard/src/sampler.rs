@@ -23,6 +23,7 @@ use crate::{
     cli::RequireAuth,
     clock::{WallClock, monotonic_ns},
     loader::Datapath,
+    maps::KernelMaps,
     metrics::Metrics,
     request::{self, AuthScheme, Completeness},
 };

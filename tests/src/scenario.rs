@@ -1,10 +1,14 @@
 //! A whole end-to-end scene: client namespaces, a server namespace with nginx,
-//! and the real daemon watching the API port there.
+//! and the real daemon watching the API port there, pinning its maps on a BPF
+//! filesystem of the scene's own.
+
+use std::process::{Command, Output};
 
 use anyhow::Result;
 
 use crate::{
-    daemon::{Daemon, Stopped},
+    bpffs::BpfFs,
+    daemon::{Daemon, Stopped, binary},
     netns::{Client, Topology},
     nginx::Nginx,
 };
@@ -15,28 +19,32 @@ pub const API: u16 = 8080;
 pub const OTHER: u16 = 8081;
 
 pub struct Scenario {
-    // Fields drop in order: the daemon, nginx, then the namespaces.
+    // Fields drop in order: the daemon, nginx, the namespaces, the pin mount.
     pub daemon: Daemon,
     pub nginx: Nginx,
     pub topo: Topology,
+    pub bpffs: BpfFs,
 }
 
 impl Scenario {
     /// `clients` client hosts, nginx on API and OTHER, and `api-guard run`
     /// watching API on every server interface with the extra `flags`.
     pub fn start(clients: usize, flags: &[&str]) -> Result<Self> {
+        let bpffs = BpfFs::mount()?;
         let topo = Topology::new(clients)?;
         let nginx = Nginx::start(&topo.server, &[API, OTHER])?;
         let mut args = vec!["run".to_string(), "--port".into(), API.to_string()];
         for iface in &topo.server_ifaces {
             args.extend(["--iface".into(), iface.clone()]);
         }
+        args.extend(["--pin-dir".into(), bpffs.pin_dir().display().to_string()]);
         args.extend(flags.iter().map(|f| f.to_string()));
         let daemon = Daemon::start(&topo.server, &args)?;
         Ok(Self {
             daemon,
             nginx,
             topo,
+            bpffs,
         })
     }
 
@@ -63,14 +71,25 @@ impl Scenario {
         )
     }
 
+    /// Runs an operator command (`status`, `block` ...) against this scene's
+    /// daemon, from the host; returns its output, whatever its exit status.
+    pub fn ctl(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(binary())
+            .args(args)
+            .arg("--pin-dir")
+            .arg(self.bpffs.pin_dir())
+            .output()?)
+    }
+
     /// Stops the daemon (SIGTERM) and returns what it left; the rest stays up
-    /// until the scenario drops.
-    pub fn stop(self) -> Result<(Stopped, Nginx, Topology)> {
+    /// until the returned guards drop.
+    pub fn stop(self) -> Result<(Stopped, Nginx, Topology, BpfFs)> {
         let Scenario {
             daemon,
             nginx,
             topo,
+            bpffs,
         } = self;
-        Ok((daemon.stop()?, nginx, topo))
+        Ok((daemon.stop()?, nginx, topo, bpffs))
     }
 }

@@ -2,6 +2,7 @@
 //! reading back verdicts and map state through the daemon's own map access.
 
 use anyhow::Result;
+use api_guard::maps::KernelMaps as _;
 use api_guard::{
     loader::{Datapath, LoadOptions},
     policy::Policy,
@@ -63,6 +64,8 @@ pub fn policy(flags: &[&str]) -> Result<Policy> {
     use clap::Parser;
     let mut argv = vec!["api-guard", "run", "--iface", "lo", "--port", "1"];
     argv.extend_from_slice(flags);
-    let Command::Run(args) = Cli::try_parse_from(argv)?.command;
+    let Command::Run(args) = Cli::try_parse_from(argv)?.command else {
+        anyhow::bail!("not a run command");
+    };
     args.policy().map_err(anyhow::Error::msg)
 }

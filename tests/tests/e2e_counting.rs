@@ -32,7 +32,7 @@ fn count(ipv6: bool, port: u16, n: usize, mode: Connections) -> Result<u64> {
 
     let prog_id = s.daemon.prog_id;
     let key = client.key(ipv6).to_string();
-    let (stopped, _nginx, _topo) = s.stop()?;
+    let (stopped, ..) = s.stop()?;
     assert!(stopped.status.success(), "daemon exit: {stopped:?}");
     assert!(
         !program_loaded(prog_id),

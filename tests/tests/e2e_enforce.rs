@@ -91,7 +91,7 @@ fn a_flood_is_held_to_burst_plus_rate_while_a_legitimate_client_is_served() -> R
 
     let admitted = s.served(&abuser.addr4.to_string(), API)? as f64;
     let expected = (BURST + RATE * SECS) as f64;
-    let (stopped, _nginx, _topo) = s.stop()?;
+    let (stopped, ..) = s.stop()?;
     let dropped = stopped.counter("requests", "rate_limited")?;
     eprintln!(
         "flood: nginx served {admitted} of the abuser's requests, expected {expected}; {dropped} dropped\n{report}"

@@ -1,6 +1,7 @@
 //! The enforce stage through BPF_PROG_TEST_RUN: limits, blocks, lists, per-network
 //! limits, IPv6 buckets and dry run, with policies built from real flags.
 
+use api_guard::maps::KernelMaps as _;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     thread,

@@ -1,6 +1,7 @@
 //! The ingress classifier fed crafted frames through BPF_PROG_TEST_RUN: verdicts,
 //! per-client state and counters, read from the real kernel maps.
 
+use api_guard::maps::KernelMaps as _;
 use std::net::IpAddr;
 
 use api_guard_common::counters::{Kind, Verdict};

@@ -60,11 +60,11 @@ pub fn test(filter: Option<&str>) -> Result<()> {
         }
         bail!("the tests left {} thing(s) behind", new.len());
     }
-    eprintln!("xtask: no namespace, process or BPF program outlived the tests");
+    eprintln!("xtask: no namespace, mount, process or BPF program outlived the tests");
     result
 }
 
-/// Namespaces, processes and BPF programs that only the tests create.
+/// Namespaces, mounts, processes and BPF programs that only the tests create.
 fn leftovers() -> Vec<String> {
     let mut found = Vec::new();
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
@@ -75,6 +75,17 @@ fn leftovers() -> Vec<String> {
                 .filter(|n| n.starts_with(PREFIX))
             {
                 found.push(format!("network namespace {name}"));
+            }
+        }
+    }
+    if let Ok(mounts) = fs::read_to_string("/proc/mounts") {
+        for line in mounts.lines() {
+            if let Some(dir) = line
+                .split_whitespace()
+                .nth(1)
+                .filter(|d| d.contains(PREFIX))
+            {
+                found.push(format!("mount {dir}"));
             }
         }
     }

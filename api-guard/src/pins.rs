@@ -1,0 +1,222 @@
+//! Pinned maps, for operator commands that act on a running daemon. The daemon
+//! claims a pin directory (an exclusive lock, so two daemons never share one),
+//! pins the maps operators need there, and removes the pins when it stops.
+//! Commands open the pins and find out from the lock whether a daemon is running.
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    fs::{self, File, OpenOptions},
+    os::{fd::AsRawFd, unix::fs::PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use api_guard_common::maps as names;
+use aya::maps::{Map, MapData};
+
+use crate::{
+    failure::{ExitCode, Failure},
+    maps::MapSource,
+};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/api-guard";
+
+/// The maps pinned for operators.
+pub const PINNED: [&str; 9] = [
+    names::PORTS,
+    names::CONFIG,
+    names::CLIENTS,
+    names::ALLOW,
+    names::DENY,
+    names::BLOCKS,
+    names::OVERRIDES,
+    names::COUNTERS,
+    names::EVENTS,
+];
+
+/// Where the locks live: /run is shared by every mount namespace on the host
+/// (bpffs cannot hold a plain file).
+const LOCK_DIR: &str = "/run/api-guard/locks";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn lock_path(dir: &Path) -> PathBuf {
+    let escaped: String = dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c == '/' { '%' } else { c })
+        .collect();
+    Path::new(LOCK_DIR).join(format!("{escaped}.lock"))
+}
+
+/// Takes the lock non-blockingly; Ok(None) if another process holds it.
+fn try_lock(path: &Path) -> Result<Option<File>> {
+    fs::create_dir_all(LOCK_DIR).with_context(|| format!("cannot create {LOCK_DIR}"))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open the lock {}", path.display()))?;
+    // SAFETY: flock on an fd we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(Some(file));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(err).with_context(|| format!("cannot lock {}", path.display()))
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a zeroed statfs is a valid out-parameter; c is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; statfs writes only into st.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Makes sure `dir`'s parent is on bpffs, mounting /sys/fs/bpf if that is where
+/// it should be and nothing is mounted there.
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if is_bpffs(parent) {
+        return Ok(());
+    }
+    let fail = |m: String| Failure::new(ExitCode::Environment, m);
+    if parent == Path::new("/sys/fs/bpf") {
+        // SAFETY: constant NUL-terminated strings.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            tracing::info!("mounted bpffs at /sys/fs/bpf");
+            return Ok(());
+        }
+        return Err(fail(format!(
+            "bpffs is not mounted at /sys/fs/bpf and mounting it failed: {}",
+            std::io::Error::last_os_error()
+        ))
+        .into());
+    }
+    Err(fail(format!(
+        "--pin-dir {} is not on a BPF filesystem (mount one with: mount -t bpf bpf {})",
+        dir.display(),
+        parent.display()
+    ))
+    .into())
+}
+
+/// A daemon's claim on a pin directory. Dropping it removes the pins.
+pub struct PinDir {
+    dir: PathBuf,
+    pinned: Vec<PathBuf>,
+    _lock: File,
+}
+
+impl PinDir {
+    /// Locks `dir` for this daemon and clears pins a killed daemon left there.
+    pub fn claim(dir: &Path) -> Result<Self> {
+        ensure_bpffs(dir)?;
+        let lock = try_lock(&lock_path(dir))?.ok_or_else(|| {
+            Failure::new(
+                ExitCode::Environment,
+                format!(
+                    "another api-guard is running with --pin-dir {}",
+                    dir.display()
+                ),
+            )
+        })?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the pin dir {}", dir.display()))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        for name in PINNED {
+            let _ = fs::remove_file(dir.join(name));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            pinned: Vec::new(),
+            _lock: lock,
+        })
+    }
+
+    /// Pins the operators' maps, readable by root only.
+    pub fn pin(&mut self, source: &impl MapSource) -> Result<()> {
+        for name in PINNED {
+            let path = self.dir.join(name);
+            source
+                .map(name)?
+                .pin(&path)
+                .with_context(|| format!("cannot pin {name} at {}", path.display()))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+            self.pinned.push(path);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        for path in &self.pinned {
+            let _ = fs::remove_file(path);
+        }
+        let _ = fs::remove_dir(&self.dir);
+        let _ = fs::remove_file(lock_path(&self.dir));
+    }
+}
+
+/// A running daemon's maps, opened from their pins.
+pub struct Pinned {
+    maps: HashMap<&'static str, Map>,
+}
+
+impl Pinned {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let not_running = || {
+            Failure::new(
+                ExitCode::NotRunning,
+                format!(
+                    "no api-guard daemon is running with --pin-dir {}",
+                    dir.display()
+                ),
+            )
+        };
+        // A lock we can take is a lock no daemon holds.
+        match try_lock(&lock_path(dir)) {
+            Ok(Some(_free)) => return Err(not_running().into()),
+            Ok(None) => {}
+            Err(_) => return Err(not_running().into()),
+        }
+        let mut maps = HashMap::new();
+        for name in PINNED {
+            let data = MapData::from_pin(dir.join(name)).map_err(|_| not_running())?;
+            maps.insert(name, Map::from_map_data(data)?);
+        }
+        Ok(Self { maps })
+    }
+}
+
+impl MapSource for Pinned {
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.maps
+            .get(name)
+            .with_context(|| format!("map {name} is not pinned"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.maps
+            .get_mut(name)
+            .with_context(|| format!("map {name} is not pinned"))
+    }
+}
