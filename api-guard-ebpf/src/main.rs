@@ -71,6 +71,13 @@ pub fn api_guard_sample(mut ctx: TcContext) -> i32 {
     if h.drop { TC_ACT_SHOT } else { TC_ACT_PIPE }
 }
 
+/// The floor for benchmarks: a classifier that does nothing. Kernel-path costs
+/// are quoted as a ratio to it, measured in the same run (never attached).
+#[classifier]
+pub fn api_guard_floor(_ctx: TcContext) -> i32 {
+    TC_ACT_PIPE
+}
+
 #[sock_ops]
 pub fn api_guard_sockops(ctx: SockOpsContext) -> u32 {
     sockops::handle(&ctx);

@@ -24,6 +24,8 @@ pub const INGRESS_PROGRAM: &str = "api_guard_ingress";
 pub const RESET_PROGRAM: &str = "api_guard_reset";
 /// The sampler, tail-called by the ingress program.
 pub const SAMPLE_PROGRAM: &str = "api_guard_sample";
+/// A classifier that does nothing: the floor benchmarks compare against.
+pub const FLOOR_PROGRAM: &str = "api_guard_floor";
 /// The connection tracker's name in the object.
 pub const SOCKOPS_PROGRAM: &str = "api_guard_sockops";
 
@@ -138,6 +140,19 @@ impl Datapath {
             .context("the ingress program is missing from the object")?
             .try_into()
             .context("the ingress program is not a classifier")
+    }
+
+    /// Loads the do-nothing classifier that benchmarks measure the floor with.
+    pub fn floor(&mut self) -> Result<&SchedClassifier> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(FLOOR_PROGRAM)
+            .context("the floor program is missing from the object")?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        Ok(prog)
     }
 
     /// The kernel's id of the ingress program (for `bpftool prog show id N`).

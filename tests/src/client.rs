@@ -131,7 +131,7 @@ pub fn curl(ns: &Netns, urls: &[String], opts: Opts) -> Result<Batch> {
 }
 
 /// Floods `url` with wrk from `ns` for `duration` over `connections` connections.
-/// Returns wrk's report.
+/// Returns wrk's report (with its latency distribution).
 pub fn wrk(ns: &Netns, url: &str, connections: u32, duration: Duration) -> Result<String> {
     process::run(ns.command("wrk").args([
         "-t2",
@@ -139,6 +139,44 @@ pub fn wrk(ns: &Netns, url: &str, connections: u32, duration: Duration) -> Resul
         &format!("-d{}s", duration.as_secs()),
         "--timeout",
         "5s",
+        "--latency",
         url,
     ]))
+}
+
+/// What a wrk report says.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WrkResult {
+    pub requests_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Reads "Requests/sec:" and the 50% and 99% latency lines of a wrk report.
+pub fn parse_wrk(report: &str) -> Option<WrkResult> {
+    let mut r = WrkResult::default();
+    for line in report.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            r.requests_per_sec = v.trim().parse().ok()?;
+        } else if let Some(v) = line.strip_prefix("50%") {
+            r.p50_ms = wrk_ms(v.trim())?;
+        } else if let Some(v) = line.strip_prefix("99%") {
+            r.p99_ms = wrk_ms(v.trim())?;
+        }
+    }
+    (r.requests_per_sec > 0.0).then_some(r)
+}
+
+/// "812.00us", "1.23ms", "2.00s" → milliseconds.
+fn wrk_ms(v: &str) -> Option<f64> {
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        return None;
+    };
+    Some(num.parse::<f64>().ok()? * scale)
 }

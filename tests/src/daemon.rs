@@ -114,6 +114,10 @@ impl Daemon {
         Ok(daemon)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal (SIGHUP, say) without waiting for anything.
     pub fn signal(&self, sig: libc::c_int) {
         signal(&self.child, sig);

@@ -35,9 +35,15 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(ns: &Netns, ports: &[u16]) -> Result<Self> {
+        Self::start_with(ns, ports, None)
+    }
+
+    /// nginx with `limit_req` per client address: `rate` requests a second with
+    /// bursts of `burst`, answered 429 beyond (the usual proxy-side limiter).
+    pub fn start_with(ns: &Netns, ports: &[u16], limit_req: Option<(u32, u32)>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
         let conf = dir.path().join("nginx.conf");
-        fs::write(&conf, config(dir.path(), ports))?;
+        fs::write(&conf, config(dir.path(), ports, limit_req))?;
         let child = ns
             .command(&nginx_binary())
             .arg("-c")
@@ -60,6 +66,11 @@ impl Nginx {
             })?;
         }
         Ok(nginx)
+    }
+
+    /// The nginx process (master_process off: the one process that serves).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn error_log(&self) -> String {
@@ -87,8 +98,17 @@ fn nginx_binary() -> String {
         .to_string()
 }
 
-fn config(dir: &Path, ports: &[u16]) -> String {
+fn config(dir: &Path, ports: &[u16], limit_req: Option<(u32, u32)>) -> String {
     let d = dir.display();
+    let (zone, limit) = match limit_req {
+        Some((rate, burst)) => (
+            format!(
+                "    limit_req_zone $binary_remote_addr zone=api:10m rate={rate}r/s;\n    limit_req_status 429;\n"
+            ),
+            format!("            limit_req zone=api burst={burst} nodelay;\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
     let listens: String = ports
         .iter()
         .map(|p| format!("        listen {p};\n        listen [::]:{p};\n"))
@@ -111,9 +131,9 @@ http {{
     uwsgi_temp_path {uwsgi};
     scgi_temp_path {scgi};
     keepalive_requests 100000;
-    server {{
+{zone}    server {{
 {listens}        location / {{
-            default_type text/plain;
+{limit}            default_type text/plain;
             return 200 "ok\n";
         }}
     }}

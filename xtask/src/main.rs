@@ -37,6 +37,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmarks K1–K5 (release build); rewrites BENCHMARKS.md.
+    Bench {
+        /// A short run (well under two minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Only these suites, e.g. K1,K4.
+        #[arg(long, value_name = "LIST")]
+        only: Option<String>,
+    },
     /// Lints, unit tests, kernel test-run tests and end-to-end suites.
     Test {
         /// Only tests whose name contains this (passed to cargo test).
@@ -72,6 +81,10 @@ fn run(task: Task) -> Result<ExitCode> {
                 .status()
                 .with_context(|| format!("cannot run {}", bin.display()))?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+        }
+        Task::Bench { quick, only } => {
+            test::bench(quick, only.as_deref())?;
+            Ok(ExitCode::SUCCESS)
         }
         Task::Test { filter } => {
             test::test(filter.as_deref())?;

@@ -64,6 +64,47 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     result
 }
 
+/// `cargo xtask bench`: release builds of the daemon and the bench runner, then
+/// the runner (tests/src/bin/bench.rs), which rewrites BENCHMARKS.md.
+pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
+    let bin = build(true)?;
+    check(
+        "cargo build (bench)",
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "api-guard-tests",
+            "--bin",
+            "bench",
+        ]),
+    )?;
+    let runner = bin.with_file_name("bench");
+    let before = leftovers();
+    let mut cmd = std::process::Command::new(&runner);
+    cmd.current_dir(crate::workspace())
+        .env("API_GUARD_BIN", &bin)
+        .args(["--out", "BENCHMARKS.md"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    if let Some(only) = only {
+        cmd.args(["--only", only]);
+    }
+    let result = check("the bench runner", &mut cmd);
+    let new: Vec<String> = leftovers()
+        .into_iter()
+        .filter(|l| !before.contains(l))
+        .collect();
+    if !new.is_empty() {
+        for l in &new {
+            eprintln!("xtask: left behind by the benchmarks: {l}");
+        }
+        bail!("the benchmarks left {} thing(s) behind", new.len());
+    }
+    result
+}
+
 /// Namespaces, mounts, processes and BPF programs that only the tests create.
 fn leftovers() -> Vec<String> {
     let mut found = Vec::new();

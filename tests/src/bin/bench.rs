@@ -1,0 +1,823 @@
+//! `cargo xtask bench [--quick]`: api-guard's benchmarks, run with the project's
+//! own harness (test-run harness, namespaces, nginx, wrk, the real daemon). Every
+//! figure is the median of several runs with min and max; comparisons are ratios
+//! of runs interleaved in this one invocation, since the machines are shared.
+//! Writes BENCHMARKS.md (or the file given with --out).
+
+use std::{
+    fmt::Write as _,
+    fs,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use api_guard::{
+    access_log::AccessLog,
+    cli::RequireAuth,
+    loader::LoadOptions,
+    maps::KernelMaps as _,
+    metrics::Metrics,
+    request,
+    sampler::{Sampler, SamplerConfig},
+};
+use api_guard_common::sample::{HEADER_LEN, SampleHeader, Source};
+use api_guard_tests::{
+    bpffs::BpfFs,
+    client::{parse_wrk, url, wrk},
+    daemon::Daemon,
+    netns::{Client, Topology},
+    nginx::Nginx,
+    packet::{self, Tcp},
+    scenario::API,
+    testrun::{Harness, policy},
+};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+
+/// Runs per figure.
+const RUNS: usize = 5;
+
+/// A figure: median, min and max of its runs.
+#[derive(Clone, Copy, Debug)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn of(mut v: Vec<f64>) -> Stat {
+        v.sort_by(f64::total_cmp);
+        Stat {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+
+    fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.d$} ({:.d$}–{:.d$})",
+            self.median,
+            self.min,
+            self.max,
+            d = decimals
+        )
+    }
+}
+
+/// One line of a results table.
+struct Row {
+    case: String,
+    figures: Vec<(String, String)>,
+    /// The target, and whether the median met it.
+    target: Option<(String, bool)>,
+}
+
+struct Section {
+    title: String,
+    about: String,
+    rows: Vec<Row>,
+}
+
+struct Options {
+    quick: bool,
+    out: PathBuf,
+    only: Option<Vec<String>>,
+}
+
+fn options() -> Result<Options> {
+    let mut o = Options {
+        quick: false,
+        out: PathBuf::from("BENCHMARKS.md"),
+        only: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--out" => o.out = args.next().context("--out needs a path")?.into(),
+            "--only" => {
+                o.only = Some(
+                    args.next()
+                        .context("--only needs a list, e.g. K1,K4")?
+                        .split(',')
+                        .map(str::to_string)
+                        .collect(),
+                )
+            }
+            other => bail!("unknown argument {other:?} (--quick, --out PATH, --only K1,K2,...)"),
+        }
+    }
+    Ok(o)
+}
+
+fn main() -> Result<()> {
+    let o = options()?;
+    let wanted = |k: &str| o.only.as_ref().is_none_or(|l| l.iter().any(|x| x == k));
+    let mut sections = Vec::new();
+    let mut rss_kb: Vec<f64> = Vec::new();
+    if wanted("K1") {
+        sections.push(k1()?);
+    }
+    if wanted("K2") {
+        sections.push(k2(&o, &mut rss_kb)?);
+    }
+    if wanted("K3") {
+        sections.push(k3(&o, &mut rss_kb)?);
+    }
+    if wanted("K4") {
+        sections.push(k4(&o)?);
+    }
+    if wanted("K5") {
+        sections.push(k5(&o, &rss_kb)?);
+    }
+    let report = render(&o, &sections)?;
+    print!("{report}");
+    fs::write(&o.out, &report).with_context(|| format!("cannot write {}", o.out.display()))?;
+    eprintln!("bench: wrote {}", o.out.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- K1 ----------
+
+/// ns per packet of one BPF_PROG_TEST_RUN with `repeat` repetitions.
+fn ns_per_packet(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<f64> {
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..Default::default()
+    })?;
+    // The kernel reports the mean duration of one repetition.
+    Ok(r.duration.as_nanos() as f64)
+}
+
+fn harness(flags: &[&str]) -> Result<Harness> {
+    let mut all = vec!["--sample", "0"];
+    all.extend_from_slice(flags);
+    Harness::with_policy(&[API], &policy(&all)?)
+}
+
+const GET: &[u8] = b"GET /v1/items?page=2 HTTP/1.1\r\nHost: api.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n";
+
+fn k1() -> Result<Section> {
+    let repeat: u32 = 1_000_000;
+    let plain = harness(&[])?;
+    let limited = harness(&["--rate", "1", "--burst", "1"])?;
+    let blocked = harness(&["--rate", "1", "--burst", "1", "--block-for", "1h"])?;
+    let denied = harness(&["--deny", "198.18.0.0/24"])?;
+    let get = packet::v4(&Tcp::data(API, GET));
+    // Use up the buckets: from now on every request is over the limit, and the
+    // blocked harness's client is blocked.
+    for h in [&limited, &blocked] {
+        h.run(&get)?;
+        h.run(&get)?;
+    }
+    let mut ack = Tcp::data(API, b"");
+    ack.flags = packet::ACK;
+    let cases: Vec<(&str, &Harness, Vec<u8>, Option<f64>)> = vec![
+        (
+            "packet to a non-watched port",
+            &plain,
+            packet::v4(&Tcp::data(9999, GET)),
+            Some(2.0),
+        ),
+        (
+            "ACK without payload to a watched port",
+            &plain,
+            packet::v4(&ack),
+            None,
+        ),
+        ("allowed request", &plain, get.clone(), Some(5.0)),
+        ("rate-limited request", &limited, get.clone(), None),
+        ("blocked client's packet", &blocked, get.clone(), Some(2.5)),
+        ("denied network's packet", &denied, get.clone(), Some(2.5)),
+        ("SYN", &plain, packet::v4(&Tcp::syn(API)), None),
+        (
+            "IPv6 request",
+            &plain,
+            packet::v6(&Tcp::data(API, GET)),
+            None,
+        ),
+    ];
+    let mut floor_h = Harness::new(&[API])?;
+    let floor_prog = floor_h.datapath.floor()?;
+    let mut floor = Vec::new();
+    let mut ns: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut ratio: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for _ in 0..RUNS {
+        // Interleaved: the floor and every case in each run.
+        let f = ns_per_packet(floor_prog, &get, repeat)?;
+        floor.push(f);
+        for (i, (_, h, frame, _)) in cases.iter().enumerate() {
+            let n = ns_per_packet(h.datapath.ingress()?, frame, repeat)?;
+            ns[i].push(n);
+            ratio[i].push(n / f);
+        }
+    }
+    let mut rows = vec![Row {
+        case: "empty classifier (the floor)".into(),
+        figures: vec![
+            ("ns/packet".into(), Stat::of(floor).show(1)),
+            ("× floor".into(), "1".into()),
+        ],
+        target: None,
+    }];
+    for (i, (name, _, _, target)) in cases.iter().enumerate() {
+        let r = Stat::of(ratio[i].clone());
+        rows.push(Row {
+            case: name.to_string(),
+            figures: vec![
+                ("ns/packet".into(), Stat::of(ns[i].clone()).show(1)),
+                ("× floor".into(), r.show(2)),
+            ],
+            target: target.map(|t| (format!("≤ {t}×"), r.median <= t)),
+        });
+    }
+    Ok(Section {
+        title: "K1 — kernel path per packet".into(),
+        about: format!(
+            "BPF_PROG_TEST_RUN, {repeat} repetitions a run, {RUNS} runs; each run measures the empty classifier and every case back to back, and the ratio is taken within the run. Sampling off (`--sample 0`): K2 covers it."
+        ),
+        rows,
+    })
+}
+
+// ---------------------------------------------------------------- K2 ----------
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// Peak resident memory of a process in kB.
+fn peak_rss_kb(pid: u32) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Softirq CPU seconds of the whole machine so far.
+fn softirq_secs() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or("");
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    cpu.split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / hz
+}
+
+/// A server with nginx (optionally limit_req) and, optionally, the daemon.
+struct Host {
+    daemon: Option<Daemon>,
+    nginx: Nginx,
+    topo: Topology,
+    _bpffs: BpfFs,
+}
+
+fn host(
+    clients: usize,
+    daemon_flags: Option<&[&str]>,
+    limit_req: Option<(u32, u32)>,
+) -> Result<Host> {
+    let bpffs = BpfFs::mount()?;
+    let topo = Topology::new(clients)?;
+    let nginx = Nginx::start_with(&topo.server, &[API], limit_req)?;
+    let daemon = match daemon_flags {
+        Some(flags) => {
+            let mut args: Vec<String> = vec!["run".into(), "--port".into(), API.to_string()];
+            for i in &topo.server_ifaces {
+                args.extend(["--iface".into(), i.clone()]);
+            }
+            args.extend(["--pin-dir".into(), bpffs.pin_dir().display().to_string()]);
+            args.extend(["--access-log".into(), "/dev/null".into()]);
+            args.extend(flags.iter().map(|f| f.to_string()));
+            Some(Daemon::start(&topo.server, &args)?)
+        }
+        None => None,
+    };
+    Ok(Host {
+        daemon,
+        nginx,
+        topo,
+        _bpffs: bpffs,
+    })
+}
+
+fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
+    let secs = if o.quick { 2 } else { 8 };
+    let runs = if o.quick { 3 } else { RUNS };
+    let configs: [(&str, Option<&[&str]>); 3] = [
+        ("no api-guard", None),
+        (
+            "api-guard, --sample 1.0",
+            Some(&["--rate", "1000000", "--sample", "1.0"]),
+        ),
+        (
+            "api-guard, --sample 0.01",
+            Some(&["--rate", "1000000", "--sample", "0.01"]),
+        ),
+    ];
+    let mut rps = vec![Vec::new(); 3];
+    let mut p50 = vec![Vec::new(); 3];
+    let mut p99 = vec![Vec::new(); 3];
+    let mut rel_rps = vec![Vec::new(); 3];
+    let mut rel_p99 = vec![Vec::new(); 3];
+    let mut samples_per_cpu_sec = Vec::new();
+    let mut lost = 0u64;
+    for _ in 0..runs {
+        let mut base = None;
+        for (i, (_, flags)) in configs.iter().enumerate() {
+            let h = host(1, *flags, None)?;
+            let c = &h.topo.clients[0];
+            let cpu0 = h.daemon.as_ref().map(|d| cpu_secs(d.pid()));
+            let report = wrk(
+                &c.ns,
+                &url(c.server4.into(), API, "/bench"),
+                50,
+                Duration::from_secs(secs),
+            )?;
+            let r =
+                parse_wrk(&report).with_context(|| format!("unreadable wrk report:\n{report}"))?;
+            if let Some(d) = h.daemon {
+                rss_kb.push(peak_rss_kb(d.pid()));
+                let cpu = cpu_secs(d.pid()) - cpu0.unwrap_or(0.0);
+                let stopped = d.stop()?;
+                let s = stopped
+                    .report()?
+                    .into_iter()
+                    .find(|v| v["type"] == "samples")
+                    .context("no samples line")?;
+                lost += s["lost"].as_u64().unwrap_or(0);
+                if i == 1 && cpu > 0.0 {
+                    samples_per_cpu_sec.push(s["sampled"].as_u64().unwrap_or(0) as f64 / cpu);
+                }
+            }
+            let (b_rps, b_p99) = *base.get_or_insert((r.requests_per_sec, r.p99_ms));
+            rps[i].push(r.requests_per_sec);
+            p50[i].push(r.p50_ms);
+            p99[i].push(r.p99_ms);
+            rel_rps[i].push(r.requests_per_sec / b_rps);
+            rel_p99[i].push(r.p99_ms / b_p99);
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, (name, _)) in configs.iter().enumerate() {
+        let tput = Stat::of(rel_rps[i].clone());
+        let lat = Stat::of(rel_p99[i].clone());
+        let target = (i > 0).then(|| {
+            (
+                "throughput ≥ 0.97×, p99 ≤ 1.10×".to_string(),
+                tput.median >= 0.97 && lat.median <= 1.10,
+            )
+        });
+        rows.push(Row {
+            case: name.to_string(),
+            figures: vec![
+                ("req/s".into(), Stat::of(rps[i].clone()).show(0)),
+                ("p50 ms".into(), Stat::of(p50[i].clone()).show(3)),
+                ("p99 ms".into(), Stat::of(p99[i].clone()).show(3)),
+                ("throughput ×".into(), tput.show(3)),
+                ("p99 ×".into(), lat.show(3)),
+            ],
+            target,
+        });
+    }
+    if !samples_per_cpu_sec.is_empty() {
+        rows.push(Row {
+            case: "sample pipeline under this load (--sample 1.0)".into(),
+            figures: vec![
+                (
+                    "samples per daemon CPU-second".into(),
+                    Stat::of(samples_per_cpu_sec).show(0),
+                ),
+                ("lost samples (all runs)".into(), lost.to_string()),
+            ],
+            target: None,
+        });
+    }
+    Ok(Section {
+        title: "K2 — end-to-end overhead on a healthy API".into(),
+        about: format!(
+            "nginx (one process) in a server namespace, `wrk -t2 -c50 -d{secs}s --latency` from a client namespace over veth, {runs} runs; each run measures the three set-ups back to back and the ratios are to the run's own no-api-guard figures. api-guard enforces a limit high enough to admit everything and writes its access log to /dev/null."
+        ),
+        rows,
+    })
+}
+
+// ---------------------------------------------------------------- K3 ----------
+
+/// The legitimate client: one request every 100 ms over new connections, for
+/// `secs`; returns (successes, sent, latencies in ms).
+fn legit_client(c: &Client, secs: u64) -> Result<(usize, usize, Vec<f64>)> {
+    let u = url(c.server4.into(), API, "/legit");
+    let end = Instant::now() + Duration::from_secs(secs);
+    let (mut ok, mut sent, mut lat) = (0, 0, Vec::new());
+    while Instant::now() < end {
+        let out = c.ns.exec(
+            "curl",
+            &[
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                "-w",
+                "%{http_code} %{time_total}",
+                &u,
+            ],
+        );
+        sent += 1;
+        if let Ok(out) = out
+            && let Some((code, t)) = out.trim().split_once(' ')
+            && code == "200"
+        {
+            ok += 1;
+            lat.push(t.parse::<f64>().unwrap_or(0.0) * 1e3);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok((ok, sent, lat))
+}
+
+fn p99(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * 0.99).ceil() as usize)
+        .saturating_sub(1)
+        .min(v.len() - 1)]
+}
+
+/// One K3 run: returns (server CPU seconds, rejected requests, legit ok, legit sent, legit p99 ms).
+fn k3_run(mode: &str, secs: u64, rss_kb: &mut Vec<f64>) -> Result<(f64, f64, usize, usize, f64)> {
+    const RATE: u32 = 50;
+    const BURST: u32 = 50;
+    let rate = RATE.to_string();
+    let burst = BURST.to_string();
+    let kernel_flags = [
+        "--rate",
+        rate.as_str(),
+        "--burst",
+        burst.as_str(),
+        "--sample",
+        "0.01",
+    ];
+    let h = match mode {
+        "api-guard" => host(2, Some(&kernel_flags), None)?,
+        "limit_req" => host(2, None, Some((RATE, BURST)))?,
+        _ => host(2, None, None)?,
+    };
+    let (abuser, legit) = (&h.topo.clients[0], &h.topo.clients[1]);
+    let nginx_cpu0 = cpu_secs(h.nginx.pid());
+    let daemon_cpu0 = h.daemon.as_ref().map_or(0.0, |d| cpu_secs(d.pid()));
+    let soft0 = softirq_secs();
+    let (legit_res, _) = thread::scope(|scope| -> Result<_> {
+        let l = scope.spawn(|| legit_client(legit, secs));
+        let flood = if mode == "baseline" {
+            None
+        } else {
+            Some(wrk(
+                &abuser.ns,
+                &url(abuser.server4.into(), API, "/flood"),
+                200,
+                Duration::from_secs(secs),
+            ))
+        };
+        Ok((l.join().expect("legit thread")?, flood))
+    })?;
+    let cpu = cpu_secs(h.nginx.pid()) - nginx_cpu0
+        + h.daemon
+            .as_ref()
+            .map_or(0.0, |d| cpu_secs(d.pid()) - daemon_cpu0)
+        + (softirq_secs() - soft0);
+    let rejected = match mode {
+        "limit_req" => h
+            .nginx
+            .access_log()?
+            .iter()
+            .filter(|l| l.status == 429)
+            .count() as f64,
+        "api-guard" => {
+            let d = h.daemon.expect("api-guard mode runs the daemon");
+            rss_kb.push(peak_rss_kb(d.pid()));
+            d.stop()?.counter("requests", "rate_limited")? as f64
+        }
+        _ => 0.0,
+    };
+    let (ok, sent, lat) = legit_res;
+    Ok((cpu, rejected, ok, sent, p99(lat)))
+}
+
+fn k3(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
+    let secs = if o.quick { 3 } else { 8 };
+    let runs = if o.quick { 3 } else { RUNS };
+    let modes = ["baseline", "api-guard", "limit_req"];
+    let mut cpu_per_rej = vec![Vec::new(); 3];
+    let mut rejected = vec![Vec::new(); 3];
+    let mut success = vec![Vec::new(); 3];
+    let mut lat = vec![Vec::new(); 3];
+    let mut ratio_cpu = Vec::new();
+    for _ in 0..runs {
+        let mut per = [0.0; 3];
+        for (i, m) in modes.iter().enumerate() {
+            let (cpu, rej, ok, sent, p) = k3_run(m, secs, rss_kb)?;
+            per[i] = if rej > 0.0 { cpu / rej * 1e6 } else { f64::NAN };
+            cpu_per_rej[i].push(per[i]);
+            rejected[i].push(rej);
+            success[i].push(ok as f64 / sent.max(1) as f64 * 100.0);
+            lat[i].push(p);
+        }
+        ratio_cpu.push(per[2] / per[1]);
+    }
+    let base_p99 = Stat::of(lat[0].clone()).median;
+    let mut rows = Vec::new();
+    for (i, m) in modes.iter().enumerate() {
+        let l = Stat::of(lat[i].clone());
+        let s = Stat::of(success[i].clone());
+        let mut figures = vec![
+            ("legit success %".into(), s.show(1)),
+            ("legit p99 ms".into(), l.show(1)),
+            (
+                "legit p99 × baseline".into(),
+                format!("{:.2}", l.median / base_p99),
+            ),
+        ];
+        if i > 0 {
+            figures.push(("rejected".into(), Stat::of(rejected[i].clone()).show(0)));
+            figures.push((
+                "server CPU µs / rejected".into(),
+                Stat::of(cpu_per_rej[i].clone()).show(1),
+            ));
+        }
+        let target = (i == 1).then(|| {
+            let r = Stat::of(ratio_cpu.clone());
+            (
+                format!("limit_req/api-guard CPU per rejection ≥ 5× (is {:.1}×); legit 100%, p99 ≤ 2× baseline", r.median),
+                r.median >= 5.0 && s.min >= 100.0 && l.median <= 2.0 * base_p99,
+            )
+        });
+        rows.push(Row {
+            case: m.to_string(),
+            figures,
+            target,
+        });
+    }
+    Ok(Section {
+        title: "K3 — under attack, against nginx limit_req".into(),
+        about: format!(
+            "An abuser floods with `wrk -t2 -c200 -d{secs}s` while a legitimate client sends 10 requests a second (curl, new connection each). The same per-client limit (50/s, bursts of 50) is set two ways: api-guard dropping in the kernel, and nginx `limit_req ... nodelay` answering 429. {runs} runs, the three set-ups back to back in each. Server CPU = nginx process + api-guard daemon + the machine's softirq time during the run (softirq includes the clients' side of veth, the same for both); a rejection is a dropped request start (api-guard: retransmissions count again) or a 429."
+        ),
+        rows,
+    })
+}
+
+// ---------------------------------------------------------------- K4 ----------
+
+/// Realistic request heads for the parser corpus.
+fn corpus() -> Vec<Vec<u8>> {
+    let ua = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
+    vec![
+        format!("GET /v1/items?page=2&limit=50 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: {ua}\r\nAccept: application/json\r\nAuthorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.sig\r\nAccept-Encoding: gzip, br\r\n\r\n"),
+        "POST /v1/orders HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: okhttp/4.12.0\r\nContent-Type: application/json\r\nContent-Length: 245\r\nX-API-Key: k_live_0123456789abcdef\r\nX-Request-Id: 7c9e6679-7425-40de-944b-e07fc1f90ae7\r\n\r\n{\"item\":1}".into(),
+        format!("GET /health HTTP/1.1\r\nHost: 10.0.0.5:8080\r\nUser-Agent: kube-probe/1.30\r\nAccept: */*\r\nConnection: close\r\n\r\n"),
+        format!("PUT /v1/users/42/profile?token=abc&lang=en HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: {ua}\r\nCookie: session=abcdef0123456789; theme=dark\r\nContent-Length: 77\r\nAuthorization: Basic dXNlcjpwYXNzd29yZA==\r\n\r\n"),
+        "DELETE /v1/items/9f8e HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: python-requests/2.32\r\nAuthorization: Bearer x\r\n\r\n".into(),
+        "GET /v1/search?q=red+shoes&sort=price HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: curl/8.5.0\r\nAccept: application/json\r\nX-Forwarded-For: 198.51.100.7\r\nReferer: https://shop.example.com/\r\n\r\n".into(),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect()
+}
+
+/// A ring-buffer record as the kernel writes it: header, then the head.
+fn record(head: &[u8]) -> Vec<u8> {
+    let h = SampleHeader {
+        ts_ns: 1,
+        client: Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets(),
+        server: Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped().octets(),
+        source: Source::TcIngress as u16,
+        client_port: 40000,
+        server_port: API,
+        ifindex: 2,
+        payload_len: head.len() as u32,
+        captured: head.len() as u32,
+        ..Default::default()
+    };
+    // SAFETY: SampleHeader is repr(C) with explicit padding: all of its bytes
+    // are initialised integers.
+    let bytes =
+        unsafe { std::slice::from_raw_parts((&h as *const SampleHeader).cast::<u8>(), HEADER_LEN) };
+    let mut r = bytes.to_vec();
+    r.extend_from_slice(head);
+    r
+}
+
+fn k4(o: &Options) -> Result<Section> {
+    let n: usize = if o.quick { 200_000 } else { 1_000_000 };
+    let heads = corpus();
+    let auth = vec!["authorization".to_string(), "x-api-key".to_string()];
+    let records: Vec<Vec<u8>> = heads.iter().map(|h| record(h)).collect();
+    let datapath = Arc::new(Mutex::new(api_guard::loader::Datapath::load(
+        &LoadOptions::default(),
+    )?));
+    let metrics = Arc::new(Metrics::new(datapath.clone(), 1)?);
+    let mut sampler = Sampler::new(
+        SamplerConfig {
+            auth_headers: auth.clone(),
+            require_auth: RequireAuth::Log,
+            auth_failures: 10,
+            block_for: None,
+            ipv6_prefix: 64,
+            ifnames: [(2u32, "eth0".to_string())].into(),
+        },
+        Some(AccessLog::open("/dev/null".as_ref())?),
+        metrics,
+        datapath,
+    );
+    let (mut parse_rate, mut pipe_rate) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let mut ok = 0usize;
+        for i in 0..n {
+            ok += request::parse(&heads[i % heads.len()], &auth).is_ok() as usize;
+        }
+        parse_rate.push(ok as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for i in 0..n {
+            sampler.handle(&records[i % records.len()])?;
+        }
+        sampler.flush();
+        pipe_rate.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    let pipe = Stat::of(pipe_rate);
+    Ok(Section {
+        title: "K4 — userspace sample pipeline, one core".into(),
+        about: format!(
+            "{n} records a run, {RUNS} runs, on one thread: the parser alone (httparse + auth check + redaction) on a corpus of {} realistic heads, and the whole pipeline per ring-buffer record (decode → parse → metrics → JSON access-log line, written to /dev/null). K2 reports the pipeline fed by real traffic through the ring buffer.",
+            heads.len()
+        ),
+        rows: vec![
+            Row {
+                case: "parser alone".into(),
+                figures: vec![("heads/s".into(), Stat::of(parse_rate).show(0))],
+                target: None,
+            },
+            Row {
+                case: "record → access log".into(),
+                figures: vec![("records/s".into(), pipe.show(0))],
+                target: Some(("≥ 500000/s per core".into(), pipe.median >= 500_000.0)),
+            },
+        ],
+    })
+}
+
+// ---------------------------------------------------------------- K5 ----------
+
+fn k5(o: &Options, rss_kb: &[f64]) -> Result<Section> {
+    let sizes: &[u32] = if o.quick {
+        &[10, 100_000]
+    } else {
+        &[10, 100_000, 1_000_000]
+    };
+    let repeat = 1_000_000;
+    let get = packet::v4(&Tcp::data(API, GET));
+    let mut per_size = Vec::new();
+    for &size in sizes {
+        let mut h = Harness::load(
+            &LoadOptions {
+                max_clients: size.max(16) + size / 8,
+                ..Default::default()
+            },
+            &[API],
+        )?;
+        h.datapath.apply_policy(&policy(&["--sample", "0"])?, 0)?;
+        // Fill the client map through the real path, one source at a time.
+        let first = u32::from(Ipv4Addr::new(198, 19, 0, 0));
+        for i in 0..size {
+            let src = IpAddr::V4(Ipv4Addr::from(first + i));
+            h.run(&packet::from(src, &Tcp::data(API, GET)))?;
+        }
+        let tracked = h.datapath.clients()?.len();
+        let mut floor_h = Harness::new(&[API])?;
+        let floor_ns: Vec<f64> = {
+            let floor = floor_h.datapath.floor()?;
+            (0..RUNS)
+                .map(|_| ns_per_packet(floor, &get, repeat))
+                .collect::<Result<_>>()?
+        };
+        let ns: Vec<f64> = (0..RUNS)
+            .map(|_| ns_per_packet(h.datapath.ingress()?, &get, repeat))
+            .collect::<Result<_>>()?;
+        let ratios: Vec<f64> = ns.iter().zip(&floor_ns).map(|(n, f)| n / f).collect();
+        per_size.push((size, tracked, Stat::of(ns), Stat::of(ratios)));
+    }
+    let base = per_size[0].3.median;
+    let mut rows: Vec<Row> = per_size
+        .iter()
+        .map(|(size, tracked, ns, ratio)| Row {
+            case: format!("allowed request, {size} clients in the map ({tracked} tracked)"),
+            figures: vec![
+                ("ns/packet".into(), ns.show(1)),
+                ("× floor".into(), ratio.show(2)),
+                (
+                    "× the 10-client figure".into(),
+                    format!("{:.2}", ratio.median / base),
+                ),
+            ],
+            target: Some(("flat within 20%".into(), ratio.median / base <= 1.2)),
+        })
+        .collect();
+    rows.push(Row {
+        case: "kernel memory per tracked client".into(),
+        figures: vec![(
+            "bytes".into(),
+            "144 (16-byte key, 64-byte state, 64 bytes of hash-element overhead; bpftool's memlock / max_entries at 64 Ki and 1 Mi entries)".into(),
+        )],
+        target: None,
+    });
+    if !rss_kb.is_empty() {
+        let peak = rss_kb.iter().cloned().fold(0.0, f64::max) / 1024.0;
+        rows.push(Row {
+            case: "daemon peak RSS during K2 and K3".into(),
+            figures: vec![(
+                "MB".into(),
+                Stat::of(rss_kb.iter().map(|k| k / 1024.0).collect()).show(1),
+            )],
+            target: Some(("≤ 50 MB".into(), peak <= 50.0)),
+        });
+    }
+    Ok(Section {
+        title: "K5 — memory and scale".into(),
+        about: format!(
+            "The allowed-request path (K1) with the client map filled to each size first, {RUNS} runs of {repeat} repetitions, each against the empty classifier measured in the same run. Peak RSS is VmHWM of each daemon started in K2 and K3."
+        ),
+        rows,
+    })
+}
+
+// ------------------------------------------------------------ report ----------
+
+fn machine() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{model}, {cores} cores, Linux {}", kernel.trim())
+}
+
+fn render(o: &Options, sections: &[Section]) -> Result<String> {
+    let mut s = String::new();
+    writeln!(s, "# api-guard benchmarks\n")?;
+    writeln!(
+        s,
+        "Machine: {}. Run: `cargo xtask bench{}`, {}.\n",
+        machine(),
+        if o.quick { " --quick" } else { "" },
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    )?;
+    writeln!(
+        s,
+        "Each figure is the median of its runs, with min–max in brackets. Ratios come from runs interleaved in this one invocation: the machines are shared and noisy, so absolute figures vary more than ratios. A missed target is marked **missed**.\n"
+    )?;
+    for sec in sections {
+        writeln!(s, "## {}\n\n{}\n", sec.title, sec.about)?;
+        for r in &sec.rows {
+            let figures: Vec<String> = r.figures.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let target = match &r.target {
+                Some((t, true)) => format!(" — target {t}: met"),
+                Some((t, false)) => format!(" — target {t}: **missed**"),
+                None => String::new(),
+            };
+            writeln!(s, "- **{}**: {}{}", r.case, figures.join("; "), target)?;
+        }
+        writeln!(s)?;
+    }
+    Ok(s)
+}
