@@ -60,7 +60,15 @@ pub enum Event {
 
 pub const EVENT_SLOTS: u32 = 3;
 
-/// Slots in the `COUNTERS` array.
+/// The value of the single `COUNTERS` entry (per CPU): every (kind, verdict)
+/// slot in one block, so a packet costs one map lookup however many slots it
+/// bumps.
+pub type CounterBlock = [u64; SLOTS as usize];
+
+/// The value of the single `EVENTS` entry (per CPU), indexed by [`Event`].
+pub type EventBlock = [u64; EVENT_SLOTS as usize];
+
+/// Slots in a [`CounterBlock`].
 pub const SLOTS: u32 = (KINDS.len() * VERDICTS.len()) as u32;
 
 /// The slot of a (kind, verdict) pair.

@@ -48,7 +48,7 @@ pub static OVERRIDES: LpmTrie<NetKey, Limit> =
 
 /// Verdict counters, indexed by `api_guard_common::counters::index`.
 #[map(name = "COUNTERS")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::SLOTS, 0);
+pub static COUNTERS: PerCpuArray<counters::CounterBlock> = PerCpuArray::with_max_entries(1, 0);
 
 /// Tail-call targets (`api_guard_common::maps::TAIL_*`), filled by the daemon.
 #[map(name = "TAILS")]
@@ -56,7 +56,7 @@ pub static TAILS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
 
 /// Event counters, indexed by `api_guard_common::counters::Event`.
 #[map(name = "EVENTS")]
-pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::EVENT_SLOTS, 0);
+pub static EVENTS: PerCpuArray<counters::EventBlock> = PerCpuArray::with_max_entries(1, 0);
 
 /// Sampled request heads for the daemon; resized from `--sample-buffer`.
 #[map(name = "SAMPLES")]

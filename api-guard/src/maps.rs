@@ -230,10 +230,13 @@ pub trait KernelMaps: MapSource {
         Ok(slots[event as usize])
     }
 
-    fn sum_per_cpu(&self, name: &str, totals: &mut [u64]) -> Result<()> {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(name)?)?;
-        for (slot, total) in totals.iter_mut().enumerate() {
-            *total = map.get(&(slot as u32), 0)?.iter().sum();
+    fn sum_per_cpu<const N: usize>(&self, name: &str, totals: &mut [u64; N]) -> Result<()> {
+        // One entry per map: a block of N counters per CPU.
+        let map: PerCpuArray<&MapData, [u64; N]> = PerCpuArray::try_from(self.map(name)?)?;
+        for block in map.get(&0, 0)?.iter() {
+            for (total, v) in totals.iter_mut().zip(block) {
+                *total += v;
+            }
         }
         Ok(())
     }

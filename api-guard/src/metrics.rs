@@ -31,7 +31,8 @@ use prometheus::{
 use tokio::{net::TcpListener, sync::watch};
 use tracing::warn;
 
-use crate::{clock::monotonic_ns, loader::Datapath, maps::KernelMaps};
+use crate::{clock::monotonic_ns, loader::Datapath, maps::KernelMaps, request::AuthScheme};
+use api_guard_common::http::Method;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -45,6 +46,9 @@ pub struct Metrics {
     pub auth_blocks: IntCounter,
     /// Request rate of the busiest clients.
     pub top_clients: GaugeVec,
+    /// `sampled` children by (method, scheme), resolved once: a label lookup per
+    /// sample hashes and locks, and samples come by the hundred thousand.
+    sampled_by: HashMap<(&'static str, &'static str), IntCounter>,
 }
 
 impl Metrics {
@@ -97,7 +101,13 @@ impl Metrics {
         registry.register(Box::new(top_clients.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(KernelCollector::new(datapath, max_clients)?))?;
+        let methods = Method::ALL.iter().map(|m| m.as_str()).chain(["OTHER"]);
+        let sampled_by = methods
+            .flat_map(|m| AuthScheme::ALL.iter().map(move |a| (m, a.as_str())))
+            .map(|(m, a)| ((m, a), sampled.with_label_values(&[m, a])))
+            .collect();
         Ok(Self {
+            sampled_by,
             registry,
             sampled,
             parse_errors,
@@ -105,6 +115,17 @@ impl Metrics {
             auth_blocks,
             top_clients,
         })
+    }
+
+    /// Counts a sampled request; `method` is a bounded label (see sampler).
+    pub fn count_sampled(&self, method: &'static str, auth: AuthScheme) {
+        match self.sampled_by.get(&(method, auth.as_str())) {
+            Some(c) => c.inc(),
+            None => self
+                .sampled
+                .with_label_values(&[method, auth.as_str()])
+                .inc(),
+        }
     }
 
     pub fn render(&self) -> Result<Vec<u8>> {

@@ -110,10 +110,7 @@ impl Sampler {
         }
         let client = address(hdr.client);
         let method_label = method_label(&head.method);
-        self.metrics
-            .sampled
-            .with_label_values(&[method_label, head.auth.as_str()])
-            .inc();
+        self.metrics.count_sampled(method_label, head.auth);
         let missing = self.cfg.require_auth != RequireAuth::Off && head.auth == AuthScheme::None;
         if missing {
             self.metrics.unauthenticated.inc();

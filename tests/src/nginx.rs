@@ -44,6 +44,8 @@ impl Nginx {
         let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
         let conf = dir.path().join("nginx.conf");
         fs::write(&conf, config(dir.path(), ports, limit_req))?;
+        fs::create_dir_all(dir.path().join("www"))?;
+        fs::write(dir.path().join("www/ok.txt"), "ok\n")?;
         let child = ns
             .command(&nginx_binary())
             .arg("-c")
@@ -134,7 +136,10 @@ http {{
 {zone}    server {{
 {listens}        location / {{
 {limit}            default_type text/plain;
-            return 200 "ok\n";
+            # A file, not "return": return answers in the rewrite phase, before
+            # limit_req (preaccess) would ever run.
+            root {d}/www;
+            try_files /ok.txt =404;
         }}
     }}
 }}

@@ -636,7 +636,7 @@ fn record(head: &[u8]) -> Vec<u8> {
 }
 
 fn k4(o: &Options) -> Result<Section> {
-    let n: usize = if o.quick { 200_000 } else { 1_000_000 };
+    let n: usize = if o.quick { 100_000 } else { 1_000_000 };
     let heads = corpus();
     let auth = vec!["authorization".to_string(), "x-api-key".to_string()];
     let records: Vec<Vec<u8>> = heads.iter().map(|h| record(h)).collect();
@@ -698,7 +698,7 @@ fn k4(o: &Options) -> Result<Section> {
 
 fn k5(o: &Options, rss_kb: &[f64]) -> Result<Section> {
     let sizes: &[u32] = if o.quick {
-        &[10, 100_000]
+        &[10, 10_000]
     } else {
         &[10, 100_000, 1_000_000]
     };
