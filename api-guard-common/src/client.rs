@@ -44,7 +44,7 @@ pub struct ClientState {
     pub connections: u64,
     /// All TCP packets to watched ports.
     pub packets: u64,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet.
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last request or connection.
     pub last_seen_ns: u64,
     /// GCRA theoretical arrival time of the request limit (see `config::Limit`).
     pub request_tat_ns: u64,

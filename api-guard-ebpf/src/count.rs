@@ -9,6 +9,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 
 use crate::{
     atomic,
+    clock::Clock,
     maps::{CLIENTS, COUNTERS, EVENTS},
 };
 
@@ -77,7 +78,7 @@ pub fn state(key: &ClientKey) -> Option<&'static mut ClientState> {
 
 /// Records one packet in the client's state.
 #[inline(always)]
-pub fn client(state: &mut ClientState, ev: Seen, now: u64) {
+pub fn client(state: &mut ClientState, ev: Seen, clock: &mut Clock) {
     // Packets are counted with a plain add: a lost update when both CPUs hit one
     // client at once costs less than an atomic on every packet. Requests and
     // connections, which limits and reports rely on, stay exact.
@@ -88,5 +89,8 @@ pub fn client(state: &mut ClientState, ev: Seen, now: u64) {
     if ev.connection {
         atomic::add(&mut state.connections, 1);
     }
-    state.last_seen_ns = now;
+    // The last request or connection: a bare ACK does not read the clock.
+    if ev.request || ev.connection {
+        state.last_seen_ns = clock.now();
+    }
 }

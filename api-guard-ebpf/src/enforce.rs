@@ -10,6 +10,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
     atomic,
+    clock::Clock,
     count::Seen,
     maps::{ALLOW, BLOCKS, DENY, OVERRIDES},
 };
@@ -17,7 +18,7 @@ use crate::{
 /// The verdict of the network lists, when one matches: allow, then deny, then
 /// operator and auth blocks.
 #[inline(always)]
-pub fn lists(cfg: &Config, key: &ClientKey, now: u64) -> Option<Verdict> {
+pub fn lists(cfg: &Config, key: &ClientKey, clock: &mut Clock) -> Option<Verdict> {
     if cfg.flags & (flags::HAS_ALLOW | flags::HAS_DENY | flags::HAS_BLOCKS) == 0 {
         return None;
     }
@@ -30,7 +31,7 @@ pub fn lists(cfg: &Config, key: &ClientKey, now: u64) -> Option<Verdict> {
     }
     if cfg.has(flags::HAS_BLOCKS)
         && let Some(until) = BLOCKS.get(&lpm)
-        && *until > now
+        && *until > clock.now()
     {
         return Some(Verdict::Blocked);
     }
@@ -45,24 +46,25 @@ pub fn client(
     key: &ClientKey,
     state: &mut ClientState,
     ev: Seen,
-    now: u64,
+    clock: &mut Clock,
 ) -> Verdict {
-    if atomic::read(&state.blocked_until_ns) > now {
+    let blocked_until = atomic::read(&state.blocked_until_ns);
+    if blocked_until != 0 && blocked_until > clock.now() {
         return Verdict::Blocked;
     }
     if ev.connection {
         if cfg.max_conns != 0 && open_conns(state) >= cfg.max_conns {
             return Verdict::ConnLimited;
         }
-        if cfg.connections.is_set() && !take(&mut state.conn_tat_ns, &cfg.connections, now) {
-            block(cfg, state, now);
+        if cfg.connections.is_set() && !take(&mut state.conn_tat_ns, &cfg.connections, clock.now()) {
+            block(cfg, state, clock.now());
             return Verdict::ConnLimited;
         }
     }
     if ev.request {
         let limit = request_limit(cfg, key);
-        if limit.is_set() && !take(&mut state.request_tat_ns, &limit, now) {
-            block(cfg, state, now);
+        if limit.is_set() && !take(&mut state.request_tat_ns, &limit, clock.now()) {
+            block(cfg, state, clock.now());
             return Verdict::RateLimited;
         }
     }

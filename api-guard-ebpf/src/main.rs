@@ -9,6 +9,7 @@
 
 mod atomic;
 mod classify;
+mod clock;
 mod count;
 mod enforce;
 mod maps;
@@ -25,12 +26,12 @@ use api_guard_common::{
 };
 use aya_ebpf::{
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
     macros::{classifier, sock_ops},
     programs::{SockOpsContext, TcContext},
 };
 
 use crate::{
+    clock::Clock,
     count::Seen,
     maps::CONFIG,
     parse::{Skip, TcpPacket},
@@ -118,17 +119,16 @@ fn try_ingress(ctx: &mut TcContext) -> i32 {
         connection: classify::is_connection_start(&pkt),
     };
 
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let verdict = match enforce::lists(cfg, &source, now) {
+    let mut clock = Clock::new();
+    let verdict = match enforce::lists(cfg, &source, &mut clock) {
         // Denied and blocked networks are dropped before any per-client state.
         Some(v @ (Verdict::Denied | Verdict::Blocked)) => v,
         list => match count::state(&key) {
             Some(state) => {
-                count::client(state, ev, now);
+                count::client(state, ev, &mut clock);
                 match list {
                     Some(allowed) => allowed,
-                    None => enforce::client(cfg, &key, state, ev, now),
+                    None => enforce::client(cfg, &key, state, ev, &mut clock),
                 }
             }
             // The client map refused the entry: fail open, but count it.
@@ -160,9 +160,7 @@ fn opaque(ctx: &TcContext, l3_off: usize, ipv6: bool) -> i32 {
         count::verdict(Kind::Packets, Verdict::Passed);
         return TC_ACT_PIPE;
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    match enforce::lists(cfg, &source, now) {
+    match enforce::lists(cfg, &source, &mut Clock::new()) {
         Some(v @ (Verdict::Denied | Verdict::Blocked)) => {
             count::verdict(Kind::Packets, v);
             if cfg.has(flags::DRY_RUN) {

@@ -3,7 +3,9 @@
 //! second and on shutdown, and reopens it on SIGHUP (logrotate's convention).
 
 use std::{
+    fmt::Display,
     fs::OpenOptions,
+    net::IpAddr,
     io::{self, BufWriter, Write},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
@@ -17,9 +19,10 @@ use serde::Serialize;
 #[derive(Debug, Serialize)]
 pub struct AccessRecord<'a> {
     /// RFC 3339, UTC, nanoseconds.
-    pub timestamp: String,
+    #[serde(serialize_with = "display")]
+    pub timestamp: humantime::Rfc3339Timestamp,
     #[serde(rename = "client.address")]
-    pub client_address: String,
+    pub client_address: IpAddr,
     #[serde(rename = "client.port")]
     pub client_port: u16,
     /// The Host header without its port, as OpenTelemetry asks.
@@ -28,7 +31,7 @@ pub struct AccessRecord<'a> {
     #[serde(rename = "server.port")]
     pub server_port: u16,
     #[serde(rename = "network.local.address")]
-    pub local_address: String,
+    pub local_address: IpAddr,
     #[serde(rename = "network.type")]
     pub network_type: &'static str,
     #[serde(rename = "network.protocol.name")]
@@ -81,6 +84,11 @@ pub struct AccessRecord<'a> {
     pub head: &'static str,
     #[serde(rename = "api_guard.payload.size")]
     pub payload_size: u32,
+}
+
+/// Serializes through Display, straight into the output (no String in between).
+fn display<T: Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 enum Target {

@@ -123,12 +123,12 @@ impl Sampler {
         if let Some(log) = &mut self.log {
             let host = head.host.as_deref().map(strip_port);
             let record = AccessRecord {
-                timestamp: humantime::format_rfc3339_nanos(self.wall.at(hdr.ts_ns)).to_string(),
-                client_address: client.to_string(),
+                timestamp: humantime::format_rfc3339_nanos(self.wall.at(hdr.ts_ns)),
+                client_address: client,
                 client_port: hdr.client_port,
                 server_address: host,
                 server_port: hdr.server_port,
-                local_address: address(hdr.server).to_string(),
+                local_address: address(hdr.server),
                 network_type: if hdr.flags & SAMPLE_IPV6 != 0 {
                     "ipv6"
                 } else {
@@ -164,7 +164,7 @@ impl Sampler {
 
     /// `--require-auth block`: blocks the client's bucket (the address, or its
     /// IPv6 prefix) in the kernel for --block-for.
-    fn block(&mut self, client: IpAddr) -> Result<()> {
+    fn block(&self, client: IpAddr) -> Result<()> {
         let Some(block_for) = self.cfg.block_for else {
             return Ok(());
         };
