@@ -218,15 +218,18 @@ fn percent_decode_lossy(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn auth() -> Vec<String> {
-        vec!["authorization".into(), "x-api-key".into()]
+    static AUTH: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| vec!["authorization".into(), "x-api-key".into()]);
+
+    fn auth() -> &'static [String] {
+        AUTH.as_slice()
     }
 
     #[test]
     fn a_complete_head() {
         let h = parse(
             b"POST /v1/items?id=7 HTTP/1.1\r\nHost: api.example\r\nUser-Agent: curl/8\r\nContent-Length: 12\r\nAuthorization: Bearer s3cr3t\r\n\r\n{\"a\":1}",
-            &auth(),
+            auth(),
         )
         .unwrap();
         assert_eq!(h.completeness, Completeness::Complete);
@@ -248,18 +251,18 @@ mod tests {
     fn schemes_and_other_credential_headers() {
         let basic = parse(
             b"GET / HTTP/1.1\r\nauthorization: basic dXNlcjpwdw==\r\n\r\n",
-            &auth(),
+            auth(),
         )
         .unwrap();
         assert_eq!(basic.auth, AuthScheme::Basic);
-        let key = parse(b"GET / HTTP/1.1\r\nX-API-Key: k-123\r\n\r\n", &auth()).unwrap();
+        let key = parse(b"GET / HTTP/1.1\r\nX-API-Key: k-123\r\n\r\n", auth()).unwrap();
         assert_eq!(
             (key.auth, key.auth_header.as_deref()),
             (AuthScheme::Other, Some("x-api-key"))
         );
-        let none = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &auth()).unwrap();
+        let none = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", auth()).unwrap();
         assert_eq!((none.auth, none.auth_header), (AuthScheme::None, None));
-        let empty = parse(b"GET / HTTP/1.1\r\nAuthorization:  \r\n\r\n", &auth()).unwrap();
+        let empty = parse(b"GET / HTTP/1.1\r\nAuthorization:  \r\n\r\n", auth()).unwrap();
         assert_eq!(empty.auth, AuthScheme::None, "an empty credential is none");
         // A header not configured as a credential does not count.
         let only_auth = vec!["authorization".to_string()];
@@ -271,17 +274,17 @@ mod tests {
     fn truncated_and_not_http() {
         let t = parse(
             b"GET /a HTTP/1.1\r\nHost: x\r\nUser-Agent: long-agent-cut-he",
-            &auth(),
+            auth(),
         )
         .unwrap();
         assert_eq!(t.completeness, Completeness::Truncated);
         assert_eq!(t.host.as_deref(), Some("x"));
         assert_eq!(
-            parse(b"GET /only-the-start-of-the-li", &auth()),
+            parse(b"GET /only-the-start-of-the-li", auth()),
             Err(NotHttp)
         );
-        assert_eq!(parse(b"\x16\x03\x01\x02\x00\x01", &auth()), Err(NotHttp));
-        assert_eq!(parse(b"", &auth()), Err(NotHttp));
+        assert_eq!(parse(b"\x16\x03\x01\x02\x00\x01", auth()), Err(NotHttp));
+        assert_eq!(parse(b"", auth()), Err(NotHttp));
     }
 
     #[test]
@@ -294,7 +297,7 @@ mod tests {
             redact_query("api%5Fkey=abc&flag"),
             "api%5Fkey=REDACTED&flag"
         );
-        let h = parse(b"GET /x?token=hunter2&n=1 HTTP/1.1\r\n\r\n", &auth()).unwrap();
+        let h = parse(b"GET /x?token=hunter2&n=1 HTTP/1.1\r\n\r\n", auth()).unwrap();
         assert_eq!(h.query.as_deref(), Some("token=REDACTED&n=1"));
     }
 
@@ -312,7 +315,7 @@ mod tests {
                     ALPHABET[(x % ALPHABET.len() as u64) as usize]
                 })
                 .collect();
-            let _ = parse(&data, &auth());
+            let _ = parse(&data, auth());
             let _ = redact_query(&String::from_utf8_lossy(&data));
         }
     }
