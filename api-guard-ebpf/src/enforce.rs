@@ -56,7 +56,8 @@ pub fn client(
         if cfg.max_conns != 0 && open_conns(state) >= cfg.max_conns {
             return Verdict::ConnLimited;
         }
-        if cfg.connections.is_set() && !take(&mut state.conn_tat_ns, &cfg.connections, clock.now()) {
+        if cfg.connections.is_set() && !take(&mut state.conn_tat_ns, &cfg.connections, clock.now())
+        {
             block(cfg, state, clock.now());
             return Verdict::ConnLimited;
         }

@@ -5,8 +5,8 @@
 use std::{
     fmt::Display,
     fs::OpenOptions,
-    net::IpAddr,
     io::{self, BufWriter, Write},
+    net::IpAddr,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };

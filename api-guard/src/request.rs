@@ -131,9 +131,13 @@ pub fn parse<'a>(data: &'a [u8], auth_headers: &'a [String]) -> Result<RequestHe
         } else if h.name.eq_ignore_ascii_case("user-agent") {
             head.user_agent = Some(String::from_utf8_lossy(h.value));
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            head.content_length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
+            head.content_length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
         }
-        if let Some(rank) = auth_headers.iter().position(|a| h.name.eq_ignore_ascii_case(a))
+        if let Some(rank) = auth_headers
+            .iter()
+            .position(|a| h.name.eq_ignore_ascii_case(a))
             && rank < auth_rank
             && !h.value.iter().all(u8::is_ascii_whitespace)
         {
@@ -162,9 +166,10 @@ fn scheme(value: &[u8]) -> AuthScheme {
 
 fn is_secret_param(name: &str) -> bool {
     let contains = |n: &[u8]| {
-        SECRET_PARAMS
-            .iter()
-            .any(|s| n.windows(s.len()).any(|w| w.eq_ignore_ascii_case(s.as_bytes())))
+        SECRET_PARAMS.iter().any(|s| {
+            n.windows(s.len())
+                .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
+        })
     };
     if name.contains('%') {
         contains(percent_decode_lossy(name).as_bytes())
@@ -176,7 +181,10 @@ fn is_secret_param(name: &str) -> bool {
 /// The query with the values of credential-like parameters replaced; borrowed
 /// when there is nothing to replace.
 pub fn redact_query(query: &str) -> Cow<'_, str> {
-    let secret = |pair: &str| pair.split_once('=').is_some_and(|(name, _)| is_secret_param(name));
+    let secret = |pair: &str| {
+        pair.split_once('=')
+            .is_some_and(|(name, _)| is_secret_param(name))
+    };
     if !query.split('&').any(secret) {
         return Cow::Borrowed(query);
     }
@@ -239,7 +247,7 @@ mod tests {
         assert_eq!(h.user_agent.as_deref(), Some("curl/8"));
         assert_eq!(h.content_length, Some(12));
         assert_eq!(h.auth, AuthScheme::Bearer);
-        assert_eq!(h.auth_header.as_deref(), Some("authorization"));
+        assert_eq!(h.auth_header, Some("authorization"));
         assert_eq!(h.version, Some(1));
         assert!(
             !format!("{h:?}").contains("s3cr3t"),
@@ -257,7 +265,7 @@ mod tests {
         assert_eq!(basic.auth, AuthScheme::Basic);
         let key = parse(b"GET / HTTP/1.1\r\nX-API-Key: k-123\r\n\r\n", auth()).unwrap();
         assert_eq!(
-            (key.auth, key.auth_header.as_deref()),
+            (key.auth, key.auth_header),
             (AuthScheme::Other, Some("x-api-key"))
         );
         let none = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", auth()).unwrap();

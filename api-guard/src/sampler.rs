@@ -109,7 +109,7 @@ impl Sampler {
                 .inc();
         }
         let client = address(hdr.client);
-        let method_label = method_label(&head.method);
+        let method_label = method_label(head.method);
         self.metrics.count_sampled(method_label, head.auth);
         let missing = self.cfg.require_auth != RequireAuth::Off && head.auth == AuthScheme::None;
         if missing {
@@ -140,8 +140,8 @@ impl Sampler {
                     Some(1) => Some("1.1"),
                     _ => None,
                 },
-                method: &head.method,
-                path: &head.path,
+                method: head.method,
+                path: head.path,
                 query: head.query.as_deref(),
                 user_agent: head.user_agent.as_deref(),
                 body_size: head.content_length,
@@ -149,7 +149,7 @@ impl Sampler {
                 verdict: verdict_name(hdr.verdict),
                 auth_present: head.auth != AuthScheme::None,
                 auth_scheme: head.auth.as_str(),
-                auth_header: head.auth_header.as_deref(),
+                auth_header: head.auth_header,
                 auth_missing: missing,
                 head: match head.completeness {
                     Completeness::Complete => "complete",
