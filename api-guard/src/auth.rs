@@ -8,6 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Clients tracked at once; beyond it, new clients are not counted until old
+/// windows end.
+pub const MAX_TRACKED: usize = 100_000;
+
 /// The window unauthenticated requests are counted in.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
@@ -28,12 +32,19 @@ impl AuthFailures {
     /// Records a request without a credential; true when this one takes the
     /// client over the limit (once per window).
     pub fn miss(&mut self, client: IpAddr, now: Instant) -> bool {
+        if self.windows.len() >= MAX_TRACKED && !self.windows.contains_key(&client) {
+            self.prune(now);
+            if self.windows.len() >= MAX_TRACKED {
+                // Bounded memory first: a flood of new clients is not tracked.
+                return false;
+            }
+        }
         let entry = self.windows.entry(client).or_insert((now, 0));
         if now.duration_since(entry.0) >= WINDOW {
             *entry = (now, 0);
         }
-        entry.1 += 1;
-        entry.1 == self.limit + 1
+        entry.1 = entry.1.saturating_add(1);
+        entry.1 == self.limit.saturating_add(1)
     }
 
     /// Forgets windows that have ended, so memory follows the clients of the last

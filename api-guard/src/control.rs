@@ -167,7 +167,9 @@ pub fn block(
 ) -> Result<()> {
     let mut maps = Pinned::open(pin_dir)?;
     let until = match duration {
-        Some(d) => monotonic_ns().saturating_add(d.as_nanos() as u64),
+        Some(d) => monotonic_ns()
+            .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .min(u64::MAX - 1),
         None => u64::MAX,
     };
     maps.block(net.lpm_key(), until)?;
@@ -183,7 +185,7 @@ pub fn block(
 pub fn unblock(pin_dir: &Path, net: &Network, out: &mut impl Write) -> Result<()> {
     let mut maps = Pinned::open(pin_dir)?;
     let listed = maps.unblock(net.lpm_key())?;
-    let clients = maps.clear_client_blocks(net)?;
+    let clients = maps.clear_client_blocks(net, monotonic_ns())?;
     writeln!(
         out,
         "unblocked {net}: {} network block, {clients} client block(s) lifted",

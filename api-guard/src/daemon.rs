@@ -95,7 +95,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         metrics.clone(),
         datapath.clone(),
     );
-    let sampler_task = tokio::spawn(run_sampler(ring, sampler, stop_rx.clone()));
+    // Registered before ready, so a SIGHUP from then on never kills the daemon.
+    let hup = signal(SignalKind::hangup())?;
+    let mut sampler_task = tokio::spawn(run_sampler(ring, sampler, hup, stop_rx.clone()));
     let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone(), stop_rx));
     info!(
         ifaces = ?args.ifaces,
@@ -111,13 +113,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut top = TopClients::new(args.top_clients);
     // The first snapshot now, so rates exist after one period.
     top.update(&*lock(&datapath)?, &metrics.top_clients)?;
+    let mut sampler_failed = None;
     loop {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            // The sampler only ends when told to: ending early is a failure.
+            done = &mut sampler_task => { sampler_failed = Some(done); break; }
             _ = async { summary.as_mut().unwrap().tick().await }, if summary.is_some() => {
                 let dp = lock(&datapath)?;
-                info!("{}", report::summary(dp.clients()?.len(), &dp.counters()?));
+                match (dp.clients(), dp.counters()) {
+                    (Ok(clients), Ok(counters)) => info!("{}", report::summary(clients.len(), &counters)),
+                    (Err(e), _) | (_, Err(e)) => warn!("cannot read the counters: {e:#}"),
+                }
             }
             _ = top_tick.tick() => {
                 if let Err(e) = top.update(&*lock(&datapath)?, &metrics.top_clients) {
@@ -130,7 +138,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Drain the ring buffer and flush the log while the programs still run, then
     // read the final state and detach.
     let _ = stop_tx.send(true);
-    let sampler = sampler_task.await.context("the sampler task failed")??;
+    let sampler = match sampler_failed {
+        Some(done) => done,
+        None => sampler_task.await,
+    }
+    .context("the sampler task failed")?
+    .context("the sample pipeline stopped")?;
     let _ = metrics_task.await;
     drop(metrics);
     let dp = lock(&datapath)?;
@@ -147,7 +160,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     drop(datapath);
     drop(pins);
     info!("detached from {:?}", args.ifaces);
-    final_state.write(&mut io::stdout().lock())
+    // With the access log on stdout, keep the report out of it.
+    if args.access_log.as_deref() == Some(std::path::Path::new("-")) {
+        final_state.write(&mut io::stderr().lock())
+    } else {
+        final_state.write(&mut io::stdout().lock())
+    }
 }
 
 /// Ticks every `every`, the first time after one period (not at once).
@@ -167,6 +185,7 @@ fn lock(dp: &Mutex<Datapath>) -> Result<std::sync::MutexGuard<'_, Datapath>> {
 async fn run_sampler(
     ring: RingBuf<MapData>,
     mut sampler: Sampler,
+    mut hup: tokio::signal::unix::Signal,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Sampler> {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same for
@@ -174,30 +193,44 @@ async fn run_sampler(
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("cannot watch the sample ring buffer: {e}"))?;
     let mut flush = ticker(Duration::from_secs(1));
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             ready = ring.readable_mut() => {
                 let mut guard = ready?;
-                drain(guard.get_inner_mut(), &mut sampler);
-                guard.clear_ready();
+                // A bounded batch, then back to the loop: a producer faster than
+                // the pipeline must not starve flushes, signals and stop.
+                if drain(guard.get_inner_mut(), &mut sampler, BATCH) < BATCH {
+                    guard.clear_ready();
+                }
             }
             _ = flush.tick() => sampler.flush(),
             _ = hup.recv() => sampler.reopen(),
             _ = stop.changed() => break,
         }
     }
-    drain(ring.get_mut(), &mut sampler);
+    // What the kernel wrote before the stop, bounded: the programs still run,
+    // and a flood must not keep the daemon from stopping.
+    drain(ring.get_mut(), &mut sampler, FINAL_DRAIN);
     sampler.flush();
     Ok(sampler)
 }
 
-fn drain(ring: &mut RingBuf<MapData>, sampler: &mut Sampler) {
-    while let Some(record) = ring.next() {
+/// Records handled per wake-up of the sampler.
+const BATCH: usize = 4096;
+/// Records handled at most after the stop.
+const FINAL_DRAIN: usize = 1 << 20;
+
+/// Handles up to `max` records; returns how many there were.
+fn drain(ring: &mut RingBuf<MapData>, sampler: &mut Sampler, max: usize) -> usize {
+    let mut n = 0;
+    while n < max {
+        let Some(record) = ring.next() else { break };
         if let Err(e) = sampler.handle(&record) {
             warn!("sample dropped: {e:#}");
         }
+        n += 1;
     }
+    n
 }
 
 /// Attaches the connection tracker if the policy needs it, then pushes the policy

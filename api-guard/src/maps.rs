@@ -148,12 +148,14 @@ pub trait KernelMaps: MapSource {
         }
     }
 
-    /// Ends the `--block-for` blocks of every client inside `net`; returns how many.
-    fn clear_client_blocks(&mut self, net: &Network) -> Result<usize> {
+    /// Ends the `--block-for` blocks in force of every client whose bucket
+    /// overlaps `net`; returns how many.
+    fn clear_client_blocks(&mut self, net: &Network, now_ns: u64) -> Result<usize> {
+        let prefix = self.config()?.ipv6_prefix as u8;
         let blocked: Vec<Client> = self
             .clients()?
             .into_iter()
-            .filter(|c| c.state.blocked_until_ns != 0 && net.0.contains(&c.addr))
+            .filter(|c| c.state.blocked_until_ns > now_ns && overlaps(net, c.addr, prefix))
             .collect();
         let mut map: HashMap<&mut MapData, ClientKey, ClientState> =
             HashMap::try_from(self.map_mut(names::CLIENTS)?)?;
@@ -166,6 +168,21 @@ pub trait KernelMaps: MapSource {
             }
         }
         Ok(blocked.len())
+    }
+
+    /// Removes blocks whose deadline has passed; returns how many. An expired
+    /// longer prefix would otherwise hide a broader block still in force.
+    fn prune_blocks(&mut self, now_ns: u64) -> Result<usize> {
+        let expired: Vec<(u32, NetKey)> = self
+            .blocks()?
+            .into_iter()
+            .filter(|(_, _, until)| *until <= now_ns)
+            .map(|(p, a, _)| (p, a))
+            .collect();
+        for net in &expired {
+            self.unblock(*net)?;
+        }
+        Ok(expired.len())
     }
 
     /// Blocks in the block list: (prefix length, network, deadline).
@@ -252,4 +269,16 @@ fn not_found(e: &aya::maps::MapError) -> bool {
         aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
         _ => false,
     }
+}
+
+/// Whether `net` and the bucket of the client key `addr` share addresses (an
+/// IPv6 key stands for its whole /prefix).
+fn overlaps(net: &Network, addr: IpAddr, ipv6_prefix: u8) -> bool {
+    let bucket = match addr {
+        IpAddr::V4(_) => ipnet::IpNet::from(addr),
+        IpAddr::V6(v6) => {
+            ipnet::Ipv6Net::new(v6, ipv6_prefix).map_or(ipnet::IpNet::from(addr), Into::into)
+        }
+    };
+    net.0.contains(&bucket.network()) || bucket.contains(&net.0.network())
 }

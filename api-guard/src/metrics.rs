@@ -340,17 +340,25 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
+    // Connections are tracked so that stopping ends them too: each holds the
+    // metrics, and so the datapath, which must go before the daemon exits.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let metrics = metrics.clone();
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let service = service_fn(move |req| handle(req, metrics.clone()));
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                 });
             }
-            _ = shutdown.changed() => return Ok(()),
+            // Reap finished connections as they end.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.changed() => {
+                conns.shutdown().await;
+                return Ok(());
+            }
         }
     }
 }

@@ -40,12 +40,25 @@ pub const PINNED: [&str; 9] = [
 const LOCK_DIR: &str = "/run/api-guard/locks";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
+/// The lock of a pin dir, named after its normalised absolute path (so
+/// "/sys/fs/bpf/api-guard/" and "../bpf/api-guard" share one), with `%` and `/`
+/// escaped so no two paths share a name.
 fn lock_path(dir: &Path) -> PathBuf {
-    let escaped: String = dir
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut normal = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    let escaped: String = normal
         .to_string_lossy()
-        .chars()
-        .map(|c| if c == '/' { '%' } else { c })
-        .collect();
+        .replace('%', "%25")
+        .replace('/', "%2F");
     Path::new(LOCK_DIR).join(format!("{escaped}.lock"))
 }
 
@@ -129,7 +142,16 @@ impl PinDir {
     /// Locks `dir` for this daemon and clears pins a killed daemon left there.
     pub fn claim(dir: &Path) -> Result<Self> {
         ensure_bpffs(dir)?;
-        let lock = try_lock(&lock_path(dir))?.ok_or_else(|| {
+        // An operator command probing the lock holds it for a moment: retry briefly.
+        let mut lock = None;
+        for _ in 0..10 {
+            lock = try_lock(&lock_path(dir))?;
+            if lock.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let lock = lock.ok_or_else(|| {
             Failure::new(
                 ExitCode::Environment,
                 format!(
@@ -172,7 +194,8 @@ impl Drop for PinDir {
             let _ = fs::remove_file(path);
         }
         let _ = fs::remove_dir(&self.dir);
-        let _ = fs::remove_file(lock_path(&self.dir));
+        // The lock file stays: unlinking a file that others may be about to lock
+        // would let two processes each hold "the" lock.
     }
 }
 

@@ -75,11 +75,13 @@ pub const REDACTED: &str = "REDACTED";
 
 /// Query parameters whose values are credentials, matched case-insensitively as
 /// a whole name or a part of one ("access_token", "X-Amz-Signature").
-const SECRET_PARAMS: [&str; 12] = [
+const SECRET_PARAMS: [&str; 14] = [
     "token",
     "key",
-    "password",
-    "passwd",
+    "pass",
+    "pwd",
+    "otp",
+    "assertion",
     "secret",
     "signature",
     "sig",
@@ -107,6 +109,9 @@ pub fn parse<'a>(data: &'a [u8], auth_headers: &'a [String]) -> Result<RequestHe
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return Err(NotHttp);
     };
+    // An absolute-form target ("http://user:pass@host/x") keeps only its path:
+    // the authority may hold credentials.
+    let target = origin_form(target);
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(redact_query(q))),
         None => (target, None),
@@ -147,6 +152,25 @@ pub fn parse<'a>(data: &'a [u8], auth_headers: &'a [String]) -> Result<RequestHe
         }
     }
     Ok(head)
+}
+
+/// The path-and-query of a request target: absolute-form loses its scheme and
+/// authority.
+fn origin_form(target: &str) -> &str {
+    let lower_starts =
+        |p: &str| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p);
+    let Some(rest) = ["http://", "https://"]
+        .iter()
+        .find(|p| lower_starts(p))
+        .map(|p| &target[p.len()..])
+    else {
+        return target;
+    };
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+        Some(i) => &rest[i..],
+        None => "/",
+    }
 }
 
 /// The scheme of a credential header value; only its first word is looked at.
@@ -307,6 +331,21 @@ mod tests {
         );
         let h = parse(b"GET /x?token=hunter2&n=1 HTTP/1.1\r\n\r\n", auth()).unwrap();
         assert_eq!(h.query.as_deref(), Some("token=REDACTED&n=1"));
+    }
+
+    #[test]
+    fn absolute_form_targets_lose_their_authority() {
+        let h = parse(
+            b"GET http://user:hunter2@api.example/v1/x?page=1 HTTP/1.1\r\n\r\n",
+            auth(),
+        )
+        .unwrap();
+        assert_eq!((h.path, h.query.as_deref()), ("/v1/x", Some("page=1")));
+        assert!(!format!("{h:?}").contains("hunter2"));
+        assert_eq!(origin_form("HTTPS://h"), "/");
+        assert_eq!(origin_form("http://h?q=1"), "?q=1");
+        assert_eq!(origin_form("/plain"), "/plain");
+        assert_eq!(origin_form("*"), "*");
     }
 
     #[test]

@@ -111,13 +111,27 @@ impl Sampler {
         let client = address(hdr.client);
         let method_label = method_label(head.method);
         self.metrics.count_sampled(method_label, head.auth);
-        let missing = self.cfg.require_auth != RequireAuth::Off && head.auth == AuthScheme::None;
+        // A head cut short may carry its credential past the cut, and a CORS
+        // preflight (OPTIONS) never carries one: neither counts as a miss.
+        let missing = self.cfg.require_auth != RequireAuth::Off
+            && head.auth == AuthScheme::None
+            && head.completeness == Completeness::Complete
+            && head.method != "OPTIONS";
         if missing {
             self.metrics.unauthenticated.inc();
+            // Only requests the kernel let through count toward a block: one it
+            // already dropped (or a retransmission of it) is not a new miss.
+            let admitted =
+                hdr.verdict == Verdict::Allowed as u8 || hdr.verdict == Verdict::WouldDrop as u8;
+            let bucket = ClientKey::from(client)
+                .bucketed(u32::from(self.cfg.ipv6_prefix))
+                .ip();
             if self.cfg.require_auth == RequireAuth::Block
-                && self.failures.miss(client, Instant::now())
+                && admitted
+                && self.failures.miss(bucket, Instant::now())
+                && let Err(e) = self.block(client)
             {
-                self.block(client)?;
+                warn!("cannot block {client}: {e:#}");
             }
         }
         if let Some(log) = &mut self.log {
@@ -174,18 +188,35 @@ impl Sampler {
         } else {
             u32::from(self.cfg.ipv6_prefix)
         };
-        let until = monotonic_ns().saturating_add(block_for.as_nanos() as u64);
-        self.datapath
+        let nanos = u64::try_from(block_for.as_nanos()).unwrap_or(u64::MAX);
+        let until = monotonic_ns().saturating_add(nanos).min(u64::MAX - 1);
+        let mut dp = self
+            .datapath
             .lock()
-            .map_err(|_| anyhow::anyhow!("datapath lock poisoned"))?
-            .block((prefix, key.addr), until)?;
+            .map_err(|_| anyhow::anyhow!("datapath lock poisoned"))?;
+        // Never shorten a block already there (an operator's, say).
+        if dp
+            .blocks()?
+            .iter()
+            .any(|(p, a, u)| *p == prefix && *a == key.addr && *u >= until)
+        {
+            return Ok(());
+        }
+        dp.block((prefix, key.addr), until)?;
         self.metrics.auth_blocks.inc();
         warn!(client = %client, for_secs = block_for.as_secs(), "blocked: too many requests without credentials");
         Ok(())
     }
 
-    /// Flushes the access log (every second and at shutdown).
+    /// Flushes the access log (every second and at shutdown), and forgets what
+    /// has expired: miss windows, and auth blocks past their deadline.
     pub fn flush(&mut self) {
+        if self.cfg.require_auth == RequireAuth::Block
+            && let Ok(mut dp) = self.datapath.lock()
+            && let Err(e) = dp.prune_blocks(monotonic_ns())
+        {
+            warn!("cannot prune expired blocks: {e:#}");
+        }
         if let Some(log) = &mut self.log
             && let Err(e) = log.flush()
         {

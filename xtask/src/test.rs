@@ -84,7 +84,15 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     let mut cmd = std::process::Command::new(&runner);
     cmd.current_dir(crate::workspace())
         .env("API_GUARD_BIN", &bin)
-        .args(["--out", "BENCHMARKS.md"]);
+        // A partial run must not replace the full report.
+        .args([
+            "--out",
+            if only.is_some() {
+                "target/BENCHMARKS.partial.md"
+            } else {
+                "BENCHMARKS.md"
+            },
+        ]);
     if quick {
         cmd.arg("--quick");
     }
