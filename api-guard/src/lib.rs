@@ -21,4 +21,6 @@ pub mod policy;
 pub mod preflight;
 pub mod report;
 pub mod request;
+#[cfg(test)]
+mod request_props;
 pub mod sampler;

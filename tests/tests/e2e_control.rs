@@ -181,3 +181,36 @@ fn two_daemons_cannot_share_a_pin_dir() -> Result<()> {
     assert!(s.ctl(&["status"])?.status.success());
     Ok(())
 }
+
+#[test]
+fn pins_are_root_only_and_commands_need_privilege() -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = Scenario::start(1, &[])?;
+    let dir = s.bpffs.pin_dir();
+    let meta = std::fs::metadata(&dir)?;
+    assert_eq!((meta.permissions().mode() & 0o777, meta.uid()), (0o700, 0));
+    let mut pinned = 0;
+    for entry in std::fs::read_dir(&dir)? {
+        let m = entry?.metadata()?;
+        assert_eq!((m.permissions().mode() & 0o777, m.uid()), (0o600, 0));
+        pinned += 1;
+    }
+    assert!(pinned >= 9, "{pinned} pins");
+    // An unprivileged user is refused before touching anything.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(binary())
+        .args(["block", "198.18.0.2", "--pin-dir"])
+        .arg(&dir)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+    assert_eq!(burst(s.client(0), 2)?, 2, "nothing was blocked");
+    Ok(())
+}
