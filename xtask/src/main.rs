@@ -46,6 +46,12 @@ enum Task {
         #[arg(long, value_name = "LIST")]
         only: Option<String>,
     },
+    /// Fuzz the sampled-request parser (cargo fuzz on the nightly toolchain).
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
     /// Lints, unit tests, kernel test-run tests and end-to-end suites.
     Test {
         /// Only tests whose name contains this (passed to cargo test).
@@ -84,6 +90,10 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Bench { quick, only } => {
             test::bench(quick, only.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Fuzz { seconds } => {
+            test::fuzz(seconds)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Test { filter } => {

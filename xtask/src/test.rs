@@ -113,6 +113,31 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     result
 }
 
+/// `cargo xtask fuzz`: installs cargo-fuzz if missing, then fuzzes the request
+/// parser for `seconds` (10 minutes by default); a crash fails the task and
+/// leaves its input under fuzz/artifacts.
+pub fn fuzz(seconds: u64) -> Result<()> {
+    let has_fuzz = std::process::Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        eprintln!("xtask: installing cargo-fuzz (a minute or two)");
+        check(
+            "cargo install cargo-fuzz",
+            cargo().args(["install", "cargo-fuzz", "--locked"]),
+        )?;
+    }
+    let dir = crate::workspace().join("fuzz");
+    check(
+        "cargo fuzz run",
+        std::process::Command::new("rustup")
+            .args(["run", "nightly", "cargo", "fuzz", "run", "request", "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .current_dir(&dir),
+    )
+}
+
 /// Namespaces, mounts, processes and BPF programs that only the tests create.
 fn leftovers() -> Vec<String> {
     let mut found = Vec::new();
