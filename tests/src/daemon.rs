@@ -176,6 +176,20 @@ fn parse_prog_id(stderr: &str) -> Option<u32> {
         .ok()
 }
 
+/// The api-guard binary run as nobody with no capabilities (setpriv drops them
+/// before exec).
+pub fn unprivileged() -> std::process::Command {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(binary());
+    cmd
+}
+
 /// Whether a BPF program with this id is still loaded.
 pub fn program_loaded(id: u32) -> bool {
     std::process::Command::new("bpftool")

@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use api_guard_tests::daemon::binary;
+use api_guard_tests::daemon::{binary, unprivileged};
 
 fn api_guard(args: &[&str]) -> Output {
     Command::new(binary())
@@ -55,15 +55,7 @@ fn missing_flags_exit_2() {
 
 #[test]
 fn unprivileged_user_is_refused_with_exit_3() {
-    // setpriv drops to nobody with no capabilities before exec'ing the binary.
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(binary())
+    let out = unprivileged()
         .args(["run", "--iface", "lo", "--port", "8080"])
         .output()
         .expect("run setpriv");

@@ -197,14 +197,7 @@ fn pins_are_root_only_and_commands_need_privilege() -> Result<()> {
     }
     assert!(pinned >= 9, "{pinned} pins");
     // An unprivileged user is refused before touching anything.
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(binary())
+    let out = api_guard_tests::daemon::unprivileged()
         .args(["block", "198.18.0.2", "--pin-dir"])
         .arg(&dir)
         .output()?;

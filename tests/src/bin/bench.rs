@@ -684,23 +684,7 @@ fn k4(o: &Options) -> Result<Section> {
     let heads = corpus();
     let auth = vec!["authorization".to_string(), "x-api-key".to_string()];
     let records: Vec<Vec<u8>> = heads.iter().map(|h| record(h)).collect();
-    let datapath = Arc::new(Mutex::new(api_guard::loader::Datapath::load(
-        &LoadOptions::default(),
-    )?));
-    let metrics = Arc::new(Metrics::new(datapath.clone(), 1)?);
-    let mut sampler = Sampler::new(
-        SamplerConfig {
-            auth_headers: auth.clone(),
-            require_auth: RequireAuth::Log,
-            auth_failures: 10,
-            block_for: None,
-            ipv6_prefix: 64,
-            ifnames: [(2u32, "eth0".to_string())].into(),
-        },
-        Some(AccessLog::open("/dev/null".as_ref())?),
-        metrics,
-        datapath,
-    );
+    let mut sampler = bench_sampler()?;
     let (mut parse_rate, mut pipe_rate) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         let t = Instant::now();
@@ -795,15 +779,14 @@ fn profile_pipeline() -> Option<String> {
     (!top.is_empty()).then(|| top.join(", "))
 }
 
-/// The pipeline loop alone, for `perf record` (`--profile-pipeline`).
-fn pipeline_loop() -> Result<()> {
-    let heads = corpus();
-    let records: Vec<Vec<u8>> = heads.iter().map(|h| record(h)).collect();
+/// The daemon's sampler as K4 measures it: credential check on, access log to
+/// /dev/null, metrics against a loaded (unattached) datapath.
+fn bench_sampler() -> Result<Sampler> {
     let datapath = Arc::new(Mutex::new(api_guard::loader::Datapath::load(
         &LoadOptions::default(),
     )?));
     let metrics = Arc::new(Metrics::new(datapath.clone(), 1)?);
-    let mut sampler = Sampler::new(
+    Ok(Sampler::new(
         SamplerConfig {
             auth_headers: vec!["authorization".into(), "x-api-key".into()],
             require_auth: RequireAuth::Log,
@@ -815,7 +798,14 @@ fn pipeline_loop() -> Result<()> {
         Some(AccessLog::open("/dev/null".as_ref())?),
         metrics,
         datapath,
-    );
+    ))
+}
+
+/// The pipeline loop alone, for `perf record` (`--profile-pipeline`).
+fn pipeline_loop() -> Result<()> {
+    let heads = corpus();
+    let records: Vec<Vec<u8>> = heads.iter().map(|h| record(h)).collect();
+    let mut sampler = bench_sampler()?;
     for i in 0..1_000_000 {
         sampler.handle(&records[i % records.len()])?;
     }
