@@ -84,10 +84,10 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     let mut cmd = std::process::Command::new(&runner);
     cmd.current_dir(crate::workspace())
         .env("API_GUARD_BIN", &bin)
-        // A partial run must not replace the full report.
+        // A partial or quick run must not replace the full report.
         .args([
             "--out",
-            if only.is_some() {
+            if only.is_some() || quick {
                 "target/BENCHMARKS.partial.md"
             } else {
                 "BENCHMARKS.md"
