@@ -54,6 +54,12 @@ pub enum Command {
         pins: PinArgs,
         cidr: Network,
     },
+    /// Remove a stopped daemon's pinned state (buckets, blocks, limits,
+    /// counters), so the next daemon starts afresh.
+    Detach {
+        #[command(flatten)]
+        pins: PinArgs,
+    },
     /// Set (or --remove) a network's request limit on a running daemon.
     Limit {
         #[command(flatten)]

@@ -47,15 +47,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ifnames.insert(preflight::interface_index(iface)?, iface.clone());
     }
     // Claim the pin dir before loading anything: two daemons must not share one.
-    let mut pins = PinDir::claim(&args.pins.pin_dir)?;
+    let pins = PinDir::claim(&args.pins.pin_dir)?;
     // Signals first: a stop request from here on is never lost.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
+    let adopting = pins.has_state();
     let mut datapath = Datapath::load(&LoadOptions {
         max_clients: args.max_clients,
         ring_bytes: args.sample_buffer,
+        pin_dir: Some(pins.dir().to_path_buf()),
     })?;
+    pins.restrict()?;
+    if adopting {
+        info!(pin_dir = %pins.dir().display(), "adopted the pinned state of an earlier daemon");
+        let held = datapath.client_capacity()?;
+        if held != args.max_clients {
+            warn!(
+                "the adopted client map holds {held} clients; --max-clients {} takes effect after `api-guard detach`",
+                args.max_clients
+            );
+        }
+    }
     datapath.watch_ports(&args.ports)?;
     // Kept until exit: a cgroup hierarchy api-guard mounted itself is unmounted then.
     let _cgroup = apply_policy(&mut datapath, &policy, &args)?;
@@ -73,7 +86,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
             format!("cannot listen on {} for metrics: {e}", args.metrics_addr),
         )
     })?;
-    pins.pin(&datapath)?;
     for iface in &args.ifaces {
         datapath.attach_ingress(iface)?;
     }

@@ -35,6 +35,8 @@ pub struct LoadOptions {
     pub max_clients: u32,
     /// Sample ring buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
+    /// Pin the operators' maps here, or adopt the ones already pinned here.
+    pub pin_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -42,6 +44,7 @@ impl Default for LoadOptions {
         Self {
             max_clients: names::DEFAULT_MAX_CLIENTS,
             ring_bytes: api_guard_common::sample::DEFAULT_RING_BYTES,
+            pin_dir: None,
         }
     }
 }
@@ -54,16 +57,25 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the maps and the ingress program into the kernel (not attached yet).
     pub fn load(opts: &LoadOptions) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::CLIENTS, opts.max_clients)
-            .map_max_entries(names::SAMPLES, opts.ring_bytes)
-            .load(OBJECT)
-            .map_err(|e| {
-                Failure::new(
-                    ExitCode::Environment,
-                    format!("cannot load the BPF programs (is BPF enabled in this kernel?): {e}"),
-                )
-            })?;
+            .map_max_entries(names::SAMPLES, opts.ring_bytes);
+        let pins = opts
+            .pin_dir
+            .as_deref()
+            .map(crate::pins::pin_paths)
+            .unwrap_or_default();
+        for (name, path) in &pins {
+            // An existing pin is opened (adopted) rather than created.
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| {
+            Failure::new(
+                ExitCode::Environment,
+                format!("cannot load the BPF programs (is BPF enabled in this kernel?): {e}"),
+            )
+        })?;
         ingress_mut(&mut ebpf)?.load().map_err(|e| {
             Failure::new(
                 ExitCode::Environment,
@@ -73,9 +85,12 @@ impl Datapath {
         load_tail(&mut ebpf, RESET_PROGRAM, names::TAIL_RESET)?;
         load_tail(&mut ebpf, SAMPLE_PROGRAM, names::TAIL_SAMPLE)?;
         let mut datapath = Self { ebpf };
-        // Never leave the policy zeroed (a zero IPv6 prefix would lump every IPv6
-        // client together): watch-only until the caller sets its own.
-        datapath.set_config(&api_guard_common::config::Config::unlimited())?;
+        // Never leave a new policy zeroed (a zero IPv6 prefix would lump every
+        // IPv6 client together): watch-only until the caller sets its own. An
+        // adopted policy stays until the caller replaces it.
+        if datapath.config()?.ipv6_prefix == 0 {
+            datapath.set_config(&api_guard_common::config::Config::unlimited())?;
+        }
         Ok(datapath)
     }
 
@@ -131,6 +146,18 @@ impl Datapath {
             .take_map(names::SAMPLES)
             .context("map SAMPLES missing (or already taken)")?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// How many clients the client map holds (an adopted map keeps its size).
+    pub fn client_capacity(&self) -> Result<u32> {
+        let map = self
+            .ebpf
+            .map(names::CLIENTS)
+            .context("map CLIENTS missing")?;
+        let aya::maps::Map::LruHashMap(data) = map else {
+            anyhow::bail!("map CLIENTS is not an LRU hash");
+        };
+        Ok(data.info()?.max_entries())
     }
 
     /// The ingress program, for BPF_PROG_TEST_RUN.

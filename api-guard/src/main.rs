@@ -41,8 +41,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The commands that act on a running daemon through its pins.
+/// The commands that act on a daemon's pins.
 fn operator(command: Command) -> anyhow::Result<()> {
+    use std::io::Write as _;
     preflight::check_privileges()?;
     let out = &mut std::io::stdout().lock();
     match command {
@@ -55,6 +56,15 @@ fn operator(command: Command) -> anyhow::Result<()> {
             duration,
         } => control::block(&pins.pin_dir, &cidr, duration, out),
         Command::Unblock { pins, cidr } => control::unblock(&pins.pin_dir, &cidr, out),
+        Command::Detach { pins } => {
+            let removed = api_guard::pins::detach(&pins.pin_dir)?;
+            writeln!(
+                out,
+                "removed {removed} pinned maps from {}",
+                pins.pin_dir.display()
+            )?;
+            Ok(())
+        }
         Command::Limit {
             pins,
             cidr,

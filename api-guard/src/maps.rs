@@ -82,19 +82,49 @@ pub trait KernelMaps: MapSource {
     }
 
     /// Pushes a policy: lists and per-network limits first, then the config that
-    /// switches them on. `netns_cookie` scopes the connection tracker.
+    /// switches them on. The allow and deny lists are replaced; per-network
+    /// limits and blocks (also set by operator commands) are kept and added to. `netns_cookie` scopes the connection tracker.
     fn apply_policy(&mut self, policy: &Policy, netns_cookie: u64) -> Result<()> {
         let keys = |nets: &[Network]| nets.iter().map(Network::lpm_key).collect::<Vec<_>>();
+        self.clear_networks(names::ALLOW)?;
+        self.clear_networks(names::DENY)?;
         self.add_networks(names::ALLOW, &keys(&policy.allow))?;
         self.add_networks(names::DENY, &keys(&policy.deny))?;
         self.add_overrides(&policy.overrides())?;
-        self.set_config(&policy.config(netns_cookie))
+        let mut config = policy.config(netns_cookie);
+        // Limits and blocks adopted from an earlier daemon, or set by operator
+        // commands, stay switched on.
+        if !self.lpm_is_empty::<Limit>(names::OVERRIDES)? {
+            config.flags |= config_flags::HAS_OVERRIDES;
+        }
+        if !self.lpm_is_empty::<u64>(names::BLOCKS)? {
+            config.flags |= config_flags::HAS_BLOCKS;
+        }
+        self.set_config(&config)
+    }
+
+    fn lpm_is_empty<V: aya::Pod>(&self, name: &str) -> Result<bool> {
+        let map: LpmTrie<&MapData, NetKey, V> = LpmTrie::try_from(self.map(name)?)?;
+        Ok(map.keys().next().is_none())
     }
 
     /// Adds networks to the allow (`names::ALLOW`) or deny (`names::DENY`) list.
     fn add_networks(&mut self, list: &str, nets: &[(u32, NetKey)]) -> Result<()> {
         let entries: Vec<((u32, NetKey), u8)> = nets.iter().map(|&n| (n, 1)).collect();
         self.add_lpm(list, &entries)
+    }
+
+    /// Empties the allow or deny list (the flags own them: a restart with other
+    /// flags replaces them).
+    fn clear_networks(&mut self, list: &str) -> Result<()> {
+        let keys: Vec<Key<NetKey>> = {
+            let map: LpmTrie<&MapData, NetKey, u8> = LpmTrie::try_from(self.map(list)?)?;
+            map.keys().collect::<Result<_, _>>()?
+        };
+        for k in keys {
+            self.remove_lpm::<u8>(list, (k.prefix_len(), k.data()))?;
+        }
+        Ok(())
     }
 
     /// Adds per-network request limits.

@@ -20,6 +20,11 @@ use crate::{
     maps::MapSource,
 };
 
+/// Where the loader pins (or finds) each map of `PINNED` in `dir`.
+pub fn pin_paths(dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    PINNED.iter().map(|name| (*name, dir.join(name))).collect()
+}
+
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/api-guard";
 
 /// The maps pinned for operators.
@@ -131,15 +136,16 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
     .into())
 }
 
-/// A daemon's claim on a pin directory. Dropping it removes the pins.
+/// A daemon's claim on a pin directory. The maps pinned there (by the loader,
+/// see `LoadOptions::pin_dir`) outlive the daemon: the next one adopts them, with
+/// their buckets, blocks, limits and counters. `api-guard detach` removes them.
 pub struct PinDir {
     dir: PathBuf,
-    pinned: Vec<PathBuf>,
     _lock: File,
 }
 
 impl PinDir {
-    /// Locks `dir` for this daemon and clears pins a killed daemon left there.
+    /// Locks `dir` for this daemon (creating it, root-only).
     pub fn claim(dir: &Path) -> Result<Self> {
         ensure_bpffs(dir)?;
         // An operator command probing the lock holds it for a moment: retry briefly.
@@ -163,40 +169,52 @@ impl PinDir {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the pin dir {}", dir.display()))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-        for name in PINNED {
-            let _ = fs::remove_file(dir.join(name));
-        }
         Ok(Self {
             dir: dir.to_path_buf(),
-            pinned: Vec::new(),
             _lock: lock,
         })
     }
 
-    /// Pins the operators' maps, readable by root only.
-    pub fn pin(&mut self, source: &impl MapSource) -> Result<()> {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether this directory holds state from an earlier daemon.
+    pub fn has_state(&self) -> bool {
+        PINNED.iter().any(|name| self.dir.join(name).exists())
+    }
+
+    /// Makes the pins readable by root only (the loader creates them).
+    pub fn restrict(&self) -> Result<()> {
         for name in PINNED {
             let path = self.dir.join(name);
-            source
-                .map(name)?
-                .pin(&path)
-                .with_context(|| format!("cannot pin {name} at {}", path.display()))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
-            self.pinned.push(path);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", path.display()))?;
         }
         Ok(())
     }
 }
 
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        for path in &self.pinned {
-            let _ = fs::remove_file(path);
+/// `api-guard detach`: removes the pins of a stopped daemon (its attachments
+/// went with it). Refuses while a daemon runs on the directory.
+pub fn detach(dir: &Path) -> Result<usize> {
+    let _lock = try_lock(&lock_path(dir))?.ok_or_else(|| {
+        Failure::new(
+            ExitCode::Environment,
+            format!(
+                "an api-guard daemon is running with --pin-dir {}: stop it first (it detaches when it stops)",
+                dir.display()
+            ),
+        )
+    })?;
+    let mut removed = 0;
+    for name in PINNED {
+        if fs::remove_file(dir.join(name)).is_ok() {
+            removed += 1;
         }
-        let _ = fs::remove_dir(&self.dir);
-        // The lock file stays: unlinking a file that others may be about to lock
-        // would let two processes each hold "the" lock.
     }
+    let _ = fs::remove_dir(dir);
+    Ok(removed)
 }
 
 /// A running daemon's maps, opened from their pins.

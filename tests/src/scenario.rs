@@ -33,19 +33,35 @@ impl Scenario {
         let bpffs = BpfFs::mount()?;
         let topo = Topology::new(clients)?;
         let nginx = Nginx::start(&topo.server, &[API, OTHER])?;
-        let mut args = vec!["run".to_string(), "--port".into(), API.to_string()];
-        for iface in &topo.server_ifaces {
-            args.extend(["--iface".into(), iface.clone()]);
-        }
-        args.extend(["--pin-dir".into(), bpffs.pin_dir().display().to_string()]);
-        args.extend(flags.iter().map(|f| f.to_string()));
-        let daemon = Daemon::start(&topo.server, &args)?;
+        let daemon = Daemon::start(&topo.server, &daemon_args(&topo, &bpffs, flags))?;
         Ok(Self {
             daemon,
             nginx,
             topo,
             bpffs,
         })
+    }
+
+    /// Stops the daemon with `sig` (SIGTERM, or SIGKILL for a crash) and starts
+    /// a new one on the same pin directory with `flags`.
+    pub fn restart(self, sig: libc::c_int, flags: &[&str]) -> Result<(Stopped, Scenario)> {
+        let Scenario {
+            daemon,
+            nginx,
+            topo,
+            bpffs,
+        } = self;
+        let stopped = daemon.stop_with(sig)?;
+        let daemon = Daemon::start(&topo.server, &daemon_args(&topo, &bpffs, flags))?;
+        Ok((
+            stopped,
+            Scenario {
+                daemon,
+                nginx,
+                topo,
+                bpffs,
+            },
+        ))
     }
 
     pub fn client(&self, i: usize) -> &Client {
@@ -92,4 +108,15 @@ impl Scenario {
         } = self;
         Ok((daemon.stop()?, nginx, topo, bpffs))
     }
+}
+
+/// `api-guard run` on every server interface, watching API, pinning in `bpffs`.
+fn daemon_args(topo: &Topology, bpffs: &BpfFs, flags: &[&str]) -> Vec<String> {
+    let mut args = vec!["run".to_string(), "--port".into(), API.to_string()];
+    for iface in &topo.server_ifaces {
+        args.extend(["--iface".into(), iface.clone()]);
+    }
+    args.extend(["--pin-dir".into(), bpffs.pin_dir().display().to_string()]);
+    args.extend(flags.iter().map(|f| f.to_string()));
+    args
 }

@@ -1,0 +1,163 @@
+//! Restarts without lost state: a daemon started on the pin directory of one that
+//! stopped (SIGTERM) or died (SIGKILL) adopts its buckets, blocks, limits and
+//! counters, with no second attachment; `detach` clears that state.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use api_guard_tests::{
+    client::{Connections, Opts, curl, url},
+    daemon::program_loaded,
+    netns::Client,
+    scenario::{API, Scenario},
+};
+use serde_json::Value;
+
+/// `n` new connections at once; how many got an answer within 400 ms.
+fn burst(c: &Client, n: usize) -> Result<usize> {
+    let urls: Vec<String> = (0..n)
+        .map(|i| url(c.server4.into(), API, &format!("/r/{i}")))
+        .collect();
+    Ok(curl(
+        &c.ns,
+        &urls,
+        Opts::new(Connections::Parallel).max_time(Duration::from_millis(400)),
+    )?
+    .ok())
+}
+
+fn status(s: &Scenario) -> Result<Value> {
+    let out = s.ctl(&["status", "--json"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_str(&String::from_utf8_lossy(&out.stdout))?)
+}
+
+fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
+    let s = Scenario::start(
+        2,
+        &[
+            "--conn-rate",
+            "1",
+            "--conn-burst",
+            "3",
+            "--block-for",
+            "10m",
+        ],
+    )?;
+    let c0 = s.client(0);
+    for _ in 0..3 {
+        assert_eq!(burst(c0, 1)?, 1);
+    }
+    assert_eq!(burst(c0, 1)?, 0, "over the connection rate: blocked");
+    assert!(
+        s.ctl(&["limit", "198.18.1.0/24", "--rate", "1", "--burst", "2"])?
+            .status
+            .success()
+    );
+    assert!(s.ctl(&["block", "198.18.1.99"])?.status.success());
+    let before = status(&s)?;
+    let old_prog = s.daemon.prog_id;
+
+    // A changed flag (a larger connection burst) and a new daemon on the same pins.
+    let (stopped, s) = s.restart(
+        sig,
+        &[
+            "--conn-rate",
+            "1",
+            "--conn-burst",
+            "5",
+            "--block-for",
+            "10m",
+        ],
+    )?;
+    if sig == libc::SIGTERM {
+        assert!(stopped.status.success(), "{stopped:?}");
+    }
+    assert!(
+        s.daemon.stderr().contains("adopted the pinned state"),
+        "{}",
+        s.daemon.stderr()
+    );
+    assert!(
+        !program_loaded(old_prog),
+        "the old program (and its attachment) is gone"
+    );
+    assert!(program_loaded(s.daemon.prog_id));
+
+    let after = status(&s)?;
+    assert_eq!(
+        after["config"]["connections"]["burst"], 5,
+        "the changed flag took effect"
+    );
+    assert_eq!(
+        after["blocked_clients"][0]["client"], "198.18.0.2",
+        "the block carried over: {after}"
+    );
+    assert!(
+        after["blocked_clients"][0]["remaining_secs"]
+            .as_u64()
+            .unwrap()
+            > 500
+    );
+    assert_eq!(after["blocked_networks"][0]["network"], "198.18.1.99/32");
+    assert!(
+        after["counters"]["connections"]["allowed"].as_u64()
+            >= before["counters"]["connections"]["allowed"].as_u64(),
+        "counters carried over: {before} → {after}"
+    );
+    assert_eq!(after["clients"]["tracked"], before["clients"]["tracked"]);
+    assert_eq!(burst(s.client(0), 1)?, 0, "still blocked");
+    assert_eq!(
+        burst(s.client(1), 5)?,
+        2,
+        "the operator's limit carried over"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_restart_after_sigterm_adopts_the_pinned_state() -> Result<()> {
+    restart_keeps_state(libc::SIGTERM)
+}
+
+#[test]
+fn a_restart_after_sigkill_adopts_the_pinned_state() -> Result<()> {
+    restart_keeps_state(libc::SIGKILL)
+}
+
+#[test]
+fn detach_clears_the_state_of_a_stopped_daemon_only() -> Result<()> {
+    let s = Scenario::start(1, &["--rate", "1", "--burst", "2"])?;
+    let refused = s.ctl(&["detach"])?;
+    assert_eq!(
+        refused.status.code(),
+        Some(4),
+        "a running daemon's pins stay"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop it first"));
+    assert!(s.ctl(&["block", "198.18.0.2"])?.status.success());
+    let pin_dir = s.bpffs.pin_dir();
+    let (stopped, _nginx, _topo, bpffs) = s.stop()?;
+    assert!(stopped.status.success());
+    assert!(
+        pin_dir.join("CLIENTS").exists(),
+        "the state outlives the daemon"
+    );
+    let out = std::process::Command::new(api_guard_tests::daemon::binary())
+        .args(["detach", "--pin-dir"])
+        .arg(&pin_dir)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 9 pinned maps"));
+    assert!(!pin_dir.exists());
+    drop(bpffs);
+    Ok(())
+}
