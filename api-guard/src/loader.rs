@@ -76,6 +76,10 @@ impl Datapath {
                 format!("cannot load the BPF programs (is BPF enabled in this kernel?): {e}"),
             )
         })?;
+        // Before any program is verified against the maps.
+        if let Some(dir) = &opts.pin_dir {
+            check_adopted(&ebpf, dir)?;
+        }
         ingress_mut(&mut ebpf)?.load().map_err(|e| {
             Failure::new(
                 ExitCode::Environment,
@@ -194,6 +198,63 @@ impl Datapath {
     pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+/// Key and value sizes of the pinned maps, as this build lays them out.
+fn expected_sizes(name: &str) -> Option<(usize, usize)> {
+    use api_guard_common::{client, config, counters, network::NetKey};
+    use std::mem::size_of;
+    let lpm_key = size_of::<u32>() + size_of::<NetKey>();
+    Some(match name {
+        names::PORTS => (4, 1),
+        names::CONFIG => (4, size_of::<config::Config>()),
+        names::CLIENTS => (
+            size_of::<client::ClientKey>(),
+            size_of::<client::ClientState>(),
+        ),
+        names::ALLOW | names::DENY => (lpm_key, 1),
+        names::BLOCKS => (lpm_key, 8),
+        names::OVERRIDES => (lpm_key, size_of::<config::Limit>()),
+        names::COUNTERS => (4, size_of::<counters::CounterBlock>()),
+        names::EVENTS => (4, size_of::<counters::EventBlock>()),
+        _ => return None,
+    })
+}
+
+/// Refuses pinned state laid out by another api-guard build: adopting it would
+/// misread every entry.
+fn check_adopted(ebpf: &Ebpf, dir: &Path) -> Result<()> {
+    use aya::maps::Map;
+    for name in crate::pins::PINNED {
+        let Some((key, value)) = expected_sizes(name) else {
+            continue;
+        };
+        let data = match ebpf.map(name) {
+            Some(
+                Map::Array(d)
+                | Map::LruHashMap(d)
+                | Map::LpmTrie(d)
+                | Map::PerCpuArray(d)
+                | Map::HashMap(d),
+            ) => d,
+            _ => continue,
+        };
+        let info = data.info()?;
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            return Err(Failure::new(
+                ExitCode::Environment,
+                format!(
+                    "the pinned state in {} is from an incompatible api-guard (map {name} has {}-byte keys and {}-byte values, this build uses {key} and {value}); remove it with `api-guard detach --pin-dir {}`",
+                    dir.display(),
+                    info.key_size(),
+                    info.value_size(),
+                    dir.display()
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Loads a classifier that the ingress program tail-calls and puts it in its slot.

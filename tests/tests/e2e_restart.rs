@@ -161,3 +161,39 @@ fn detach_clears_the_state_of_a_stopped_daemon_only() -> Result<()> {
     drop(bpffs);
     Ok(())
 }
+
+#[test]
+fn pinned_state_of_another_layout_is_refused() -> Result<()> {
+    let fs = api_guard_tests::bpffs::BpfFs::mount()?;
+    let dir = fs.pin_dir();
+    std::fs::create_dir_all(&dir)?;
+    // A CONFIG map with values of the wrong size, as another build might leave.
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(dir.join("CONFIG"))
+        .args([
+            "type", "array", "key", "4", "value", "8", "entries", "1", "name", "CONFIG",
+        ])
+        .status()?;
+    assert!(made.success());
+    let out = std::process::Command::new(api_guard_tests::daemon::binary())
+        .args([
+            "run",
+            "--iface",
+            "lo",
+            "--port",
+            "8080",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--pin-dir",
+        ])
+        .arg(&dir)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("incompatible api-guard") && stderr.contains("api-guard detach"),
+        "{stderr}"
+    );
+    Ok(())
+}
