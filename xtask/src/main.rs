@@ -46,6 +46,12 @@ enum Task {
         #[arg(long, value_name = "LIST")]
         only: Option<String>,
     },
+    /// Soak the daemon under sustained load (release build; not part of CI).
+    Soak {
+        /// How long, in minutes.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Fuzz the sampled-request parser (cargo fuzz on the nightly toolchain).
     Fuzz {
         /// How long to run.
@@ -90,6 +96,10 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Bench { quick, only } => {
             test::bench(quick, only.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Soak { minutes } => {
+            test::soak(minutes)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Fuzz { seconds } => {

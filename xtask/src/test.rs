@@ -113,6 +113,37 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     result
 }
 
+/// `cargo xtask soak`: the bench runner's soak mode on release builds.
+pub fn soak(minutes: u64) -> Result<()> {
+    let bin = build(true)?;
+    check(
+        "cargo build (bench)",
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "api-guard-tests",
+            "--bin",
+            "bench",
+        ]),
+    )?;
+    let before = leftovers();
+    let result = check(
+        "the soak",
+        std::process::Command::new(bin.with_file_name("bench"))
+            .env("API_GUARD_BIN", &bin)
+            .args(["--soak", &(minutes.max(1) * 60).to_string()]),
+    );
+    let new: Vec<String> = leftovers()
+        .into_iter()
+        .filter(|l| !before.contains(l))
+        .collect();
+    if !new.is_empty() {
+        bail!("the soak left {} thing(s) behind: {new:?}", new.len());
+    }
+    result
+}
+
 /// `cargo xtask fuzz`: installs cargo-fuzz if missing, then fuzzes the request
 /// parser for `seconds` (10 minutes by default); a crash fails the task and
 /// leaves its input under fuzz/artifacts.

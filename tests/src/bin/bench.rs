@@ -121,6 +121,14 @@ fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("--profile-pipeline") {
         return pipeline_loop();
     }
+    if std::env::args().nth(1).as_deref() == Some("--soak") {
+        let secs: u64 = std::env::args()
+            .nth(2)
+            .context("--soak needs seconds")?
+            .parse()
+            .context("--soak needs whole seconds")?;
+        return soak(secs);
+    }
     let o = options()?;
     let wanted = |k: &str| o.only.as_ref().is_none_or(|l| l.iter().any(|x| x == k));
     let mut sections = Vec::new();
@@ -329,7 +337,10 @@ fn host(
                 args.extend(["--iface".into(), i.clone()]);
             }
             args.extend(["--pin-dir".into(), bpffs.pin_dir().display().to_string()]);
-            args.extend(["--access-log".into(), "/dev/null".into()]);
+            // The caller's own --access-log wins; /dev/null otherwise.
+            if !flags.contains(&"--access-log") {
+                args.extend(["--access-log".into(), "/dev/null".into()]);
+            }
             args.extend(flags.iter().map(|f| f.to_string()));
             Some(Daemon::start(&topo.server, &args)?)
         }
@@ -810,6 +821,112 @@ fn pipeline_loop() -> Result<()> {
         sampler.handle(&records[i % records.len()])?;
     }
     sampler.flush();
+    Ok(())
+}
+
+// -------------------------------------------------------------- soak ----------
+
+/// Resident memory of a process now, in kB.
+fn rss_kb(pid: u32) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// `cargo xtask soak`: the daemon under the heaviest load wrk can make, every
+/// request sampled and logged, for `secs`. Fails on RSS growth over 10% after
+/// warm-up, on log lines lost beyond the counted lost samples, or on an error in
+/// the daemon's log.
+fn soak(secs: u64) -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("agt-").tempdir()?;
+    let log = dir.path().join("access.log");
+    let log_arg = log.display().to_string();
+    let h = host(
+        1,
+        Some(&[
+            "--rate",
+            "1000000",
+            "--sample",
+            "1.0",
+            "--access-log",
+            &log_arg,
+        ]),
+        None,
+    )?;
+    let c = &h.topo.clients[0];
+    let daemon = h.daemon.as_ref().context("the soak runs the daemon")?;
+    let pid = daemon.pid();
+    let target = url(c.server4.into(), API, "/soak");
+    let start = Instant::now();
+    let warmup = Duration::from_secs(secs.min(60) / 2);
+    let (mut rss, mut requests) = (Vec::new(), 0.0);
+    while start.elapsed() < Duration::from_secs(secs) {
+        let chunk = Duration::from_secs(
+            10.min(secs.saturating_sub(start.elapsed().as_secs()))
+                .max(1),
+        );
+        let report = wrk(&c.ns, &target, 50, chunk)?;
+        if let Some(r) = parse_wrk(&report) {
+            requests += r.requests_per_sec * chunk.as_secs_f64();
+        }
+        if start.elapsed() >= warmup {
+            rss.push(rss_kb(pid));
+        }
+        eprintln!(
+            "soak: {:>4}s, daemon RSS {:.1} MB",
+            start.elapsed().as_secs(),
+            rss_kb(pid) / 1024.0
+        );
+    }
+    let Host { daemon, .. } = h;
+    let stopped = daemon.context("the soak runs the daemon")?.stop()?;
+    let samples = stopped
+        .report()?
+        .into_iter()
+        .find(|v| v["type"] == "samples")
+        .context("no samples line")?;
+    let (sampled, lost, logged) = (
+        samples["sampled"].as_u64().unwrap_or(0),
+        samples["lost"].as_u64().unwrap_or(0),
+        samples["logged"].as_u64().unwrap_or(0),
+    );
+    let lines = fs::read_to_string(&log)?.lines().count() as u64;
+    let first = rss.first().copied().unwrap_or(0.0);
+    let peak = rss.iter().copied().fold(0.0, f64::max);
+    let growth = if first > 0.0 { peak / first - 1.0 } else { 0.0 };
+    let errors: Vec<&str> = stopped
+        .stderr
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .collect();
+    println!(
+        "soak: {secs}s, about {requests:.0} requests; sampled {sampled}, lost {lost}, logged {logged}, {lines} log lines; RSS after warm-up {:.1} MB, peak {:.1} MB ({:+.1}%); {} error lines",
+        first / 1024.0,
+        peak / 1024.0,
+        growth * 100.0,
+        errors.len()
+    );
+    let mut failures = Vec::new();
+    if growth > 0.10 {
+        failures.push(format!("RSS grew {:.1}% after warm-up", growth * 100.0));
+    }
+    if lines != logged || logged != sampled {
+        failures.push(format!(
+            "log lines {lines}, logged {logged}, sampled {sampled}: lines were lost"
+        ));
+    }
+    if !errors.is_empty() {
+        failures.push(format!("errors in the daemon's log: {errors:?}"));
+    }
+    if !failures.is_empty() {
+        bail!("soak failed: {}", failures.join("; "));
+    }
+    println!("soak: passed");
     Ok(())
 }
 
