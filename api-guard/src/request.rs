@@ -157,8 +157,14 @@ pub fn parse<'a>(data: &'a [u8], auth_headers: &'a [String]) -> Result<RequestHe
 /// The path-and-query of a request target: absolute-form loses its scheme and
 /// authority.
 fn origin_form(target: &str) -> &str {
-    let lower_starts =
-        |p: &str| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p);
+    // Compare bytes: the target may hold non-ASCII bytes, and slicing the str
+    // inside a character would panic. A matched ASCII prefix ends on a boundary.
+    let lower_starts = |p: &str| {
+        target
+            .as_bytes()
+            .get(..p.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+    };
     let Some(rest) = ["http://", "https://"]
         .iter()
         .find(|p| lower_starts(p))
@@ -346,6 +352,9 @@ mod tests {
         assert_eq!(origin_form("http://h?q=1"), "?q=1");
         assert_eq!(origin_form("/plain"), "/plain");
         assert_eq!(origin_form("*"), "*");
+        // Found by the fuzzer: a multi-byte character across the prefix's length.
+        let _ = parse(b"4p pppppaO\xd0\x8c ", auth());
+        assert_eq!(origin_form("pppppaO\u{40c}"), "pppppaO\u{40c}");
     }
 
     #[test]
