@@ -130,6 +130,25 @@ pub fn curl(ns: &Netns, urls: &[String], opts: Opts) -> Result<Batch> {
     Ok(batch)
 }
 
+/// `n` new connections at once from `c` to the API port (from `source`, one of
+/// its addresses, when given); returns how many were answered within `max_time`.
+pub fn burst(
+    c: &crate::netns::Client,
+    source: Option<IpAddr>,
+    n: usize,
+    max_time: Duration,
+) -> Result<usize> {
+    let ipv6 = source.is_some_and(|s| s.is_ipv6());
+    let urls: Vec<String> = (0..n)
+        .map(|i| url(c.server(ipv6), crate::scenario::API, &format!("/burst/{i}")))
+        .collect();
+    let mut opts = Opts::new(Connections::Parallel).max_time(max_time);
+    if let Some(s) = source {
+        opts = opts.source(s);
+    }
+    Ok(curl(&c.ns, &urls, opts)?.ok())
+}
+
 /// Floods `url` with wrk from `ns` for `duration` over `connections` connections.
 /// Returns wrk's report (with its latency distribution).
 pub fn wrk(ns: &Netns, url: &str, connections: u32, duration: Duration) -> Result<String> {

@@ -4,26 +4,12 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use api_guard_tests::{
-    bpffs::BpfFs,
-    client::{Connections, Opts, curl, url},
-    daemon::binary,
-    netns::Client,
-    scenario::{API, Scenario},
-};
+use api_guard_tests::{bpffs::BpfFs, client, daemon::binary, netns::Client, scenario::Scenario};
 
-/// `n` requests at once from `c`; how many were answered within 400 ms (an
+/// `n` new connections at once; how many were answered within 400 ms (an
 /// over-limit request's retransmission at 200 ms cannot meet a refill at 1/s).
 fn burst(c: &Client, n: usize) -> Result<usize> {
-    let urls: Vec<String> = (0..n)
-        .map(|i| url(c.server4.into(), API, &format!("/c/{i}")))
-        .collect();
-    Ok(curl(
-        &c.ns,
-        &urls,
-        Opts::new(Connections::Parallel).max_time(Duration::from_millis(400)),
-    )?
-    .ok())
+    client::burst(c, None, n, Duration::from_millis(400))
 }
 
 fn ok(out: &std::process::Output) -> String {

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Result;
 use api_guard_tests::{
-    client::{Connections, Opts, curl, url, wrk},
+    client::{self, Connections, Opts, curl, url, wrk},
     netns::Client,
     process::{kill, wait_until},
     scenario::{API, Scenario},
@@ -27,15 +27,7 @@ fn burst_from(
     n: usize,
     max_time: Duration,
 ) -> Result<usize> {
-    let ipv6 = source.is_some_and(|s| s.is_ipv6());
-    let urls: Vec<String> = (0..n)
-        .map(|i| url(client.server(ipv6), API, &format!("/b/{i}")))
-        .collect();
-    let mut opts = Opts::new(Connections::Parallel).max_time(max_time);
-    if let Some(s) = source {
-        opts = opts.source(s);
-    }
-    Ok(curl(&client.ns, &urls, opts)?.ok())
+    client::burst(client, source, n, max_time)
 }
 
 /// An over-limit request is dropped and retransmitted 200 ms later, then 600 ms

@@ -40,33 +40,37 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     )?;
     let bin = build(false)?;
 
-    let leftovers_before = leftovers();
     let mut cmd = cargo();
     cmd.arg("test").args(USERSPACE).env("API_GUARD_BIN", &bin);
     if let Some(f) = filter {
         cmd.arg(f);
     }
-    let result = check("cargo test", &mut cmd);
+    without_leftovers("the tests", || check("cargo test", &mut cmd))?;
+    eprintln!("xtask: no namespace, mount, process or BPF program outlived the tests");
+    Ok(())
+}
 
-    // Whatever the outcome, prove the suite cleaned up after itself (what was there
-    // before the run is not ours to judge).
+/// Runs `task`, then proves it cleaned up after itself: whatever its outcome,
+/// anything it left (what was there before is not ours to judge) fails it.
+fn without_leftovers(what: &str, task: impl FnOnce() -> Result<()>) -> Result<()> {
+    let before = leftovers();
+    let result = task();
     let new: Vec<String> = leftovers()
         .into_iter()
-        .filter(|l| !leftovers_before.contains(l))
+        .filter(|l| !before.contains(l))
         .collect();
     if !new.is_empty() {
         for l in &new {
-            eprintln!("xtask: left behind by the tests: {l}");
+            eprintln!("xtask: left behind by {what}: {l}");
         }
-        bail!("the tests left {} thing(s) behind", new.len());
+        bail!("{what} left {} thing(s) behind", new.len());
     }
-    eprintln!("xtask: no namespace, mount, process or BPF program outlived the tests");
     result
 }
 
-/// `cargo xtask bench`: release builds of the daemon and the bench runner, then
-/// the runner (tests/src/bin/bench.rs), which rewrites BENCHMARKS.md.
-pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
+/// Release builds of the daemon and the bench runner (tests/src/bin/bench.rs);
+/// returns (daemon, runner).
+fn build_runner() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let bin = build(true)?;
     check(
         "cargo build (bench)",
@@ -80,7 +84,13 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         ]),
     )?;
     let runner = bin.with_file_name("bench");
-    let before = leftovers();
+    Ok((bin, runner))
+}
+
+/// `cargo xtask bench`: release builds of the daemon and the bench runner, then
+/// the runner (tests/src/bin/bench.rs), which rewrites BENCHMARKS.md.
+pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
+    let (bin, runner) = build_runner()?;
     let mut cmd = std::process::Command::new(&runner);
     cmd.current_dir(crate::workspace())
         .env("API_GUARD_BIN", &bin)
@@ -99,49 +109,16 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     if let Some(only) = only {
         cmd.args(["--only", only]);
     }
-    let result = check("the bench runner", &mut cmd);
-    let new: Vec<String> = leftovers()
-        .into_iter()
-        .filter(|l| !before.contains(l))
-        .collect();
-    if !new.is_empty() {
-        for l in &new {
-            eprintln!("xtask: left behind by the benchmarks: {l}");
-        }
-        bail!("the benchmarks left {} thing(s) behind", new.len());
-    }
-    result
+    without_leftovers("the benchmarks", || check("the bench runner", &mut cmd))
 }
 
 /// `cargo xtask soak`: the bench runner's soak mode on release builds.
 pub fn soak(minutes: u64) -> Result<()> {
-    let bin = build(true)?;
-    check(
-        "cargo build (bench)",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "api-guard-tests",
-            "--bin",
-            "bench",
-        ]),
-    )?;
-    let before = leftovers();
-    let result = check(
-        "the soak",
-        std::process::Command::new(bin.with_file_name("bench"))
-            .env("API_GUARD_BIN", &bin)
-            .args(["--soak", &(minutes.max(1) * 60).to_string()]),
-    );
-    let new: Vec<String> = leftovers()
-        .into_iter()
-        .filter(|l| !before.contains(l))
-        .collect();
-    if !new.is_empty() {
-        bail!("the soak left {} thing(s) behind: {new:?}", new.len());
-    }
-    result
+    let (bin, runner) = build_runner()?;
+    let mut cmd = std::process::Command::new(runner);
+    cmd.env("API_GUARD_BIN", &bin)
+        .args(["--soak", &(minutes.max(1) * 60).to_string()]);
+    without_leftovers("the soak", || check("the soak", &mut cmd))
 }
 
 /// `cargo xtask fuzz`: installs cargo-fuzz if missing, then fuzzes the request
