@@ -76,6 +76,10 @@ pub struct Config {
     /// The network namespace whose sockets the sock_ops program counts (its
     /// cookie); sockets of other namespaces are ignored.
     pub netns_cookie: u64,
+    /// `--fail-mode open`: once the daemon's heartbeat (the `HEARTBEAT` map) is
+    /// older than this, nothing is dropped (counted `failed_open`). 0: closed,
+    /// the programs keep enforcing without a daemon.
+    pub heartbeat_timeout_ns: u64,
     /// IPv6 clients are bucketed by this prefix length (1..=128).
     pub ipv6_prefix: u32,
     /// `flags::*` bits.
@@ -99,6 +103,7 @@ impl Config {
             block_ns: 0,
             max_conns: 0,
             netns_cookie: 0,
+            heartbeat_timeout_ns: 0,
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
             flags: 0,
             sample_below: 0,
@@ -116,7 +121,7 @@ impl Config {
 mod user {
     // SAFETY: `#[repr(C)]` u64 fields, no padding.
     unsafe impl aya::Pod for super::Limit {}
-    // SAFETY: `#[repr(C)]`: 2 Limits, 3 u64, 4 u32 — no padding.
+    // SAFETY: `#[repr(C)]`: 2 Limits, 4 u64, 4 u32 — no padding.
     unsafe impl aya::Pod for super::Config {}
 }
 

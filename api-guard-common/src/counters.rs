@@ -30,10 +30,13 @@ pub enum Verdict {
     ConnLimited = 6,
     /// Would have been dropped, but `--dry-run` let it through.
     WouldDrop = 7,
+    /// Would have been dropped, but the daemon's heartbeat stopped and
+    /// `--fail-mode open` let it through.
+    FailedOpen = 8,
 }
 
 pub const KINDS: [Kind; 3] = [Kind::Packets, Kind::Requests, Kind::Connections];
-pub const VERDICTS: [Verdict; 8] = [
+pub const VERDICTS: [Verdict; 9] = [
     Verdict::Allowed,
     Verdict::Passed,
     Verdict::Malformed,
@@ -42,6 +45,7 @@ pub const VERDICTS: [Verdict; 8] = [
     Verdict::Denied,
     Verdict::ConnLimited,
     Verdict::WouldDrop,
+    Verdict::FailedOpen,
 ];
 
 /// Per-CPU counts of datapath events that are not verdicts, in the `EVENTS` array.
@@ -103,6 +107,7 @@ mod user {
                 Verdict::Denied => "denied",
                 Verdict::ConnLimited => "conn_limited",
                 Verdict::WouldDrop => "would_drop",
+                Verdict::FailedOpen => "failed_open",
             }
         }
     }

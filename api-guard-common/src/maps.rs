@@ -27,6 +27,10 @@ pub const BLOCKS: &str = "BLOCKS";
 /// Per-network request limits ([`crate::config::Limit`]); the longest prefix wins.
 pub const OVERRIDES: &str = "OVERRIDES";
 
+/// The daemon's heartbeat: CLOCK_MONOTONIC nanoseconds of its last sign of life,
+/// an array of one u64 (see `Config::heartbeat_timeout_ns`).
+pub const HEARTBEAT: &str = "HEARTBEAT";
+
 /// Entries in each network list.
 pub const NETWORK_SLOTS: u32 = 16_384;
 /// Tail-call targets of the ingress program, indexed by the `TAIL_*` slots.

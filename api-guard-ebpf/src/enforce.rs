@@ -12,8 +12,26 @@ use crate::{
     atomic,
     clock::Clock,
     count::Seen,
-    maps::{ALLOW, BLOCKS, DENY, OVERRIDES},
+    maps::{ALLOW, BLOCKS, DENY, HEARTBEAT, OVERRIDES},
 };
+
+/// Why a packet the policy would drop is let through, if it is: `--dry-run`, or
+/// `--fail-mode open` with the daemon's heartbeat older than its timeout. Asked
+/// only for packets to be dropped, so the allowed path never reads the heartbeat.
+#[inline(always)]
+pub fn released(cfg: &Config, clock: &mut Clock) -> Option<Verdict> {
+    if cfg.has(flags::DRY_RUN) {
+        return Some(Verdict::WouldDrop);
+    }
+    if cfg.heartbeat_timeout_ns != 0 {
+        // No heartbeat at all counts as lost: the daemon beats before it attaches.
+        let last = HEARTBEAT.get(0).map_or(0, |t| atomic::read(t));
+        if clock.now().saturating_sub(last) > cfg.heartbeat_timeout_ns {
+            return Some(Verdict::FailedOpen);
+        }
+    }
+    None
+}
 
 /// The verdict of the network lists, when one matches: allow, then deny, then
 /// operator and auth blocks.

@@ -136,18 +136,22 @@ fn try_ingress(ctx: &mut TcContext) -> i32 {
         },
     };
     count::verdicts(ev, verdict);
-    let dry_run = cfg.has(flags::DRY_RUN);
-    let drop = verdict != Verdict::Allowed && !dry_run;
-    if verdict != Verdict::Allowed && dry_run {
-        count::verdicts(ev, Verdict::WouldDrop);
+    // What happened to the packet: the verdict, or why a drop was let through.
+    let mut outcome = verdict;
+    if verdict != Verdict::Allowed
+        && let Some(why) = enforce::released(cfg, &mut clock)
+    {
+        count::verdicts(ev, why);
+        outcome = why;
     }
+    let drop = outcome == verdict && verdict != Verdict::Allowed;
     let reset = drop && verdict == Verdict::RateLimited && cfg.has(flags::ON_LIMIT_RESET);
     if ev.request && sample::chosen(cfg) {
-        Handoff::new(&pkt, verdict as u32, reset, drop).call(ctx, TAIL_SAMPLE);
+        Handoff::new(&pkt, outcome as u32, reset, drop).call(ctx, TAIL_SAMPLE);
         // Only reached if the sampler is not loaded: go on without a sample.
     }
     if reset {
-        Handoff::new(&pkt, verdict as u32, reset, drop).call(ctx, TAIL_RESET);
+        Handoff::new(&pkt, outcome as u32, reset, drop).call(ctx, TAIL_RESET);
     }
     if drop { TC_ACT_SHOT } else { TC_ACT_PIPE }
 }
@@ -160,11 +164,12 @@ fn opaque(ctx: &TcContext, l3_off: usize, ipv6: bool) -> i32 {
         count::verdict(Kind::Packets, Verdict::Passed);
         return TC_ACT_PIPE;
     };
-    match enforce::lists(cfg, &source, &mut Clock::new()) {
+    let mut clock = Clock::new();
+    match enforce::lists(cfg, &source, &mut clock) {
         Some(v @ (Verdict::Denied | Verdict::Blocked)) => {
             count::verdict(Kind::Packets, v);
-            if cfg.has(flags::DRY_RUN) {
-                count::verdict(Kind::Packets, Verdict::WouldDrop);
+            if let Some(why) = enforce::released(cfg, &mut clock) {
+                count::verdict(Kind::Packets, why);
                 return TC_ACT_PIPE;
             }
             TC_ACT_SHOT

@@ -50,6 +50,10 @@ pub static OVERRIDES: LpmTrie<NetKey, Limit> =
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<counters::CounterBlock> = PerCpuArray::with_max_entries(1, 0);
 
+/// The daemon's last sign of life (CLOCK_MONOTONIC ns), for `--fail-mode open`.
+#[map(name = "HEARTBEAT")]
+pub static HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Tail-call targets (`api_guard_common::maps::TAIL_*`), filled by the daemon.
 #[map(name = "TAILS")]
 pub static TAILS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);

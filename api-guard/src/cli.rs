@@ -176,6 +176,19 @@ pub struct RunArgs {
     #[arg(long, help_heading = "Limits")]
     pub dry_run: bool,
 
+    /// What the kernel does without a daemon. open: once the daemon has been
+    /// silent for --heartbeat-timeout (hung or killed) nothing is dropped
+    /// (counted "failed_open"), and SIGTERM detaches the programs. closed: the
+    /// programs stay attached and keep enforcing from the pinned state, across
+    /// stops and crashes, until `api-guard detach`.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = FailMode::Open, help_heading = "Failure")]
+    pub fail_mode: FailMode,
+
+    /// How long the daemon may be silent before --fail-mode open lets
+    /// everything through (at least 2s; the daemon beats every second).
+    #[arg(long, value_name = "DURATION", default_value = "15s", help_heading = "Failure", value_parser = parse_heartbeat_timeout)]
+    pub heartbeat_timeout: Duration,
+
     /// Fraction of request starts sampled for the access log and metrics (0 to 1).
     #[arg(long, value_name = "RATIO", default_value_t = 1.0, help_heading = "Sampling", value_parser = parse_ratio)]
     pub sample: f64,
@@ -248,6 +261,12 @@ pub enum RequireAuth {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailMode {
+    Open,
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OnLimit {
     Drop,
     Reset,
@@ -272,6 +291,7 @@ impl RunArgs {
             sample: self.sample,
             capture_bytes: self.capture_bytes,
             auth_blocks: self.require_auth == RequireAuth::Block,
+            fail_open_after: (self.fail_mode == FailMode::Open).then_some(self.heartbeat_timeout),
         };
         policy.validate()?;
         Ok(policy)
@@ -309,6 +329,14 @@ pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
         _ => Err(format!(
             "{s:?} must be a power of two of at least 4096 bytes (e.g. 4194304)"
         )),
+    }
+}
+
+/// The heartbeat timeout: two beats at least, so one late beat never fails open.
+pub fn parse_heartbeat_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d < Duration::from_secs(2) => Err("must be at least 2s".into()),
+        d => Ok(d),
     }
 }
 

@@ -64,7 +64,10 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
             "dry_run": cfg.has(flags::DRY_RUN),
             "on_limit": if cfg.has(flags::ON_LIMIT_RESET) { "reset" } else { "drop" },
             "sample_ratio": f64::from(cfg.sample_below) / f64::from(u32::MAX),
+            "fail_mode": if cfg.heartbeat_timeout_ns == 0 { "closed" } else { "open" },
+            "heartbeat_timeout_secs": cfg.heartbeat_timeout_ns as f64 / 1e9,
         },
+        "heartbeat_age_secs": now.saturating_sub(maps.last_beat()?) as f64 / 1e9,
         "counters": verdicts,
         "clients": {
             "tracked": clients.len(),

@@ -22,9 +22,9 @@ use tracing::{info, warn};
 
 use crate::{
     access_log::AccessLog,
-    cli::RunArgs,
+    cli::{FailMode, RunArgs},
     failure::{ExitCode, Failure},
-    loader::{Datapath, LoadOptions},
+    loader::{Attached, Datapath, LoadOptions},
     maps::KernelMaps,
     metrics::{self, Metrics, TopClients},
     pins::PinDir,
@@ -33,6 +33,10 @@ use crate::{
     report,
     sampler::{Sampler, SamplerConfig},
 };
+
+/// How often the daemon tells the kernel it is alive (`--heartbeat-timeout` is
+/// at least two of these).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the top-clients gauge is recomputed.
 const TOP_CLIENTS_EVERY: Duration = Duration::from_secs(5);
@@ -70,8 +74,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     }
     datapath.watch_ports(&args.ports)?;
+    // Alive before anything attaches: a fail-open program never sees a stale beat.
+    datapath.beat(crate::clock::monotonic_ns())?;
+    let mut links = Vec::new();
     // Kept until exit: a cgroup hierarchy api-guard mounted itself is unmounted then.
-    let _cgroup = apply_policy(&mut datapath, &policy, &args)?;
+    let _cgroup = apply_policy(&mut datapath, &policy, &args, &pins, &mut links)?;
     let ring = datapath.take_samples()?;
     let log = match &args.access_log {
         Some(path) => Some(
@@ -87,8 +94,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
         )
     })?;
     for iface in &args.ifaces {
-        datapath.attach_ingress(iface)?;
+        let pin = crate::pins::ingress_link(pins.dir(), iface);
+        if datapath.attach_ingress(iface, Some(&pin))? == Attached::TakenOver {
+            info!(%iface, "took over the pinned ingress link");
+        }
+        links.push(pin);
     }
+    // Links of interfaces (or a connection tracker) no longer asked for.
+    let dropped = crate::pins::remove_links(pins.dir(), &links)?;
+    if dropped > 0 {
+        info!(
+            dropped,
+            "detached what the earlier daemon attached and these flags do not"
+        );
+    }
+    pins.restrict()?;
     let prog_id = datapath.ingress_id()?;
     let datapath = Arc::new(Mutex::new(datapath));
     let metrics = Arc::new(Metrics::new(datapath.clone(), args.max_clients)?);
@@ -122,6 +142,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let mut summary = (!args.report_every.is_zero()).then(|| ticker(args.report_every));
     let mut top_tick = ticker(TOP_CLIENTS_EVERY);
+    // On the main loop, not a task of its own: a daemon whose loop is stuck
+    // must stop beating.
+    let mut heartbeat = ticker(HEARTBEAT_EVERY);
     let mut top = TopClients::new(args.top_clients);
     // The first snapshot now, so rates exist after one period.
     top.update(&*lock(&datapath)?, &metrics.top_clients)?;
@@ -137,6 +160,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 match (dp.clients(), dp.counters()) {
                     (Ok(clients), Ok(counters)) => info!("{}", report::summary(clients.len(), &counters)),
                     (Err(e), _) | (_, Err(e)) => warn!("cannot read the counters: {e:#}"),
+                }
+            }
+            _ = heartbeat.tick() => {
+                if let Err(e) = lock(&datapath)?.beat(crate::clock::monotonic_ns()) {
+                    warn!("cannot write the heartbeat: {e:#}");
                 }
             }
             _ = top_tick.tick() => {
@@ -169,9 +197,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     drop(dp);
     drop(sampler);
-    drop(datapath);
+    match args.fail_mode {
+        FailMode::Open => {
+            crate::pins::remove_links(pins.dir(), &[])?;
+            drop(datapath);
+            info!("detached from {:?}", args.ifaces);
+        }
+        FailMode::Closed => {
+            drop(datapath);
+            info!(
+                pin_dir = %pins.dir().display(),
+                "--fail-mode closed: the programs stay attached and keep enforcing; `api-guard detach` removes them"
+            );
+        }
+    }
     drop(pins);
-    info!("detached from {:?}", args.ifaces);
     // With the access log on stdout, keep the report out of it.
     if args.access_log.as_deref() == Some(std::path::Path::new("-")) {
         final_state.write(&mut io::stderr().lock())
@@ -251,6 +291,8 @@ fn apply_policy(
     datapath: &mut Datapath,
     policy: &Policy,
     args: &RunArgs,
+    pins: &PinDir,
+    links: &mut Vec<std::path::PathBuf>,
 ) -> Result<Option<Cgroup2>> {
     let mut cgroup = None;
     let mut cookie = 0;
@@ -259,7 +301,11 @@ fn apply_policy(
             Some(dir) => Cgroup2::Mounted(dir.clone()),
             None => Cgroup2::find_or_mount()?,
         };
-        datapath.attach_sockops(root.path())?;
+        let pin = crate::pins::sockops_link(pins.dir());
+        if datapath.attach_sockops(root.path(), Some(&pin))? == Attached::TakenOver {
+            info!("took over the pinned connection tracker link");
+        }
+        links.push(pin);
         cookie = preflight::netns_cookie()?;
         cgroup = Some(root);
     }

@@ -1,15 +1,21 @@
-//! Loads the kernel programs and attaches them. Dropping the [`Datapath`] detaches
-//! everything: the TC attachments are bpf links owned by this process (tcx), so
-//! the kernel also removes them if the process dies without cleaning up.
+//! Loads the kernel programs and attaches them. Attachments are bpf links (tcx on
+//! the interfaces, a cgroup link for sock_ops). Unpinned, they go when the process
+//! does. Pinned in the pin dir (see `pins`), they outlive it: a crashed or stopped
+//! daemon's programs keep running from the pinned state, and the next daemon swaps
+//! its programs into the same links atomically (no gap, no second attachment).
 
 use anyhow::{Context as _, Result};
 use api_guard_common::maps as names;
-use std::path::Path;
+use std::{os::fd::AsFd as _, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, ProgramArray, RingBuf},
-    programs::{CgroupAttachMode, SchedClassifier, SockOps, TcAttachType},
+    programs::{
+        CgroupAttachMode, SchedClassifier, SockOps, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
 };
 
 use crate::failure::{ExitCode, Failure};
@@ -98,22 +104,45 @@ impl Datapath {
         Ok(datapath)
     }
 
-    /// Attaches the ingress classifier to `iface` (tcx where the kernel has it).
-    pub fn attach_ingress(&mut self, iface: &str) -> Result<()> {
-        ingress_mut(&mut self.ebpf)?
-            .attach(iface, TcAttachType::Ingress)
-            .map_err(|e| {
-                Failure::new(
-                    ExitCode::Environment,
-                    format!("cannot attach to the ingress of {iface}: {e}"),
-                )
-            })?;
-        Ok(())
+    /// Attaches the ingress classifier to `iface` with a tcx link. With `pin`, the
+    /// link is pinned there; a link already pinned there (an earlier daemon's) is
+    /// taken over: this program replaces the old one in it, atomically.
+    pub fn attach_ingress(&mut self, iface: &str, pin: Option<&Path>) -> Result<Attached> {
+        let prog = ingress_mut(&mut self.ebpf)?;
+        if let Some(pin) = pin.filter(|p| p.exists()) {
+            let taken = PinnedLink::from_pin(pin)
+                .map_err(anyhow::Error::new)
+                .and_then(|pinned| Ok(SchedClassifierLink::try_from(FdLink::from(pinned))?))
+                .and_then(|link| Ok(prog.attach_to_link(link)?));
+            match taken {
+                Ok(_) => return Ok(Attached::TakenOver),
+                // Its interface went away (the link is defunct), or it is not a
+                // tcx link: replace it.
+                Err(e) => {
+                    tracing::warn!(pin = %pin.display(), "replacing a stale pinned link: {e:#}");
+                    remove_pin(pin)?;
+                }
+            }
+        }
+        let id = prog.attach(iface, TcAttachType::Ingress).map_err(|e| {
+            Failure::new(
+                ExitCode::Environment,
+                format!("cannot attach to the ingress of {iface}: {e}"),
+            )
+        })?;
+        if let Some(pin) = pin {
+            let link = FdLink::try_from(prog.take_link(id)?)
+                .context("the kernel has no tcx links (api-guard needs Linux 6.6 or newer)")?;
+            link.pin(pin)
+                .with_context(|| format!("cannot pin the link at {}", pin.display()))?;
+        }
+        Ok(Attached::New)
     }
 
     /// Loads the connection tracker and attaches it to the cgroup v2 directory
     /// `cgroup` (the root: every socket on the host; it filters by namespace).
-    pub fn attach_sockops(&mut self, cgroup: &Path) -> Result<()> {
+    /// Pinning and taking over work as for [`Self::attach_ingress`].
+    pub fn attach_sockops(&mut self, cgroup: &Path, pin: Option<&Path>) -> Result<Attached> {
         let file = crate::preflight::open_cgroup(cgroup)?;
         let prog: &mut SockOps = self
             .ebpf
@@ -127,10 +156,21 @@ impl Datapath {
                 format!("the kernel rejected the sock_ops program: {e:#}"),
             )
         })?;
+        if let Some(pin) = pin.filter(|p| p.exists()) {
+            // A swap, not detach-then-attach: a connection closing in between
+            // would never be uncounted, nor one opened in an overlap counted once.
+            match link_update(pin, prog.fd()?.as_fd()) {
+                Ok(()) => return Ok(Attached::TakenOver),
+                Err(e) => {
+                    tracing::warn!(pin = %pin.display(), "replacing a stale pinned link: {e:#}");
+                    remove_pin(pin)?;
+                }
+            }
+        }
         // On kernels with cgroup bpf links (5.7+) aya attaches through a link, which
         // always coexists with other programs on the cgroup and refuses any attach
         // flag: so the mode is Single (no flags), not AllowMultiple.
-        prog.attach(&file, CgroupAttachMode::Single).map_err(|e| {
+        let id = prog.attach(&file, CgroupAttachMode::Single).map_err(|e| {
             Failure::new(
                 ExitCode::Environment,
                 format!(
@@ -140,7 +180,13 @@ impl Datapath {
                 ),
             )
         })?;
-        Ok(())
+        if let Some(pin) = pin {
+            let link = FdLink::try_from(prog.take_link(id)?)
+                .context("the kernel has no cgroup bpf links (Linux 5.7 or newer)")?;
+            link.pin(pin)
+                .with_context(|| format!("cannot pin the link at {}", pin.display()))?;
+        }
+        Ok(Attached::New)
     }
 
     /// Takes the sample ring buffer out, for the sampler task to own.
@@ -200,6 +246,67 @@ impl Datapath {
     }
 }
 
+/// How a program came to be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link.
+    New,
+    /// Swapped into the link an earlier daemon pinned.
+    TakenOver,
+}
+
+fn remove_pin(pin: &Path) -> Result<()> {
+    std::fs::remove_file(pin)
+        .with_context(|| format!("cannot remove the stale pin {}", pin.display()))
+}
+
+/// `BPF_LINK_UPDATE` on the link pinned at `pin`: the link runs `prog` from now
+/// on. (aya has it for tc links only.)
+fn link_update(pin: &Path, prog: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // `union bpf_attr`, zero-filled past the fields each command reads (the
+    // kernel requires it).
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: attr is a bpf_attr for BPF_OBJ_GET (pathname, then zeroed bpf_fd,
+    // file_flags, path_fd) that outlives the call; path is NUL-terminated.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut attr = [0u32; 32];
+    attr[0] = link.as_raw_fd() as u32; // link_fd
+    attr[1] = prog.as_raw_fd() as u32; // new_prog_fd; flags and old_prog_fd stay 0
+    // SAFETY: attr is a zeroed bpf_attr for BPF_LINK_UPDATE that outlives the
+    // call; both fds are open for its duration.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Key and value sizes of the pinned maps, as this build lays them out.
 fn expected_sizes(name: &str) -> Option<(usize, usize)> {
     use api_guard_common::{client, config, counters, network::NetKey};
@@ -217,6 +324,7 @@ fn expected_sizes(name: &str) -> Option<(usize, usize)> {
         names::OVERRIDES => (lpm_key, size_of::<config::Limit>()),
         names::COUNTERS => (4, size_of::<counters::CounterBlock>()),
         names::EVENTS => (4, size_of::<counters::EventBlock>()),
+        names::HEARTBEAT => (4, 8),
         _ => return None,
     })
 }

@@ -60,7 +60,7 @@ fn operator(command: Command) -> anyhow::Result<()> {
             let removed = api_guard::pins::detach(&pins.pin_dir)?;
             writeln!(
                 out,
-                "removed {removed} pinned maps from {}",
+                "removed {removed} pins (links and maps) from {}",
                 pins.pin_dir.display()
             )?;
             Ok(())

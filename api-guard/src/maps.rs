@@ -81,6 +81,20 @@ pub trait KernelMaps: MapSource {
         Ok(())
     }
 
+    /// Records a sign of life at `now_ns` (CLOCK_MONOTONIC), for `--fail-mode open`.
+    fn beat(&mut self, now_ns: u64) -> Result<()> {
+        let mut map: Array<&mut MapData, u64> = Array::try_from(self.map_mut(names::HEARTBEAT)?)?;
+        map.set(0, now_ns, 0)
+            .context("cannot write the heartbeat")?;
+        Ok(())
+    }
+
+    /// The last sign of life (CLOCK_MONOTONIC ns; 0 if there never was one).
+    fn last_beat(&self) -> Result<u64> {
+        let map: Array<&MapData, u64> = Array::try_from(self.map(names::HEARTBEAT)?)?;
+        Ok(map.get(&0, 0)?)
+    }
+
     /// Pushes a policy: lists and per-network limits first, then the config that
     /// switches them on. The allow and deny lists are replaced; per-network
     /// limits and blocks (also set by operator commands) are kept and added to. `netns_cookie` scopes the connection tracker.

@@ -1,7 +1,8 @@
-//! Pinned maps, for operator commands that act on a running daemon. The daemon
-//! claims a pin directory (an exclusive lock, so two daemons never share one),
-//! pins the maps operators need there, and removes the pins when it stops.
-//! Commands open the pins and find out from the lock whether a daemon is running.
+//! The pin directory: the daemon's state on bpffs. The daemon claims it (an
+//! exclusive lock, so two daemons never share one) and pins its maps there, for
+//! operator commands and for the next daemon to adopt, and its attachments (bpf
+//! links), so that the programs outlive the daemon per `--fail-mode`. Commands
+//! open the pins and find out from the lock whether a daemon is running.
 
 use std::{
     collections::HashMap,
@@ -27,8 +28,10 @@ pub fn pin_paths(dir: &Path) -> Vec<(&'static str, PathBuf)> {
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/api-guard";
 
-/// The maps pinned for operators.
-pub const PINNED: [&str; 9] = [
+/// The maps pinned for operators and for the next daemon. The tail-call table is
+/// among them: the kernel empties a program array once no file holds it, which
+/// would leave the attached programs of a stopped daemon without their tails.
+pub const PINNED: [&str; 11] = [
     names::PORTS,
     names::CONFIG,
     names::CLIENTS,
@@ -38,7 +41,50 @@ pub const PINNED: [&str; 9] = [
     names::OVERRIDES,
     names::COUNTERS,
     names::EVENTS,
+    names::HEARTBEAT,
+    names::TAILS,
 ];
+
+/// Pinned links are named `link_*`.
+const LINK_PREFIX: &str = "link_";
+
+/// Where the ingress link on `iface` is pinned.
+pub fn ingress_link(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("{LINK_PREFIX}ingress_{iface}"))
+}
+
+/// Where the connection tracker's cgroup link is pinned.
+pub fn sockops_link(dir: &Path) -> PathBuf {
+    dir.join(format!("{LINK_PREFIX}sockops"))
+}
+
+/// The links pinned in `dir`.
+pub fn links(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut links: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(LINK_PREFIX))
+        .map(|e| e.path())
+        .collect();
+    links.sort();
+    links
+}
+
+/// Unpins the links in `dir` except `keep`: each program attached only through
+/// its pin is detached. Returns how many went.
+pub fn remove_links(dir: &Path, keep: &[PathBuf]) -> Result<usize> {
+    let mut removed = 0;
+    for link in links(dir) {
+        if keep.contains(&link) {
+            continue;
+        }
+        fs::remove_file(&link).with_context(|| format!("cannot unpin {}", link.display()))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
 
 /// Where the locks live: /run is shared by every mount namespace on the host
 /// (bpffs cannot hold a plain file).
@@ -181,13 +227,15 @@ impl PinDir {
 
     /// Whether this directory holds state from an earlier daemon.
     pub fn has_state(&self) -> bool {
-        PINNED.iter().any(|name| self.dir.join(name).exists())
+        PINNED.iter().any(|name| self.dir.join(name).exists()) || !links(&self.dir).is_empty()
     }
 
-    /// Makes the pins readable by root only (the loader creates them).
+    /// Makes every pin readable by root only (the loader creates them).
     pub fn restrict(&self) -> Result<()> {
-        for name in PINNED {
-            let path = self.dir.join(name);
+        let entries = fs::read_dir(&self.dir)
+            .with_context(|| format!("cannot list {}", self.dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
             fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
                 .with_context(|| format!("cannot restrict {}", path.display()))?;
         }
@@ -195,8 +243,9 @@ impl PinDir {
     }
 }
 
-/// `api-guard detach`: removes the pins of a stopped daemon (its attachments
-/// went with it). Refuses while a daemon runs on the directory.
+/// `api-guard detach`: removes the pins of a stopped daemon, its pinned links
+/// (which detaches the programs left enforcing) and its maps. Refuses while a
+/// daemon runs on the directory.
 pub fn detach(dir: &Path) -> Result<usize> {
     let _lock = try_lock(&lock_path(dir))?.ok_or_else(|| {
         Failure::new(
@@ -207,7 +256,7 @@ pub fn detach(dir: &Path) -> Result<usize> {
             ),
         )
     })?;
-    let mut removed = 0;
+    let mut removed = remove_links(dir, &[])?;
     for name in PINNED {
         if fs::remove_file(dir.join(name)).is_ok() {
             removed += 1;

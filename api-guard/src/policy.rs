@@ -138,6 +138,9 @@ pub struct Policy {
     pub capture_bytes: u32,
     /// `--require-auth block`: clients without credentials get blocked too.
     pub auth_blocks: bool,
+    /// `--fail-mode open`: stop dropping once the daemon has been silent this
+    /// long. None: closed, keep enforcing without a daemon.
+    pub fail_open_after: Option<Duration>,
 }
 
 impl Policy {
@@ -191,6 +194,9 @@ impl Policy {
                 .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX / 2)) as u64),
             max_conns: self.max_conns.map_or(0, u64::from),
             netns_cookie,
+            heartbeat_timeout_ns: self.fail_open_after.map_or(0, |d| {
+                d.as_nanos().clamp(1, u128::from(u64::MAX / 2)) as u64
+            }),
             ipv6_prefix: u32::from(self.ipv6_prefix),
             flags: f,
             sample_below: sample_below(self.sample),
@@ -275,6 +281,12 @@ mod tests {
         assert_eq!(c.block_ns, 2_000_000_000);
         assert_eq!(c.flags, flags::HAS_DENY);
         assert_eq!((c.netns_cookie, c.ipv6_prefix), (7, 64));
+        assert_eq!(c.heartbeat_timeout_ns, 0, "closed unless told open");
+        let open = Policy {
+            fail_open_after: Some(Duration::from_secs(15)),
+            ..p
+        };
+        assert_eq!(open.config(7).heartbeat_timeout_ns, 15_000_000_000);
     }
 
     #[test]

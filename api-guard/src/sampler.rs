@@ -121,8 +121,9 @@ impl Sampler {
             self.metrics.unauthenticated.inc();
             // Only requests the kernel let through count toward a block: one it
             // already dropped (or a retransmission of it) is not a new miss.
-            let admitted =
-                hdr.verdict == Verdict::Allowed as u8 || hdr.verdict == Verdict::WouldDrop as u8;
+            let admitted = [Verdict::Allowed, Verdict::WouldDrop, Verdict::FailedOpen]
+                .iter()
+                .any(|v| hdr.verdict == *v as u8);
             let bucket = ClientKey::from(client)
                 .bucketed(u32::from(self.cfg.ipv6_prefix))
                 .ip();

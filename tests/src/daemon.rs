@@ -190,6 +190,19 @@ pub fn unprivileged() -> std::process::Command {
     cmd
 }
 
+/// Whether program `id` is unloaded within a few seconds: the kernel frees a
+/// detached program from a work queue, not at once.
+pub fn program_unloaded(id: u32) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while program_loaded(id) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 /// Whether a BPF program with this id is still loaded.
 pub fn program_loaded(id: u32) -> bool {
     std::process::Command::new("bpftool")

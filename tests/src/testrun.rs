@@ -31,10 +31,12 @@ impl Harness {
         Ok(Self { datapath })
     }
 
-    /// A harness enforcing `policy` (parse it from flags with [`policy`]).
+    /// A harness enforcing `policy` (parse it from flags with [`policy`]), with
+    /// a fresh heartbeat, as the daemon would leave it.
     pub fn with_policy(ports: &[u16], policy: &Policy) -> Result<Self> {
         let mut h = Self::new(ports)?;
         h.datapath.apply_policy(policy, 0)?;
+        h.datapath.beat(api_guard::clock::monotonic_ns())?;
         Ok(h)
     }
 

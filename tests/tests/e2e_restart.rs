@@ -5,7 +5,12 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use api_guard_tests::{client, daemon::program_loaded, netns::Client, scenario::Scenario};
+use api_guard_tests::{
+    client,
+    daemon::{program_loaded, program_unloaded},
+    netns::Client,
+    scenario::Scenario,
+};
 use serde_json::Value;
 
 /// `n` new connections at once; how many were answered within 400 ms (an
@@ -24,6 +29,37 @@ fn status(s: &Scenario) -> Result<Value> {
     Ok(serde_json::from_str(&String::from_utf8_lossy(&out.stdout))?)
 }
 
+/// The program the link pinned at `pin` runs.
+fn linked_prog(pin: &std::path::Path) -> Result<u64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned"])
+        .arg(pin)
+        .output()?;
+    let link: Value = serde_json::from_slice(&out.stdout)?;
+    link["prog_id"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no link pinned at {}: {link}", pin.display()))
+}
+
+/// The programs attached to the cgroup v2 root (where the connection tracker is).
+fn cgroup_progs() -> Result<Vec<u64>> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    let root = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| f[1].to_string())
+        .ok_or_else(|| anyhow::anyhow!("no cgroup2 mount"))?;
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show", &root])
+        .output()?;
+    let progs: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(progs
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect())
+        .unwrap_or_default())
+}
+
 fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
     let s = Scenario::start(
         2,
@@ -34,6 +70,8 @@ fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
             "3",
             "--block-for",
             "10m",
+            "--max-conns",
+            "100",
         ],
     )?;
     let c0 = s.client(0);
@@ -49,6 +87,9 @@ fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
     assert!(s.ctl(&["block", "198.18.1.99"])?.status.success());
     let before = status(&s)?;
     let old_prog = s.daemon.prog_id;
+    let tracker = s.bpffs.pin_dir().join("link_sockops");
+    let old_tracker = linked_prog(&tracker)?;
+    assert!(cgroup_progs()?.contains(&old_tracker));
 
     // A changed flag (a larger connection burst) and a new daemon on the same pins.
     let (stopped, s) = s.restart(
@@ -60,6 +101,8 @@ fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
             "5",
             "--block-for",
             "10m",
+            "--max-conns",
+            "100",
         ],
     )?;
     if sig == libc::SIGTERM {
@@ -70,9 +113,33 @@ fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
         "{}",
         s.daemon.stderr()
     );
+    if sig == libc::SIGKILL {
+        assert!(
+            s.daemon
+                .stderr()
+                .contains("took over the pinned ingress link")
+                && s.daemon
+                    .stderr()
+                    .contains("took over the pinned connection tracker link"),
+            "{}",
+            s.daemon.stderr()
+        );
+    }
+    let new_tracker = linked_prog(&tracker)?;
+    let attached = cgroup_progs()?;
+    assert_ne!(new_tracker, old_tracker);
+    assert_eq!(
+        attached.iter().filter(|&&p| p == new_tracker).count(),
+        1,
+        "the new connection tracker, once"
+    );
     assert!(
-        !program_loaded(old_prog),
-        "the old program (and its attachment) is gone"
+        program_unloaded(old_tracker as u32),
+        "the old connection tracker is gone"
+    );
+    assert!(
+        program_unloaded(old_prog),
+        "the old program is gone, replaced in its link"
     );
     assert!(program_loaded(s.daemon.prog_id));
 
@@ -144,7 +211,7 @@ fn detach_clears_the_state_of_a_stopped_daemon_only() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 9 pinned maps"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 11 pins (links and maps)"));
     assert!(!pin_dir.exists());
     drop(bpffs);
     Ok(())

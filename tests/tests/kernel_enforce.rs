@@ -384,3 +384,43 @@ fn short_request_starts_of_every_length_are_seen() {
     let state = h.datapath.client(CLIENT4.into()).unwrap().unwrap();
     assert_eq!(state.requests, 7);
 }
+
+#[test]
+fn fail_open_lets_drops_through_once_the_heartbeat_is_stale() {
+    use api_guard::clock::monotonic_ns;
+    let denied = Ipv4Addr::new(198, 18, 9, 1);
+    let flags = [
+        "--rate",
+        "1",
+        "--burst",
+        "2",
+        "--deny",
+        "198.18.9.0/24",
+        "--heartbeat-timeout",
+        "2s",
+    ];
+    let mut h = harness(&flags);
+    assert_eq!(requests(&h, CLIENT4, 5), 2, "a live daemon: enforcing");
+    assert_eq!(requests(&h, denied, 2), 0);
+    // The last beat 3 s ago, past the 2 s timeout: the daemon is gone.
+    h.datapath.beat(monotonic_ns() - 3_000_000_000).unwrap();
+    assert_eq!(requests(&h, CLIENT4, 5), 5);
+    assert_eq!(requests(&h, denied, 2), 2);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::FailedOpen), 7);
+    // Still judged and counted as what they would have been.
+    assert_eq!(counter(&h, Kind::Requests, Verdict::RateLimited), 3 + 5);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::Denied), 4);
+    // A beat inside the timeout: enforcing again.
+    h.datapath.beat(monotonic_ns() - 1_000_000_000).unwrap();
+    assert_eq!(requests(&h, CLIENT4, 3), 0);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::FailedOpen), 7);
+
+    // Closed: no heartbeat, however old, stops enforcement.
+    let mut flags = flags.to_vec();
+    flags.extend(["--fail-mode", "closed"]);
+    let mut h = harness(&flags);
+    h.datapath.beat(1).unwrap();
+    assert_eq!(requests(&h, CLIENT4, 5), 2);
+    assert_eq!(requests(&h, denied, 2), 0);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::FailedOpen), 0);
+}
