@@ -60,9 +60,12 @@ pub enum Event {
     Sampled = 1,
     /// A sample was lost: the ring buffer was full.
     SamplesLost = 2,
+    /// A packet from a client the client map could not take (an insert refused
+    /// while other CPUs churned the full LRU): passed without per-client limits.
+    ClientsRefused = 3,
 }
 
-pub const EVENT_SLOTS: u32 = 3;
+pub const EVENT_SLOTS: u32 = 4;
 
 /// The value of the single `COUNTERS` entry (per CPU): every (kind, verdict)
 /// slot in one block, so a packet costs one map lookup however many slots it

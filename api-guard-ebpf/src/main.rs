@@ -21,7 +21,7 @@ mod tail;
 
 use api_guard_common::{
     config::flags,
-    counters::{Kind, Verdict},
+    counters::{Event, Kind, Verdict},
     maps::{TAIL_RESET, TAIL_SAMPLE},
 };
 use aya_ebpf::{
@@ -132,7 +132,10 @@ fn try_ingress(ctx: &mut TcContext) -> i32 {
                 }
             }
             // The client map refused the entry: fail open, but count it.
-            None => Verdict::Allowed,
+            None => {
+                count::event(Event::ClientsRefused);
+                Verdict::Allowed
+            }
         },
     };
     count::verdicts(ev, verdict);

@@ -72,6 +72,7 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
         "clients": {
             "tracked": clients.len(),
             "created": maps.event(Event::ClientsCreated)?,
+            "refused": maps.event(Event::ClientsRefused)?,
         },
         "samples": {"sampled": maps.event(Event::Sampled)?, "lost": maps.event(Event::SamplesLost)?},
         "blocked_clients": blocked.iter().map(|c| json!({

@@ -46,6 +46,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .policy()
         .map_err(|e| Failure::new(ExitCode::Usage, e))?;
     preflight::check_privileges()?;
+    preflight::check_kernel(policy.max_conns.is_some())?;
     let mut ifnames = HashMap::new();
     for iface in &args.ifaces {
         ifnames.insert(preflight::interface_index(iface)?, iface.clone());

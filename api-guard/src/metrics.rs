@@ -142,6 +142,7 @@ struct KernelCollector {
     by_kind: Vec<(Kind, IntCounterVec)>,
     samples: IntCounter,
     samples_lost: IntCounter,
+    refused: IntCounter,
     evicted: IntCounter,
     tracked: IntGauge,
     blocked: IntGauge,
@@ -171,6 +172,10 @@ impl KernelCollector {
             "api_guard_clients_evicted_total",
             "Clients evicted from the full client map (least recently seen first)",
         )?;
+        let refused = IntCounter::new(
+            "api_guard_clients_refused_total",
+            "Packets passed without per-client limits because the full client map refused a new client",
+        )?;
         let tracked = IntGauge::new(
             "api_guard_tracked_clients",
             "Clients in the kernel's client map",
@@ -187,7 +192,7 @@ impl KernelCollector {
         for (_, v) in &by_kind {
             descs.extend(v.desc().into_iter().cloned());
         }
-        for c in [&samples, &samples_lost, &evicted] {
+        for c in [&samples, &samples_lost, &evicted, &refused] {
             descs.extend(c.desc().into_iter().cloned());
         }
         for g in [&tracked, &blocked] {
@@ -201,6 +206,7 @@ impl KernelCollector {
             samples,
             samples_lost,
             evicted,
+            refused,
             tracked,
             blocked,
             capacity,
@@ -219,6 +225,7 @@ impl KernelCollector {
         }
         set_counter(&self.samples, dp.event(Event::Sampled)?);
         set_counter(&self.samples_lost, dp.event(Event::SamplesLost)?);
+        set_counter(&self.refused, dp.event(Event::ClientsRefused)?);
         let clients = dp.clients()?;
         let now = monotonic_ns();
         set_counter(
@@ -272,7 +279,12 @@ impl Collector for KernelCollector {
         for (_, v) in &self.by_kind {
             out.extend(v.collect());
         }
-        for c in [&self.samples, &self.samples_lost, &self.evicted] {
+        for c in [
+            &self.samples,
+            &self.samples_lost,
+            &self.evicted,
+            &self.refused,
+        ] {
             out.extend(c.collect());
         }
         for g in [&self.tracked, &self.blocked] {

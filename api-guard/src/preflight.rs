@@ -42,6 +42,65 @@ pub fn check_privileges() -> Result<()> {
     }
 }
 
+/// Where the kernel publishes its BTF.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// tcx links, which api-guard attaches with, came in Linux 6.6.
+const MIN_KERNEL: (u32, u32) = (6, 6);
+
+/// The kernel features a run needs: tcx, BTF, and sock_ops programs when
+/// `--max-conns` is given. Each missing one is one line naming it.
+pub fn check_kernel(needs_sockops: bool) -> Result<()> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    check_release(release.trim())?;
+    check_btf(Path::new(KERNEL_BTF))?;
+    if needs_sockops {
+        use aya::{programs::ProgramType, sys::is_program_supported};
+        check_sockops(is_program_supported(ProgramType::SockOps).map_err(|e| e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn environment(message: String) -> anyhow::Error {
+    Failure::new(ExitCode::Environment, message).into()
+}
+
+fn check_release(release: &str) -> Result<()> {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) if (major, minor) >= MIN_KERNEL => Ok(()),
+        (Some(_), Some(_)) => Err(environment(format!(
+            "Linux {release} is too old: api-guard attaches with tcx links, which need Linux {}.{} or newer",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        ))),
+        // An unreadable release: let the attach itself say what is missing.
+        _ => Ok(()),
+    }
+}
+
+fn check_btf(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    Err(environment(format!(
+        "this kernel has no BTF ({} is missing): api-guard needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        path.display()
+    )))
+}
+
+fn check_sockops(probe: Result<bool, String>) -> Result<()> {
+    match probe {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(environment(
+            "this kernel cannot run sock_ops programs (CONFIG_CGROUP_BPF is off): --max-conns needs them; run without it".into(),
+        )),
+        Err(e) => Err(environment(format!(
+            "cannot probe the kernel for sock_ops programs (needed by --max-conns): {e}"
+        ))),
+    }
+}
+
 /// The index of a network interface, or a clear error naming it.
 pub fn interface_index(name: &str) -> Result<u32> {
     let unknown = || {
@@ -208,6 +267,38 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup"))
         );
         assert_eq!(cgroup2_in("proc /proc proc rw 0 0"), None);
+    }
+
+    #[test]
+    fn kernel_features_are_checked_one_line_each() {
+        let code = |r: Result<()>| r.map_err(|e| crate::failure::exit_code(&e));
+        assert!(check_release("6.18.0-1-amd64").is_ok());
+        assert!(check_release("6.6.1").is_ok());
+        let old = check_release("5.15.0-91-generic").unwrap_err();
+        assert!(old.to_string().contains("6.6 or newer"), "{old}");
+        assert_eq!(crate::failure::exit_code(&old), ExitCode::Environment);
+        assert!(check_release("").is_ok(), "unknown: the attach decides");
+
+        assert!(
+            check_btf(Path::new(KERNEL_BTF)).is_ok(),
+            "this kernel has BTF"
+        );
+        let missing = check_btf(Path::new("/proc/self/no-such-btf/vmlinux")).unwrap_err();
+        assert!(
+            missing.to_string().contains("CONFIG_DEBUG_INFO_BTF"),
+            "{missing}"
+        );
+        assert_eq!(code(Err(missing)), Err(ExitCode::Environment));
+
+        assert!(check_sockops(Ok(true)).is_ok());
+        let no = check_sockops(Ok(false)).unwrap_err().to_string();
+        assert!(
+            no.contains("--max-conns") && no.contains("sock_ops"),
+            "{no}"
+        );
+        assert!(check_sockops(Err("EPERM".into())).is_err());
+        // The real probe, on this kernel.
+        check_kernel(true).unwrap();
     }
 
     #[test]
