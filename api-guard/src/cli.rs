@@ -1,8 +1,13 @@
-//! Command-line flags.
+//! Command-line flags. Every flag of `run` (and `--pin-dir` everywhere) also
+//! reads from an environment variable, `API_GUARD_` and its name in capitals
+//! (`--max-clients` from `API_GUARD_MAX_CLIENTS`); a flag given on the command
+//! line wins. Repeatable flags take a comma-separated list there
+//! (`API_GUARD_PORT=80,443`). Operator commands read no other variable, so a
+//! daemon's environment (`API_GUARD_RATE`) never changes what `limit` does.
 
-use std::{path::PathBuf, time::Duration};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::policy::{Network, NetworkLimit, Policy};
 
@@ -11,7 +16,15 @@ use crate::policy::{Network, NetworkLimit, Policy};
     name = "api-guard",
     version,
     about = "eBPF host API traffic monitor and rate enforcer",
-    after_help = "Example:\n  api-guard run --iface eth0 --port 80 --port 8080"
+    after_help = "Examples:
+  api-guard run --iface eth0 --port 443 --rate 50 --burst 100 --block-for 5m
+  api-guard top
+  api-guard block 198.51.100.0/24 --for 1h
+
+Every flag of `run`, and --pin-dir, also reads from API_GUARD_<FLAG> (e.g.
+API_GUARD_RATE=50; repeatable flags comma-separated: API_GUARD_PORT=80,443); a
+flag given on the command line wins. Exit codes: 0 ok, 1 runtime error, 2 bad usage, 3 missing
+privilege, 4 environment (kernel, interface, pins), 5 no daemon running."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -21,6 +34,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the kernel programs, attach them and watch API traffic until stopped.
+    #[command(after_help = "Examples:
+  # Watch and count only
+  api-guard run --iface eth0 --port 80 --port 8080
+  # 50 requests/s per client (bursts of 100); over it, blocked for 5 minutes
+  api-guard run --iface eth0 --port 443 --rate 50 --burst 100 --block-for 5m
+  # Log every request without credentials, block clients with 10 a minute
+  api-guard run --iface eth0 --port 8080 --access-log /var/log/api-guard/access.log \\
+      --require-auth block --block-for 10m
+  # Judge and count, drop nothing
+  api-guard run --iface eth0 --port 443 --rate 50 --dry-run")]
     Run(Box<RunArgs>),
     /// Show a running daemon's policy, counters, clients and blocks.
     Status {
@@ -30,13 +53,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the busiest clients of a running daemon (request rate over one second).
+    /// A live view of a running daemon: the busiest clients by request rate,
+    /// verdicts per second, blocks. Ctrl-C quits.
+    #[command(after_help = "Examples:
+  api-guard top
+  api-guard top --once --json | jq '.clients[0]'")]
     Top {
         #[command(flatten)]
         pins: PinArgs,
         /// How many clients.
-        #[arg(short = 'n', default_value_t = 10)]
+        #[arg(short = 'n', long = "clients", value_name = "N", default_value_t = 10)]
         n: usize,
+        /// How often to refresh (rates are over this period).
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_nonzero_duration)]
+        interval: Duration,
+        /// Print one snapshot (over one --interval) and exit.
+        #[arg(long)]
+        once: bool,
+        /// JSON: one object per snapshot, one per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Block a network on a running daemon (every packet to the API ports dropped).
     Block {
@@ -60,6 +96,14 @@ pub enum Command {
         #[command(flatten)]
         pins: PinArgs,
     },
+    /// Print a shell completion script (e.g. `api-guard completions bash >
+    /// /etc/bash_completion.d/api-guard`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `api-guard man > api-guard.1`.
+    Man,
     /// Set (or --remove) a network's request limit on a running daemon.
     Limit {
         #[command(flatten)]
@@ -119,6 +163,11 @@ pub struct RunArgs {
     /// Daemon log level (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: tracing::Level,
+
+    /// Daemon log format: text for people, json (one object per line) for log
+    /// shippers.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Requests per second per client (a token bucket; none by default).
     #[arg(long, value_name = "N", help_heading = "Limits", value_parser = clap::value_parser!(u32).range(1..=MAX_RATE))]
@@ -250,6 +299,65 @@ pub struct RunArgs {
     pub cgroup: Option<PathBuf>,
 }
 
+/// The environment variable a long flag reads from: `--max-clients` →
+/// `API_GUARD_MAX_CLIENTS`.
+pub fn env_name(long: &str) -> String {
+    format!("API_GUARD_{}", long.replace('-', "_").to_ascii_uppercase())
+}
+
+/// The command line as clap sees it: the flags of `run`, and `--pin-dir`
+/// everywhere, also read from their environment variables (lists
+/// comma-separated there).
+pub fn command() -> clap::Command {
+    fn with_env(arg: clap::Arg, all: bool) -> clap::Arg {
+        let Some(long) = arg
+            .get_long()
+            .filter(|l| !matches!(*l, "help" | "version"))
+            .map(str::to_owned)
+        else {
+            return arg;
+        };
+        if !all && long != "pin-dir" {
+            return arg;
+        }
+        let arg = arg.env(env_name(&long));
+        if matches!(arg.get_action(), ArgAction::Append) {
+            arg.value_delimiter(',')
+        } else {
+            arg
+        }
+    }
+    let mut cmd = Cli::command();
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for name in names {
+        let all = name == "run";
+        cmd = cmd.mut_subcommand(name, |sub| sub.mut_args(|a| with_env(a, all)));
+    }
+    cmd
+}
+
+/// Parses the process's arguments (and environment); exits on bad usage with
+/// clap's message and code 2.
+pub fn parse() -> Cli {
+    match try_parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    }
+}
+
+/// Parses `argv` (and the environment).
+pub fn try_parse_from<I, T>(argv: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut matches = command().try_get_matches_from(argv)?;
+    Cli::from_arg_matches_mut(&mut matches)
+}
+
 /// The highest rate: one event per nanosecond, the buckets' resolution.
 const MAX_RATE: i64 = 1_000_000_000;
 
@@ -258,6 +366,12 @@ pub enum RequireAuth {
     Off,
     Log,
     Block,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -358,14 +472,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
     fn run(args: &[&str]) -> Result<RunArgs, clap::Error> {
         let mut argv = vec!["api-guard", "run"];
         argv.extend_from_slice(args);
-        Cli::try_parse_from(argv).map(|cli| match cli.command {
+        try_parse_from(argv).map(|cli| match cli.command {
             Command::Run(r) => *r,
             other => panic!("not run: {other:?}"),
         })
@@ -387,6 +499,30 @@ mod tests {
         for bad in ["0", "65536", "-1", "http"] {
             assert!(run(&["--iface", "a", "--port", bad]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn env_names_and_where_they_apply() {
+        assert_eq!(env_name("max-clients"), "API_GUARD_MAX_CLIENTS");
+        let cmd = command();
+        let env_of = |sub: &str, long: &str| {
+            cmd.find_subcommand(sub)
+                .and_then(|s| s.get_arguments().find(|a| a.get_long() == Some(long)))
+                .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        };
+        assert_eq!(env_of("run", "rate").as_deref(), Some("API_GUARD_RATE"));
+        assert_eq!(env_of("run", "port").as_deref(), Some("API_GUARD_PORT"));
+        assert_eq!(
+            env_of("run", "fail-mode").as_deref(),
+            Some("API_GUARD_FAIL_MODE")
+        );
+        assert_eq!(
+            env_of("top", "pin-dir").as_deref(),
+            Some("API_GUARD_PIN_DIR")
+        );
+        // An operator's `limit --rate` never picks up a daemon's API_GUARD_RATE.
+        assert_eq!(env_of("limit", "rate"), None);
+        cmd.debug_assert();
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! change takes effect on the next packet, without a restart.
 
 use std::{
-    io::Write,
+    collections::HashMap,
+    io::{IsTerminal as _, Write},
     net::IpAddr,
     path::Path,
     thread,
@@ -11,15 +12,16 @@ use std::{
 
 use anyhow::Result;
 use api_guard_common::{
+    client::ClientState,
     config::{Limit, flags},
-    counters::{Event, KINDS, VERDICTS},
+    counters::{Event, KINDS, Kind, VERDICTS, Verdict},
     network::NetKey,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{
     clock::monotonic_ns,
-    maps::{Client, KernelMaps},
+    maps::{Client, Counters, KernelMaps},
     metrics::top_k,
     pins::Pinned,
     policy::Network,
@@ -113,51 +115,182 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
     Ok(())
 }
 
-/// `api-guard top`: the busiest clients by request rate, over one second.
-pub fn top(pin_dir: &Path, n: usize, out: &mut impl Write) -> Result<()> {
+/// What `api-guard top` shows and how often.
+#[derive(Clone, Debug)]
+pub struct TopOptions {
+    pub n: usize,
+    pub interval: Duration,
+    pub once: bool,
+    pub json: bool,
+}
+
+/// The kernel's view at one instant, for rates between two of them.
+struct Snapshot {
+    at: Instant,
+    clients: HashMap<IpAddr, ClientState>,
+    counters: Counters,
+}
+
+impl Snapshot {
+    fn take(maps: &Pinned) -> Result<Self> {
+        Ok(Self {
+            at: Instant::now(),
+            clients: maps
+                .clients()?
+                .into_iter()
+                .map(|c| (c.addr, c.state))
+                .collect(),
+            counters: maps.counters()?,
+        })
+    }
+}
+
+/// `api-guard top`: the busiest clients by request rate, request verdicts per
+/// second and blocks, refreshed every interval until Ctrl-C or the daemon stops
+/// (or once).
+pub fn top(pin_dir: &Path, opts: &TopOptions, out: &mut impl Write) -> Result<()> {
     let maps = Pinned::open(pin_dir)?;
-    let before: std::collections::HashMap<IpAddr, u64> = maps
-        .clients()?
-        .into_iter()
-        .map(|c| (c.addr, c.state.requests))
-        .collect();
-    let t0 = Instant::now();
-    thread::sleep(Duration::from_secs(1));
-    let clients = maps.clients()?;
-    let secs = t0.elapsed().as_secs_f64();
-    let now = monotonic_ns();
-    let rates = clients.iter().map(|c| {
-        (
-            c.addr,
-            c.state
-                .requests
-                .saturating_sub(before.get(&c.addr).copied().unwrap_or(0)) as f64
-                / secs,
-        )
+    let live_screen = !opts.once && !opts.json && std::io::stdout().is_terminal();
+    let mut before = Snapshot::take(&maps)?;
+    loop {
+        thread::sleep(opts.interval);
+        if !crate::pins::daemon_running(pin_dir) {
+            writeln!(out, "the daemon on {} stopped", pin_dir.display())?;
+            return Ok(());
+        }
+        let now = Snapshot::take(&maps)?;
+        let frame = top_frame(&maps, &before, &now, opts.n)?;
+        if opts.json {
+            writeln!(out, "{frame}")?;
+        } else {
+            if live_screen {
+                // Clear the screen and go home: redraw in place.
+                write!(out, "\x1b[2J\x1b[H")?;
+            }
+            render_top(&frame, opts, out)?;
+        }
+        out.flush()?;
+        if opts.once {
+            return Ok(());
+        }
+        before = now;
+    }
+}
+
+/// One snapshot of `top` as JSON: the text view renders the same document.
+fn top_frame(maps: &Pinned, before: &Snapshot, now: &Snapshot, n: usize) -> Result<Value> {
+    let secs = now.at.duration_since(before.at).as_secs_f64().max(1e-3);
+    let mono = monotonic_ns();
+    let rate = |new: u64, old: u64| new.saturating_sub(old) as f64 / secs;
+    let rates = now.clients.iter().map(|(addr, st)| {
+        let old = before.clients.get(addr).map_or(0, |o| o.requests);
+        (*addr, rate(st.requests, old))
     });
+    let clients: Vec<Value> = top_k(rates, n)
+        .into_iter()
+        .filter_map(|(addr, rps)| {
+            let st = now.clients.get(&addr)?;
+            Some(json!({
+                "client": addr.to_string(),
+                "requests_per_second": round1(rps),
+                "requests": st.requests,
+                "connections": st.connections,
+                "open_connections": st.open_conns,
+                "blocked": st.blocked_until_ns > mono,
+                "blocked_secs_left": remaining_secs(st.blocked_until_ns, mono)
+                    .filter(|_| st.blocked_until_ns > mono),
+            }))
+        })
+        .collect();
+    let verdicts: serde_json::Map<String, Value> = VERDICTS
+        .iter()
+        .map(|&v| {
+            let r = rate(
+                now.counters.get(Kind::Requests, v),
+                before.counters.get(Kind::Requests, v),
+            );
+            (v.name().to_string(), round1(r).into())
+        })
+        .collect();
+    let blocked_networks: Vec<Value> = maps
+        .blocks()?
+        .into_iter()
+        .filter(|(_, _, until)| *until > mono)
+        .map(|(prefix, addr, until)| {
+            json!({"network": network_string(prefix, addr), "remaining_secs": remaining_secs(until, mono)})
+        })
+        .collect();
+    let cfg = maps.config()?;
+    Ok(json!({
+        "interval_secs": round1(secs),
+        "tracked_clients": now.clients.len(),
+        "blocked_clients": now.clients.values().filter(|s| s.blocked_until_ns > mono).count(),
+        "fail_mode": if cfg.heartbeat_timeout_ns == 0 { "closed" } else { "open" },
+        "dry_run": cfg.has(flags::DRY_RUN),
+        "requests_per_second": verdicts,
+        "clients": clients,
+        "blocked_networks": blocked_networks,
+    }))
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn render_top(frame: &Value, opts: &TopOptions, out: &mut impl Write) -> Result<()> {
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     writeln!(
         out,
-        "{:<40} {:>10} {:>12} {:>8}",
-        "CLIENT", "REQ/S", "REQUESTS", "BLOCKED"
+        "api-guard top: {} clients tracked, {} blocked; every {}{}",
+        frame["tracked_clients"],
+        frame["blocked_clients"],
+        humantime::format_duration(opts.interval),
+        if opts.once { "" } else { " (Ctrl-C quits)" }
     )?;
-    for (addr, rate) in top_k(rates, n) {
-        let c = clients
-            .iter()
-            .find(|c| c.addr == addr)
-            .expect("from this list");
-        let blocked = if c.state.blocked_until_ns > now {
-            "yes"
-        } else {
-            ""
+    let per_verdict: Vec<String> = VERDICTS
+        .iter()
+        .filter(|v| **v != Verdict::Passed && **v != Verdict::Malformed)
+        .map(|v| (v.name(), f(&frame["requests_per_second"][v.name()])))
+        .filter(|(name, r)| *r > 0.0 || *name == "allowed")
+        .map(|(name, r)| format!("{name} {r:.1}"))
+        .collect();
+    writeln!(out, "requests/s: {}", per_verdict.join(", "))?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<40} {:>9} {:>10} {:>8} {:>5}  STATUS",
+        "CLIENT", "REQ/S", "REQUESTS", "CONNS", "OPEN"
+    )?;
+    for c in frame["clients"].as_array().into_iter().flatten() {
+        let status = match c["blocked_secs_left"].as_u64() {
+            Some(left) => format!("blocked ({left}s left)"),
+            None if c["blocked"] == true => "blocked".to_string(),
+            None => String::new(),
         };
         writeln!(
             out,
-            "{:<40} {:>10.1} {:>12} {:>8}",
-            addr.to_string(),
-            rate,
-            c.state.requests,
-            blocked
+            "{:<40} {:>9.1} {:>10} {:>8} {:>5}  {}",
+            c["client"].as_str().unwrap_or("?"),
+            f(&c["requests_per_second"]),
+            c["requests"],
+            c["connections"],
+            c["open_connections"],
+            status
         )?;
+    }
+    for n in frame["blocked_networks"].as_array().into_iter().flatten() {
+        match n["remaining_secs"].as_u64() {
+            Some(s) => writeln!(
+                out,
+                "blocked network {} ({s}s left)",
+                n["network"].as_str().unwrap_or("?")
+            )?,
+            None => writeln!(
+                out,
+                "blocked network {} (until unblocked)",
+                n["network"].as_str().unwrap_or("?")
+            )?,
+        }
     }
     Ok(())
 }

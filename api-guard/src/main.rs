@@ -1,22 +1,25 @@
 use std::process::ExitCode;
 
 use api_guard::{
-    cli::{Cli, Command},
+    cli::{self, Command, LogFormat},
     control, daemon, failure, preflight,
 };
-use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let level = match &cli.command {
-        Command::Run(args) => args.log_level,
-        _ => tracing::Level::WARN,
+    let cli = cli::parse();
+    let (level, format) = match &cli.command {
+        Command::Run(args) => (args.log_level, args.log_format),
+        _ => (tracing::Level::WARN, LogFormat::Text),
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_max_level(level);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -41,15 +44,42 @@ fn main() -> ExitCode {
     }
 }
 
-/// The commands that act on a daemon's pins.
+/// The commands that act on a daemon's pins (and the ones that only print).
 fn operator(command: Command) -> anyhow::Result<()> {
     use std::io::Write as _;
-    preflight::check_privileges()?;
     let out = &mut std::io::stdout().lock();
     match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut cli::command(), "api-guard", out);
+            return Ok(());
+        }
+        Command::Man => {
+            clap_mangen::Man::new(cli::command()).render(out)?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    preflight::check_privileges()?;
+    match command {
+        Command::Completions { .. } | Command::Man => unreachable!("printed above"),
         Command::Run(_) => unreachable!("handled by the daemon"),
         Command::Status { pins, json } => control::status(&pins.pin_dir, json, out),
-        Command::Top { pins, n } => control::top(&pins.pin_dir, n, out),
+        Command::Top {
+            pins,
+            n,
+            interval,
+            once,
+            json,
+        } => control::top(
+            &pins.pin_dir,
+            &control::TopOptions {
+                n,
+                interval,
+                once,
+                json,
+            },
+            out,
+        ),
         Command::Block {
             pins,
             cidr,

@@ -266,6 +266,11 @@ pub fn detach(dir: &Path) -> Result<usize> {
     Ok(removed)
 }
 
+/// Whether a daemon holds `dir` now.
+pub fn daemon_running(dir: &Path) -> bool {
+    matches!(try_lock(&lock_path(dir)), Ok(None))
+}
+
 /// A running daemon's maps, opened from their pins.
 pub struct Pinned {
     maps: HashMap<&'static str, Map>,

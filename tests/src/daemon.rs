@@ -81,15 +81,30 @@ impl Stopped {
 impl Daemon {
     /// Starts `api-guard ARGS` in `ns` and waits until it reports ready.
     pub fn start(ns: &Netns, args: &[String]) -> Result<Self> {
+        Self::start_wrapped(ns, &[], args)
+    }
+
+    /// As [`Self::start`], but through `wrapper`: a program and its arguments
+    /// that exec the binary (appended after them), such as `setpriv
+    /// --bounding-set=...`. The daemon's pid is then the wrapper's.
+    pub fn start_wrapped(ns: &Netns, wrapper: &[&str], args: &[String]) -> Result<Self> {
         let bin = binary();
-        let mut child = ns
-            .command(bin.to_str().context("binary path")?)
+        let bin = bin.to_str().context("binary path")?;
+        let mut cmd = match wrapper {
+            [program, rest @ ..] => {
+                let mut cmd = ns.command(program);
+                cmd.args(rest).arg(bin);
+                cmd
+            }
+            [] => ns.command(bin),
+        };
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
+            .with_context(|| format!("cannot start {bin}"))?;
         // Both pipes are drained all along, so a chatty daemon never blocks on them.
         let (stdout, out_reader) = collect(child.stdout.take().context("stdout")?);
         let (stderr, err_reader) = collect(child.stderr.take().context("stderr")?);
@@ -169,8 +184,10 @@ fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandle<
 
 fn parse_prog_id(stderr: &str) -> Option<u32> {
     let line = stderr.lines().find(|l| l.contains("api-guard ready"))?;
-    let rest = &line[line.find("prog_id=")? + "prog_id=".len()..];
-    rest.split(|c: char| !c.is_ascii_digit())
+    // `prog_id=7` in text logs, `"prog_id":7` in JSON ones.
+    let rest = &line[line.find("prog_id")? + "prog_id".len()..];
+    rest.trim_start_matches(|c: char| !c.is_ascii_digit())
+        .split(|c: char| !c.is_ascii_digit())
         .next()?
         .parse()
         .ok()

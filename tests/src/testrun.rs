@@ -62,11 +62,10 @@ impl Harness {
 
 /// The policy `api-guard run` would build from these flags.
 pub fn policy(flags: &[&str]) -> Result<Policy> {
-    use api_guard::cli::{Cli, Command};
-    use clap::Parser;
+    use api_guard::cli::{Command, try_parse_from};
     let mut argv = vec!["api-guard", "run", "--iface", "lo", "--port", "1"];
     argv.extend_from_slice(flags);
-    let Command::Run(args) = Cli::try_parse_from(argv)?.command else {
+    let Command::Run(args) = try_parse_from(argv)?.command else {
         anyhow::bail!("not a run command");
     };
     args.policy().map_err(anyhow::Error::msg)

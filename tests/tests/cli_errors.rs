@@ -87,3 +87,102 @@ fn bad_policy_flags_exit_2_with_the_reason() {
     assert_fails(&out, 2, "--burst needs --rate");
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
+
+#[test]
+fn flags_read_from_the_environment_and_the_command_line_wins() {
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        Command::new(binary())
+            .arg("run")
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run api-guard")
+    };
+    // Every required flag from the environment: it gets as far as the interface.
+    let out = run(
+        &[
+            ("API_GUARD_IFACE", "no-such-if7"),
+            ("API_GUARD_PORT", "80,8080"),
+        ],
+        &[],
+    );
+    assert_fails(&out, 4, "no network interface named \"no-such-if7\"");
+    // A list's items are each checked.
+    let out = run(
+        &[("API_GUARD_IFACE", "lo"), ("API_GUARD_PORT", "80,0")],
+        &[],
+    );
+    assert_fails(&out, 2, "--port");
+    // A bad value names the variable it came from.
+    let out = run(
+        &[("API_GUARD_RATE", "lots")],
+        &["--iface", "lo", "--port", "80"],
+    );
+    assert_fails(&out, 2, "--rate");
+    // The command line wins over the environment.
+    let out = run(
+        &[("API_GUARD_IFACE", "lo")],
+        &["--iface", "no-such-if6", "--port", "80"],
+    );
+    assert_fails(&out, 4, "no-such-if6");
+    // Durations with units from the environment too.
+    let out = run(
+        &[("API_GUARD_HEARTBEAT_TIMEOUT", "1s")],
+        &["--iface", "lo", "--port", "80"],
+    );
+    assert_fails(&out, 2, "at least 2s");
+}
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    let out = api_guard(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("complete -F _api__guard") && script.contains("--fail-mode"),
+        "{script}"
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        assert!(
+            api_guard(&["completions", shell]).status.success(),
+            "{shell}"
+        );
+    }
+    assert_fails(&api_guard(&["completions", "tcsh"]), 2, "tcsh");
+
+    let out = api_guard(&["man"]);
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH api-guard"),
+        "{page}"
+    );
+    // man itself renders it, when installed.
+    if let Ok(rendered) = Command::new("man")
+        .args(["-l", "-"])
+        .env("MANWIDTH", "100")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut man| {
+            use std::io::Write as _;
+            man.stdin.take().expect("stdin").write_all(&out.stdout)?;
+            man.wait_with_output()
+        })
+        && rendered.status.success()
+    {
+        let text = String::from_utf8_lossy(&rendered.stdout);
+        assert!(text.contains("api-guard"), "{text}");
+    }
+}
+
+#[test]
+fn help_has_examples_and_names_the_environment() {
+    let out = api_guard(&["run", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Examples:"), "{help}");
+    assert!(help.contains("[env: API_GUARD_RATE=]"), "{help}");
+    assert!(help.contains("--fail-mode"), "{help}");
+}

@@ -98,19 +98,72 @@ fn unblock_lifts_an_automatic_block_and_top_shows_the_busiest() -> Result<()> {
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(burst(c0, 1)?, 1);
 
-    // top: the busy client first. It samples for a second while traffic flows.
+    // top --once: the busy client first. It samples for a second while
+    // traffic flows.
     let busy = s.client(1);
-    let top = std::thread::scope(|scope| {
-        let t = scope.spawn(|| s.ctl(&["top", "-n", "5"]));
+    let (json, text) = std::thread::scope(|scope| {
+        let json = scope.spawn(|| s.ctl(&["top", "--once", "--json", "-n", "5"]));
+        let text = scope.spawn(|| s.ctl(&["top", "--once", "-n", "5"]));
         for _ in 0..3 {
             let _ = burst(busy, 3);
         }
-        t.join().unwrap()
-    })?;
-    let top = ok(&top);
-    let first = top.lines().nth(1).unwrap_or_default();
-    assert!(first.starts_with("198.18.1.2"), "{top}");
+        (json.join().unwrap(), text.join().unwrap())
+    });
+    let frame: serde_json::Value = serde_json::from_str(&ok(&json?))?;
+    assert_eq!(frame["clients"][0]["client"], "198.18.1.2", "{frame}");
+    assert!(frame["clients"][0]["requests_per_second"].as_f64() > Some(0.0));
+    assert!(frame["requests_per_second"]["allowed"].as_f64() > Some(0.0));
+    let text = ok(&text?);
+    let first = text
+        .lines()
+        .skip_while(|l| !l.starts_with("CLIENT"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(first.starts_with("198.18.1.2"), "{text}");
+
+    // Live: a frame per interval until the daemon stops, then it exits.
+    let live = std::process::Command::new(binary())
+        .args(["top", "--json", "--interval", "200ms", "--pin-dir"])
+        .arg(s.bpffs.pin_dir())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let live = KillOnDrop(Some(live));
+    std::thread::sleep(Duration::from_millis(1200));
+    let (stopped, _nginx, _topo, _bpffs) = s.stop()?;
+    assert!(stopped.status.success());
+    let out = live.wait_output(Duration::from_secs(10))?;
+    let frames = out.lines().filter(|l| l.starts_with('{')).count();
+    assert!(frames >= 3, "refreshed: {out}");
+    assert!(out.contains("stopped"), "{out}");
     Ok(())
+}
+
+/// A child killed if the test ends before it exits.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn wait_output(mut self, within: Duration) -> Result<String> {
+        let deadline = std::time::Instant::now() + within;
+        let child = self.0.as_mut().expect("a child");
+        while child.try_wait()?.is_none() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "top did not exit after the daemon stopped"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = self.0.take().expect("a child").wait_with_output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 #[test]
@@ -191,5 +244,33 @@ fn pins_are_root_only_and_commands_need_privilege() -> Result<()> {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("needs root"), "{stderr}");
     assert_eq!(burst(s.client(0), 2)?, 2, "nothing was blocked");
+    Ok(())
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() -> Result<()> {
+    let s = Scenario::start(1, &["--log-format", "json", "--report-every", "1s"])?;
+    assert!(burst(s.client(0), 2)? == 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (stopped, _nginx, _topo, _bpffs) = s.stop()?;
+    assert!(stopped.status.success());
+    let lines: Vec<serde_json::Value> = stopped
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{e}: {l:?}")))
+        .collect::<Result<_>>()?;
+    let ready = lines
+        .iter()
+        .find(|l| l["message"] == "api-guard ready")
+        .ok_or_else(|| anyhow::anyhow!("no ready line: {}", stopped.stderr))?;
+    assert_eq!(ready["level"], "INFO");
+    assert!(ready["prog_id"].as_u64().is_some(), "{ready}");
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("requests"))),
+        "the periodic summary is logged too: {}",
+        stopped.stderr
+    );
     Ok(())
 }
