@@ -30,7 +30,9 @@ impl AuthFailures {
     }
 
     /// Records a request without a credential; true when this one takes the
-    /// client over the limit (once per window).
+    /// client over the limit. Crossing starts a new window: a client whose block
+    /// ran out is blocked again after another limit's worth of misses, not left
+    /// alone for the rest of the old window.
     pub fn miss(&mut self, client: IpAddr, now: Instant) -> bool {
         if self.windows.len() >= MAX_TRACKED && !self.windows.contains_key(&client) {
             self.prune(now);
@@ -44,7 +46,11 @@ impl AuthFailures {
             *entry = (now, 0);
         }
         entry.1 = entry.1.saturating_add(1);
-        entry.1 == self.limit.saturating_add(1)
+        if entry.1 > self.limit {
+            *entry = (now, 0);
+            return true;
+        }
+        false
     }
 
     /// Forgets windows that have ended, so memory follows the clients of the last
@@ -64,12 +70,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crosses_once_per_window() {
+    fn crosses_once_then_counts_afresh() {
         let mut f = AuthFailures::new(3);
         let c: IpAddr = "198.18.0.2".parse().unwrap();
         let t0 = Instant::now();
         let crossed: Vec<bool> = (0..6).map(|_| f.miss(c, t0)).collect();
         assert_eq!(crossed, [false, false, false, true, false, false]);
+        // Its block over, it is blocked again after the limit's worth more.
+        assert!(!f.miss(c, t0));
+        assert!(f.miss(c, t0));
         // Another client has its own count.
         assert!(!f.miss("198.18.0.3".parse().unwrap(), t0));
         // A new window starts from zero.

@@ -65,7 +65,7 @@ pub enum Command {
         #[arg(short = 'n', long = "clients", value_name = "N", default_value_t = 10)]
         n: usize,
         /// How often to refresh (rates are over this period).
-        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_nonzero_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
         interval: Duration,
         /// Print one snapshot (over one --interval) and exit.
         #[arg(long)]
@@ -102,8 +102,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `api-guard man > api-guard.1`.
-    Man,
+    /// Print a man page (roff): `api-guard man > api-guard.1`, and one per
+    /// command, `api-guard man run > api-guard-run.1`.
+    Man {
+        /// The command whose page to print [default: the overview].
+        command: Option<String>,
+    },
     /// Set (or --remove) a network's request limit on a running daemon.
     Limit {
         #[command(flatten)]
@@ -321,10 +325,11 @@ pub fn command() -> clap::Command {
             return arg;
         }
         let arg = arg.env(env_name(&long));
-        if matches!(arg.get_action(), ArgAction::Append) {
-            arg.value_delimiter(',')
-        } else {
-            arg
+        match arg.get_action() {
+            ArgAction::Append => arg.value_delimiter(','),
+            // API_GUARD_DRY_RUN=1 (or yes, on, true) as well as true.
+            ArgAction::SetTrue => arg.value_parser(clap::builder::BoolishValueParser::new()),
+            _ => arg,
         }
     }
     let mut cmd = Cli::command();
@@ -450,6 +455,14 @@ pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
 pub fn parse_heartbeat_timeout(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d < Duration::from_secs(2) => Err("must be at least 2s".into()),
+        d => Ok(d),
+    }
+}
+
+/// A refresh interval: at least 100ms, so a view never spins on the client map.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d < Duration::from_millis(100) => Err("must be at least 100ms".into()),
         d => Ok(d),
     }
 }

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::{
     clock::monotonic_ns,
+    failure::{ExitCode, Failure},
     maps::{Client, Counters, KernelMaps},
     metrics::top_k,
     pins::Pinned,
@@ -155,8 +156,12 @@ pub fn top(pin_dir: &Path, opts: &TopOptions, out: &mut impl Write) -> Result<()
     loop {
         thread::sleep(opts.interval);
         if !crate::pins::daemon_running(pin_dir) {
-            writeln!(out, "the daemon on {} stopped", pin_dir.display())?;
-            return Ok(());
+            // On stderr with exit code 5, so a JSON stream stays JSON.
+            return Err(Failure::new(
+                ExitCode::NotRunning,
+                format!("the daemon on {} stopped", pin_dir.display()),
+            )
+            .into());
         }
         let now = Snapshot::take(&maps)?;
         let frame = top_frame(&maps, &before, &now, opts.n)?;
@@ -186,19 +191,34 @@ fn top_frame(maps: &Pinned, before: &Snapshot, now: &Snapshot, n: usize) -> Resu
         let old = before.clients.get(addr).map_or(0, |o| o.requests);
         (*addr, rate(st.requests, old))
     });
+    // Network blocks (an operator's, or --require-auth's) cover clients too.
+    let blocks: Vec<(ipnet::IpNet, u64)> = maps
+        .blocks()?
+        .into_iter()
+        .filter(|(_, _, until)| *until > mono)
+        .filter_map(|(prefix, addr, until)| {
+            Some((network_string(prefix, addr).parse().ok()?, until))
+        })
+        .collect();
     let clients: Vec<Value> = top_k(rates, n)
         .into_iter()
         .filter_map(|(addr, rps)| {
             let st = now.clients.get(&addr)?;
+            let until = blocks
+                .iter()
+                .filter(|(net, _)| net.contains(&addr))
+                .map(|(_, until)| *until)
+                .chain([st.blocked_until_ns])
+                .max()
+                .unwrap_or(0);
             Some(json!({
                 "client": addr.to_string(),
                 "requests_per_second": round1(rps),
                 "requests": st.requests,
                 "connections": st.connections,
                 "open_connections": st.open_conns,
-                "blocked": st.blocked_until_ns > mono,
-                "blocked_secs_left": remaining_secs(st.blocked_until_ns, mono)
-                    .filter(|_| st.blocked_until_ns > mono),
+                "blocked": until > mono,
+                "blocked_secs_left": remaining_secs(until, mono).filter(|_| until > mono),
             }))
         })
         .collect();
@@ -212,13 +232,9 @@ fn top_frame(maps: &Pinned, before: &Snapshot, now: &Snapshot, n: usize) -> Resu
             (v.name().to_string(), round1(r).into())
         })
         .collect();
-    let blocked_networks: Vec<Value> = maps
-        .blocks()?
-        .into_iter()
-        .filter(|(_, _, until)| *until > mono)
-        .map(|(prefix, addr, until)| {
-            json!({"network": network_string(prefix, addr), "remaining_secs": remaining_secs(until, mono)})
-        })
+    let blocked_networks: Vec<Value> = blocks
+        .iter()
+        .map(|(net, until)| json!({"network": net.to_string(), "remaining_secs": remaining_secs(*until, mono)}))
         .collect();
     let cfg = maps.config()?;
     Ok(json!({
@@ -272,9 +288,9 @@ fn render_top(frame: &Value, opts: &TopOptions, out: &mut impl Write) -> Result<
             "{:<40} {:>9.1} {:>10} {:>8} {:>5}  {}",
             c["client"].as_str().unwrap_or("?"),
             f(&c["requests_per_second"]),
-            c["requests"],
-            c["connections"],
-            c["open_connections"],
+            c["requests"].as_u64().unwrap_or(0),
+            c["connections"].as_u64().unwrap_or(0),
+            c["open_connections"].as_u64().unwrap_or(0),
             status
         )?;
     }

@@ -27,8 +27,7 @@ use crate::{
     loader::{Attached, Datapath, LoadOptions},
     maps::KernelMaps,
     metrics::{self, Metrics, TopClients},
-    pins::PinDir,
-    policy::Policy,
+    pins::{Links, PinDir},
     preflight::{self, Cgroup2},
     report,
     sampler::{Sampler, SamplerConfig},
@@ -56,6 +55,32 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Signals first: a stop request from here on is never lost.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // What can fail without the kernel comes before anything is attached or an
+    // earlier daemon's policy is touched.
+    let log = match &args.access_log {
+        Some(path) => Some(
+            AccessLog::open(path)
+                .map_err(|e| Failure::new(ExitCode::Environment, format!("{e:#}")))?,
+        ),
+        None => None,
+    };
+    let listener = TcpListener::bind(args.metrics_addr).await.map_err(|e| {
+        Failure::new(
+            ExitCode::Environment,
+            format!("cannot listen on {} for metrics: {e}", args.metrics_addr),
+        )
+    })?;
+    // Kept until exit: a cgroup hierarchy api-guard mounted itself is unmounted then.
+    let tracker = match policy.max_conns {
+        Some(_) => {
+            let root = match &args.cgroup {
+                Some(dir) => Cgroup2::Mounted(dir.clone()),
+                None => Cgroup2::find_or_mount()?,
+            };
+            Some((root, preflight::netns_cookie()?))
+        }
+        None => None,
+    };
 
     let adopting = pins.has_state();
     let mut datapath = Datapath::load(&LoadOptions {
@@ -77,32 +102,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
     datapath.watch_ports(&args.ports)?;
     // Alive before anything attaches: a fail-open program never sees a stale beat.
     datapath.beat(crate::clock::monotonic_ns())?;
-    let mut links = Vec::new();
-    // Kept until exit: a cgroup hierarchy api-guard mounted itself is unmounted then.
-    let _cgroup = apply_policy(&mut datapath, &policy, &args, &pins, &mut links)?;
+    // From here every exit, an error included, settles the links by the fail mode.
+    let mut links = Links::new(pins.dir(), args.fail_mode == FailMode::Closed);
+    let mut cookie = 0;
+    if let Some((root, netns)) = &tracker {
+        let pin = crate::pins::sockops_link(pins.dir());
+        let how = datapath.attach_sockops(root.path(), Some(&pin))?;
+        if how == Attached::TakenOver {
+            info!("took over the pinned connection tracker link");
+        }
+        links.record(pin, how == Attached::New);
+        cookie = *netns;
+    }
+    datapath.apply_policy(&policy, cookie)?;
     let ring = datapath.take_samples()?;
-    let log = match &args.access_log {
-        Some(path) => Some(
-            AccessLog::open(path)
-                .map_err(|e| Failure::new(ExitCode::Environment, format!("{e:#}")))?,
-        ),
-        None => None,
-    };
-    let listener = TcpListener::bind(args.metrics_addr).await.map_err(|e| {
-        Failure::new(
-            ExitCode::Environment,
-            format!("cannot listen on {} for metrics: {e}", args.metrics_addr),
-        )
-    })?;
     for iface in &args.ifaces {
         let pin = crate::pins::ingress_link(pins.dir(), iface);
-        if datapath.attach_ingress(iface, Some(&pin))? == Attached::TakenOver {
+        let how = datapath.attach_ingress(iface, Some(&pin))?;
+        if how == Attached::TakenOver {
             info!(%iface, "took over the pinned ingress link");
         }
-        links.push(pin);
+        links.record(pin, how == Attached::New);
     }
     // Links of interfaces (or a connection tracker) no longer asked for.
-    let dropped = crate::pins::remove_links(pins.dir(), &links)?;
+    let dropped = links.ready()?;
     if dropped > 0 {
         info!(
             dropped,
@@ -198,20 +221,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     drop(dp);
     drop(sampler);
+    drop(links);
+    drop(datapath);
     match args.fail_mode {
-        FailMode::Open => {
-            crate::pins::remove_links(pins.dir(), &[])?;
-            drop(datapath);
-            info!("detached from {:?}", args.ifaces);
-        }
-        FailMode::Closed => {
-            drop(datapath);
-            info!(
-                pin_dir = %pins.dir().display(),
-                "--fail-mode closed: the programs stay attached and keep enforcing; `api-guard detach` removes them"
-            );
-        }
+        FailMode::Open => info!("detached from {:?}", args.ifaces),
+        FailMode::Closed => info!(
+            pin_dir = %pins.dir().display(),
+            "--fail-mode closed: the programs stay attached and keep enforcing; `api-guard detach` removes them"
+        ),
     }
+    drop(tracker);
     drop(pins);
     // With the access log on stdout, keep the report out of it.
     if args.access_log.as_deref() == Some(std::path::Path::new("-")) {
@@ -284,32 +303,4 @@ fn drain(ring: &mut RingBuf<MapData>, sampler: &mut Sampler, max: usize) -> usiz
         n += 1;
     }
     n
-}
-
-/// Attaches the connection tracker if the policy needs it, then pushes the policy
-/// into the maps.
-fn apply_policy(
-    datapath: &mut Datapath,
-    policy: &Policy,
-    args: &RunArgs,
-    pins: &PinDir,
-    links: &mut Vec<std::path::PathBuf>,
-) -> Result<Option<Cgroup2>> {
-    let mut cgroup = None;
-    let mut cookie = 0;
-    if policy.max_conns.is_some() {
-        let root = match &args.cgroup {
-            Some(dir) => Cgroup2::Mounted(dir.clone()),
-            None => Cgroup2::find_or_mount()?,
-        };
-        let pin = crate::pins::sockops_link(pins.dir());
-        if datapath.attach_sockops(root.path(), Some(&pin))? == Attached::TakenOver {
-            info!("took over the pinned connection tracker link");
-        }
-        links.push(pin);
-        cookie = preflight::netns_cookie()?;
-        cgroup = Some(root);
-    }
-    datapath.apply_policy(policy, cookie)?;
-    Ok(cgroup)
 }

@@ -110,8 +110,13 @@ impl Datapath {
     pub fn attach_ingress(&mut self, iface: &str, pin: Option<&Path>) -> Result<Attached> {
         let prog = ingress_mut(&mut self.ebpf)?;
         if let Some(pin) = pin.filter(|p| p.exists()) {
-            let taken = PinnedLink::from_pin(pin)
-                .map_err(anyhow::Error::new)
+            // A renamed interface, or one moved away, leaves a link that is not
+            // on `iface`: replaced, never taken over.
+            let want = LinkTarget::Tcx {
+                ifindex: crate::preflight::interface_index(iface)?,
+            };
+            let taken = pinned_target_is(pin, &want)
+                .and_then(|()| Ok(PinnedLink::from_pin(pin)?))
                 .and_then(|pinned| Ok(SchedClassifierLink::try_from(FdLink::from(pinned))?))
                 .and_then(|link| Ok(prog.attach_to_link(link)?));
             match taken {
@@ -159,7 +164,17 @@ impl Datapath {
         if let Some(pin) = pin.filter(|p| p.exists()) {
             // A swap, not detach-then-attach: a connection closing in between
             // would never be uncounted, nor one opened in an overlap counted once.
-            match link_update(pin, prog.fd()?.as_fd()) {
+            use std::os::unix::fs::MetadataExt as _;
+            // A cgroup's id is its directory's inode number.
+            let want = LinkTarget::Cgroup {
+                id: file.metadata()?.ino(),
+            };
+            let prog_fd = prog.fd()?.as_fd();
+            let swapped = pinned_target_is(pin, &want).and_then(|()| {
+                let link = link_sys::open(pin)?;
+                Ok(link_sys::update(link.as_fd(), prog_fd)?)
+            });
+            match swapped {
                 Ok(()) => return Ok(Attached::TakenOver),
                 Err(e) => {
                     tracing::warn!(pin = %pin.display(), "replacing a stale pinned link: {e:#}");
@@ -260,50 +275,96 @@ fn remove_pin(pin: &Path) -> Result<()> {
         .with_context(|| format!("cannot remove the stale pin {}", pin.display()))
 }
 
-/// `BPF_LINK_UPDATE` on the link pinned at `pin`: the link runs `prog` from now
-/// on. (aya has it for tc links only.)
-fn link_update(pin: &Path, prog: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+/// What a pinned link is attached to.
+#[derive(Debug, PartialEq, Eq)]
+enum LinkTarget {
+    Tcx { ifindex: u32 },
+    Cgroup { id: u64 },
+    Other,
+}
+
+/// Raw bpf(2) calls for pinned links that aya 0.14 does not offer: reading what
+/// a link is attached to, and `BPF_LINK_UPDATE` on a cgroup link.
+mod link_sys {
+    use std::{
+        io,
+        os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        path::Path,
+    };
+
+    use super::LinkTarget;
 
     const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     const BPF_LINK_UPDATE: libc::c_long = 29;
-    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // `union bpf_attr`, zero-filled past the fields each command reads (the
-    // kernel requires it).
-    let mut attr = [0u64; 16];
-    attr[0] = path.as_ptr() as u64;
-    // SAFETY: attr is a bpf_attr for BPF_OBJ_GET (pathname, then zeroed bpf_fd,
-    // file_flags, path_fd) that outlives the call; path is NUL-terminated.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+    const BPF_LINK_TYPE_CGROUP: u32 = 3;
+    const BPF_LINK_TYPE_TCX: u32 = 11;
+
+    /// bpf(2) with `attr`, a zero-filled `union bpf_attr` (the kernel rejects
+    /// non-zero bytes past the fields a command reads).
+    fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
+        // SAFETY: attr is a 128-byte, 8-aligned bpf_attr that outlives the call;
+        // any pointers in it are set by the callers to live buffers.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(attr),
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
     }
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut attr = [0u32; 32];
-    attr[0] = link.as_raw_fd() as u32; // link_fd
-    attr[1] = prog.as_raw_fd() as u32; // new_prog_fd; flags and old_prog_fd stay 0
-    // SAFETY: attr is a zeroed bpf_attr for BPF_LINK_UPDATE that outlives the
-    // call; both fds are open for its duration.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
+
+    /// Opens the object pinned at `pin`.
+    pub fn open(pin: &Path) -> io::Result<OwnedFd> {
+        let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut attr = [0u64; 16];
+        attr[0] = path.as_ptr() as u64; // pathname; bpf_fd, file_flags, path_fd 0
+        let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+        // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
+
+    /// What the link `link` is attached to (`struct bpf_link_info`: type, id,
+    /// prog_id, then the per-type union at byte 16).
+    pub fn target(link: BorrowedFd<'_>) -> io::Result<LinkTarget> {
+        let mut info = [0u64; 16];
+        let mut attr = [0u64; 16];
+        // bpf_fd (u32) and info_len (u32), then the info pointer.
+        attr[0] = link.as_raw_fd() as u32 as u64 | ((std::mem::size_of_val(&info) as u64) << 32);
+        attr[1] = info.as_mut_ptr() as u64;
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        let link_type = info[0] as u32;
+        Ok(match link_type {
+            BPF_LINK_TYPE_TCX => LinkTarget::Tcx {
+                ifindex: info[2] as u32,
+            },
+            BPF_LINK_TYPE_CGROUP => LinkTarget::Cgroup { id: info[2] },
+            _ => LinkTarget::Other,
+        })
+    }
+
+    /// `BPF_LINK_UPDATE`: `link` runs `prog` from now on.
+    pub fn update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+        let mut attr = [0u64; 16];
+        // link_fd, new_prog_fd; flags and old_prog_fd stay 0.
+        attr[0] = link.as_raw_fd() as u32 as u64 | ((prog.as_raw_fd() as u32 as u64) << 32);
+        bpf(BPF_LINK_UPDATE, &mut attr)?;
+        Ok(())
+    }
+}
+
+/// Whether the link pinned at `pin` is attached to `want`.
+fn pinned_target_is(pin: &Path, want: &LinkTarget) -> Result<()> {
+    let link = link_sys::open(pin)?;
+    let found = link_sys::target(link.as_fd())?;
+    anyhow::ensure!(&found == want, "it is attached to {found:?}, not {want:?}");
     Ok(())
 }
 

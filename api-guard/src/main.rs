@@ -37,6 +37,15 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if format == LogFormat::Json => {
+            let line = serde_json::json!({
+                "level": "ERROR",
+                "message": failure::one_line(&err),
+                "target": "api_guard",
+            });
+            eprintln!("{line}");
+            ExitCode::from(failure::exit_code(&err) as u8)
+        }
         Err(err) => {
             eprintln!("api-guard: error: {}", failure::one_line(&err));
             ExitCode::from(failure::exit_code(&err) as u8)
@@ -50,18 +59,38 @@ fn operator(command: Command) -> anyhow::Result<()> {
     let out = &mut std::io::stdout().lock();
     match command {
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut cli::command(), "api-guard", out);
+            use clap_complete::Generator as _;
+            let mut cmd = cli::command();
+            cmd.set_bin_name("api-guard");
+            cmd.build();
+            // A closed pipe (`| head`) is an error to report, not a panic.
+            shell.try_generate(&cmd, out)?;
             return Ok(());
         }
-        Command::Man => {
-            clap_mangen::Man::new(cli::command()).render(out)?;
+        Command::Man { command } => {
+            let mut cmd = cli::command();
+            cmd.build();
+            let page = match command {
+                None => cmd,
+                Some(name) => cmd
+                    .find_subcommand(&name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        failure::Failure::new(
+                            failure::ExitCode::Usage,
+                            format!("no command named {name:?}"),
+                        )
+                    })?
+                    .name(format!("api-guard-{name}")),
+            };
+            clap_mangen::Man::new(page).render(out)?;
             return Ok(());
         }
         _ => {}
     }
     preflight::check_privileges()?;
     match command {
-        Command::Completions { .. } | Command::Man => unreachable!("printed above"),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("printed above"),
         Command::Run(_) => unreachable!("handled by the daemon"),
         Command::Status { pins, json } => control::status(&pins.pin_dir, json, out),
         Command::Top {

@@ -72,6 +72,65 @@ pub fn links(dir: &Path) -> Vec<PathBuf> {
     links
 }
 
+/// The links a daemon attached or took over, and what becomes of them when it
+/// exits, however it exits: `--fail-mode open` unpins every link (detaching the
+/// programs), `closed` leaves them enforcing. A daemon that fails before it is
+/// ready unpins the links it made anew in either mode: a failed start leaves
+/// nothing new attached.
+pub struct Links {
+    dir: PathBuf,
+    keep_on_exit: bool,
+    wanted: Vec<PathBuf>,
+    made: Vec<PathBuf>,
+    ready: bool,
+}
+
+impl Links {
+    pub fn new(dir: &Path, keep_on_exit: bool) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            keep_on_exit,
+            wanted: Vec::new(),
+            made: Vec::new(),
+            ready: false,
+        }
+    }
+
+    /// A link pinned at `pin`, made by this daemon (`made`) or taken over.
+    pub fn record(&mut self, pin: PathBuf, made: bool) {
+        if made {
+            self.made.push(pin.clone());
+        }
+        self.wanted.push(pin);
+    }
+
+    /// Everything is attached: unpins the links an earlier daemon left that
+    /// these flags do not ask for. Returns how many went.
+    pub fn ready(&mut self) -> Result<usize> {
+        self.ready = true;
+        remove_links(&self.dir, &self.wanted)
+    }
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        let doomed = if !self.keep_on_exit {
+            links(&self.dir)
+        } else if !self.ready {
+            std::mem::take(&mut self.made)
+        } else {
+            Vec::new()
+        };
+        for pin in doomed {
+            if let Err(e) = fs::remove_file(&pin)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(pin = %pin.display(), "cannot unpin: {e}");
+            }
+        }
+    }
+}
+
 /// Unpins the links in `dir` except `keep`: each program attached only through
 /// its pin is detached. Returns how many went.
 pub fn remove_links(dir: &Path, keep: &[PathBuf]) -> Result<usize> {

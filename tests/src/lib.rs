@@ -8,12 +8,15 @@
 pub mod bpffs;
 pub mod client;
 pub mod daemon;
+pub mod deploy;
 pub mod netns;
 pub mod nginx;
 pub mod packet;
 pub mod process;
 pub mod prom;
+pub mod prometheus;
 pub mod scenario;
+pub mod systemd;
 pub mod testrun;
 
 /// Every namespace, directory and process name the harness makes starts with this,

@@ -30,10 +30,17 @@ impl Scenario {
     /// `clients` client hosts, nginx on API and OTHER, and `api-guard run`
     /// watching API on every server interface with the extra `flags`.
     pub fn start(clients: usize, flags: &[&str]) -> Result<Self> {
+        Self::start_wrapped(clients, &[], flags)
+    }
+
+    /// As [`Self::start`], with the daemon started through `wrapper` (see
+    /// [`Daemon::start_wrapped`]).
+    pub fn start_wrapped(clients: usize, wrapper: &[&str], flags: &[&str]) -> Result<Self> {
         let bpffs = BpfFs::mount()?;
         let topo = Topology::new(clients)?;
         let nginx = Nginx::start(&topo.server, &[API, OTHER])?;
-        let daemon = Daemon::start(&topo.server, &daemon_args(&topo, &bpffs, flags))?;
+        let daemon =
+            Daemon::start_wrapped(&topo.server, wrapper, &daemon_args(&topo, &bpffs, flags))?;
         Ok(Self {
             daemon,
             nginx,

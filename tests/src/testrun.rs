@@ -64,6 +64,14 @@ impl Harness {
 pub fn policy(flags: &[&str]) -> Result<Policy> {
     use api_guard::cli::{Command, try_parse_from};
     let mut argv = vec!["api-guard", "run", "--iface", "lo", "--port", "1"];
+    // No daemon beats here: closed unless a test asks about the fail mode, so a
+    // long benchmark never measures the fail-open path by accident.
+    if !flags
+        .iter()
+        .any(|f| matches!(*f, "--fail-mode" | "--heartbeat-timeout"))
+    {
+        argv.extend_from_slice(&["--fail-mode", "closed"]);
+    }
     argv.extend_from_slice(flags);
     let Command::Run(args) = try_parse_from(argv)?.command else {
         anyhow::bail!("not a run command");

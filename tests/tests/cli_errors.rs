@@ -125,6 +125,13 @@ fn flags_read_from_the_environment_and_the_command_line_wins() {
         &["--iface", "no-such-if6", "--port", "80"],
     );
     assert_fails(&out, 4, "no-such-if6");
+    // Booleans take 1/yes/on too: --dry-run from the environment gets as far
+    // as the interface.
+    let out = run(
+        &[("API_GUARD_DRY_RUN", "1")],
+        &["--iface", "no-such-if5", "--port", "80"],
+    );
+    assert_fails(&out, 4, "no-such-if5");
     // Durations with units from the environment too.
     let out = run(
         &[("API_GUARD_HEARTBEAT_TIMEOUT", "1s")],
@@ -153,6 +160,15 @@ fn completions_and_man_page_are_generated() {
     let out = api_guard(&["man"]);
     assert!(out.status.success());
     let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH api-guard"), "{page}");
+    let run = api_guard(&["man", "run"]);
+    assert!(run.status.success());
+    let run_page = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run_page.contains(".TH api-guard-run") && run_page.contains("fail\\-mode"),
+        "{run_page}"
+    );
+    assert_fails(&api_guard(&["man", "nosuch"]), 2, "no command named");
     assert!(
         page.starts_with(".ie") || page.contains(".TH api-guard"),
         "{page}"

@@ -126,15 +126,22 @@ fn unblock_lifts_an_automatic_block_and_top_shows_the_busiest() -> Result<()> {
         .args(["top", "--json", "--interval", "200ms", "--pin-dir"])
         .arg(s.bpffs.pin_dir())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()?;
     let live = KillOnDrop(Some(live));
     std::thread::sleep(Duration::from_millis(1200));
     let (stopped, _nginx, _topo, _bpffs) = s.stop()?;
     assert!(stopped.status.success());
     let out = live.wait_output(Duration::from_secs(10))?;
-    let frames = out.lines().filter(|l| l.starts_with('{')).count();
-    assert!(frames >= 3, "refreshed: {out}");
-    assert!(out.contains("stopped"), "{out}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let frames = stdout
+        .lines()
+        .map(serde_json::from_str::<serde_json::Value>)
+        .collect::<Result<Vec<_>, _>>()?;
+    assert!(frames.len() >= 3, "refreshed: {stdout}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    assert_eq!(out.status.code(), Some(5), "no daemon any more");
     Ok(())
 }
 
@@ -142,7 +149,7 @@ fn unblock_lifts_an_automatic_block_and_top_shows_the_busiest() -> Result<()> {
 struct KillOnDrop(Option<std::process::Child>);
 
 impl KillOnDrop {
-    fn wait_output(mut self, within: Duration) -> Result<String> {
+    fn wait_output(mut self, within: Duration) -> Result<std::process::Output> {
         let deadline = std::time::Instant::now() + within;
         let child = self.0.as_mut().expect("a child");
         while child.try_wait()?.is_none() {
@@ -152,8 +159,7 @@ impl KillOnDrop {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let out = self.0.take().expect("a child").wait_with_output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(self.0.take().expect("a child").wait_with_output()?)
     }
 }
 

@@ -186,3 +186,104 @@ fn open_lets_traffic_through_once_a_killed_daemons_heartbeat_times_out() -> Resu
     );
     Ok(())
 }
+
+/// `api-guard run` in the server namespace of `topo`, to completion.
+fn run_daemon(
+    topo: &api_guard_tests::netns::Topology,
+    pin_dir: &Path,
+    ifaces: &[&str],
+    extra: &[&str],
+) -> Result<std::process::Output> {
+    let mut cmd = topo.server.command(binary().to_str().unwrap());
+    cmd.args(["run", "--port", "8080", "--metrics-addr", "127.0.0.1:0"]);
+    for iface in ifaces {
+        cmd.args(["--iface", iface]);
+    }
+    cmd.arg("--pin-dir").arg(pin_dir).args(extra);
+    Ok(cmd.output()?)
+}
+
+/// The (link id, program id) of the ingress link pinned for `iface` in
+/// `pin_dir`, if there is one. (A link nobody pins is gone once its daemon is.)
+fn ingress_link(pin_dir: &Path, iface: &str) -> Result<Option<(u64, u64)>> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned"])
+        .arg(pin_dir.join(format!("link_ingress_{iface}")))
+        .output()?;
+    let link: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    Ok(link["id"].as_u64().zip(link["prog_id"].as_u64()))
+}
+
+#[test]
+fn a_failed_start_leaves_nothing_new_attached() -> Result<()> {
+    let bpffs = api_guard_tests::bpffs::BpfFs::mount()?;
+    let topo = api_guard_tests::netns::Topology::new(2)?;
+    let pin_dir = bpffs.pin_dir();
+    // Something that is not a link where c1's link belongs: the daemon attaches
+    // the connection tracker and c0, then cannot clear the way for c1.
+    std::fs::create_dir_all(pin_dir.join("link_ingress_c1"))?;
+    let out = run_daemon(
+        &topo,
+        &pin_dir,
+        &["c0", "c1"],
+        &["--max-conns", "10", "--fail-mode", "closed"],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("link_ingress_c1"), "{stderr}");
+    assert_eq!(
+        links(&pin_dir),
+        ["link_ingress_c1"],
+        "only the obstacle stays"
+    );
+    assert_eq!(ingress_link(&pin_dir, "c0")?, None, "c0 detached again");
+    Ok(())
+}
+
+#[test]
+fn a_link_left_on_a_renamed_interface_is_replaced_not_taken_over() -> Result<()> {
+    let s = Scenario::start(1, &flags(&["--fail-mode", "closed"]))?;
+    let old_prog = s.daemon.prog_id;
+    let pin_dir = s.bpffs.pin_dir();
+    let (old_link, _) = ingress_link(&pin_dir, "c0")?.expect("c0 is guarded");
+    let (stopped, _nginx, topo, _bpffs) = s.stop()?;
+    assert!(stopped.status.success());
+    assert!(program_loaded(old_prog), "closed: still attached");
+    // The interface is renamed and a new one takes its name.
+    topo.server.ip(&["link", "set", "c0", "down"])?;
+    topo.server.ip(&["link", "set", "c0", "name", "c0old"])?;
+    topo.server.ip(&["link", "set", "c0old", "up"])?;
+    // (A veth pair: this kernel may have no dummy interfaces.)
+    topo.server.ip(&[
+        "link", "add", "c0", "type", "veth", "peer", "name", "c0peer",
+    ])?;
+    let daemon = Daemon::start(
+        &topo.server,
+        &[
+            "run",
+            "--iface",
+            "c0",
+            "--port",
+            "8080",
+            "--pin-dir",
+            pin_dir.to_str().unwrap(),
+        ]
+        .map(String::from),
+    )?;
+    assert!(
+        daemon.stderr().contains("replacing a stale pinned link"),
+        "{}",
+        daemon.stderr()
+    );
+    assert!(
+        program_unloaded(old_prog),
+        "the renamed interface's link went"
+    );
+    let (new_link, prog) = ingress_link(&pin_dir, "c0")?.expect("c0 is guarded");
+    assert_ne!(
+        new_link, old_link,
+        "a new link, not the renamed interface's"
+    );
+    assert_eq!(prog, u64::from(daemon.prog_id));
+    Ok(())
+}

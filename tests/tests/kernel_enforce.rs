@@ -396,6 +396,9 @@ fn fail_open_lets_drops_through_once_the_heartbeat_is_stale() {
         "2",
         "--deny",
         "198.18.9.0/24",
+        // Over the limit once, blocked: a stalled test never sees a refill.
+        "--block-for",
+        "1h",
         "--heartbeat-timeout",
         "2s",
     ];
@@ -408,7 +411,7 @@ fn fail_open_lets_drops_through_once_the_heartbeat_is_stale() {
     assert_eq!(requests(&h, denied, 2), 2);
     assert_eq!(counter(&h, Kind::Requests, Verdict::FailedOpen), 7);
     // Still judged and counted as what they would have been.
-    assert_eq!(counter(&h, Kind::Requests, Verdict::RateLimited), 3 + 5);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::Blocked), 2 + 5);
     assert_eq!(counter(&h, Kind::Requests, Verdict::Denied), 4);
     // A beat inside the timeout: enforcing again.
     h.datapath.beat(monotonic_ns() - 1_000_000_000).unwrap();

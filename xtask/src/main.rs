@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | build | run | test`. Every task runs setup
-//! first, so a fresh machine needs nothing by hand.
+//! Project tasks: `cargo xtask setup | build | run | demo | test`. Every task runs
+//! setup first, so a fresh machine needs nothing by hand.
 
+mod demo;
 mod setup;
 mod test;
 
@@ -36,6 +37,20 @@ enum Task {
         /// Arguments for api-guard.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// A live demo: nginx and three clients (good, abusive, without credentials)
+    /// in network namespaces, the daemon enforcing, `api-guard top` for a minute.
+    Demo {
+        /// How long the clients run.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        seconds: u64,
+        /// Fail unless the abusive client was limited, the good one got every
+        /// answer and the one without credentials was flagged (for CI).
+        #[arg(long)]
+        check: bool,
+        /// Release builds of the daemon and the demo (debug by default, as `build`).
+        #[arg(long)]
+        release: bool,
     },
     /// Benchmarks K1–K5 (release build); rewrites BENCHMARKS.md.
     Bench {
@@ -76,6 +91,12 @@ fn main() -> ExitCode {
 }
 
 fn run(task: Task) -> Result<ExitCode> {
+    if let Task::Demo { seconds, .. } = task {
+        demo::step(
+            1,
+            &format!("setup: the toolchain, packages and kernel pieces (then a {seconds} s demo)"),
+        );
+    }
     setup::setup()?;
     match task {
         Task::Setup => {
@@ -94,6 +115,11 @@ fn run(task: Task) -> Result<ExitCode> {
                 .with_context(|| format!("cannot run {}", bin.display()))?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
         }
+        Task::Demo {
+            seconds,
+            check,
+            release,
+        } => demo::demo(seconds, check, release),
         Task::Bench { quick, only } => {
             test::bench(quick, only.as_deref())?;
             Ok(ExitCode::SUCCESS)
