@@ -49,8 +49,44 @@ pub fn exit_code(err: &anyhow::Error) -> ExitCode {
         .map_or(ExitCode::Runtime, |f| f.code)
 }
 
-/// One line for the operator: the whole cause chain, outermost first.
+/// One line for the operator: the whole cause chain, outermost first. A cause
+/// that spans lines (a verifier log runs to thousands) keeps its first line and
+/// its last two, where the verifier states what it refused.
 pub fn one_line(err: &anyhow::Error) -> String {
-    let parts: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+    let parts: Vec<String> = err.chain().map(|e| squeeze(&e.to_string())).collect();
     parts.join(": ")
+}
+
+fn squeeze(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [first, .., a, b] if lines.len() > 3 => format!("{first} … {a} | {b}"),
+        all => all.join(" | "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verifier_log_becomes_one_line() {
+        let log = "the kernel rejected the ingress program: Verifier output:\n0: (bf) r6 = r1\n\n1: ...\n500: R1 pointer arithmetic prohibited\nprocessed 500 insns\n";
+        let err = anyhow::Error::new(Failure::new(ExitCode::Environment, log)).context("load");
+        let line = one_line(&err);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.starts_with("load: the kernel rejected"), "{line}");
+        assert!(
+            line.ends_with("R1 pointer arithmetic prohibited | processed 500 insns"),
+            "{line}"
+        );
+        assert_eq!(squeeze("a\nb"), "a | b");
+        assert_eq!(squeeze("plain"), "plain");
+    }
 }

@@ -15,6 +15,7 @@ use crate::failure::{ExitCode, Failure};
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Effective capabilities of this process, from /proc/self/status.
@@ -26,17 +27,19 @@ fn effective_caps() -> Option<u64> {
 
 fn has_caps(caps: u64) -> bool {
     let has = |cap: u32| caps & (1 << cap) != 0;
-    has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))
+    has(CAP_NET_ADMIN) && ((has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN))
 }
 
-/// Loading and attaching TC programs needs CAP_NET_ADMIN and CAP_BPF (or
-/// CAP_SYS_ADMIN on older kernels); root has them all.
+/// Attaching TC programs needs CAP_NET_ADMIN; loading them CAP_BPF, and
+/// CAP_PERFMON because they do pointer arithmetic on packets, which the
+/// verifier refuses to programs without it (CAP_SYS_ADMIN covers both). Root has
+/// them all.
 pub fn check_privileges() -> Result<()> {
     match effective_caps() {
         Some(caps) if has_caps(caps) => Ok(()),
         _ => Err(Failure::new(
             ExitCode::Privilege,
-            "api-guard needs root (or CAP_BPF and CAP_NET_ADMIN) to load its kernel programs",
+            "api-guard needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) to load its kernel programs",
         )
         .into()),
     }
@@ -248,7 +251,10 @@ mod tests {
     #[test]
     fn capability_sets() {
         assert!(has_caps(u64::MAX));
-        assert!(has_caps((1 << CAP_NET_ADMIN) | (1 << CAP_BPF)));
+        assert!(has_caps(
+            (1 << CAP_NET_ADMIN) | (1 << CAP_BPF) | (1 << CAP_PERFMON)
+        ));
+        assert!(!has_caps((1 << CAP_NET_ADMIN) | (1 << CAP_BPF)));
         assert!(has_caps((1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN)));
         assert!(!has_caps(1 << CAP_BPF));
         assert!(!has_caps(1 << CAP_NET_ADMIN));
