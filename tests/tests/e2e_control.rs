@@ -280,3 +280,22 @@ fn json_logs_are_one_object_per_line() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn bpffs_is_mounted_for_the_user_when_absent() -> Result<()> {
+    // `ip netns exec` gives the daemon a /sys of its own, without bpffs: with
+    // the default --pin-dir it mounts one there (gone with its mount namespace).
+    let topo = api_guard_tests::netns::Topology::new(1)?;
+    let daemon = api_guard_tests::daemon::Daemon::start(
+        &topo.server,
+        &["run", "--iface", "c0", "--port", "8080"].map(String::from),
+    )?;
+    assert!(
+        daemon.stderr().contains("mounted bpffs at /sys/fs/bpf"),
+        "{}",
+        daemon.stderr()
+    );
+    let stopped = daemon.stop()?;
+    assert!(stopped.status.success(), "{stopped:?}");
+    Ok(())
+}

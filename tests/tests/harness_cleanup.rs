@@ -9,7 +9,7 @@ use std::{
 
 use api_guard_tests::{
     bpffs::BpfFs,
-    daemon::{Daemon, program_loaded},
+    daemon::{Daemon, program_unloaded},
     netns::Topology,
     nginx::Nginx,
 };
@@ -77,7 +77,7 @@ fn a_failing_test_leaves_nothing_behind() {
         assert!(!alive(*pid), "process {pid} left behind");
     }
     assert!(
-        !program_loaded(seen.prog_id),
+        program_unloaded(seen.prog_id),
         "BPF program {} left behind",
         seen.prog_id
     );

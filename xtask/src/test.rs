@@ -55,10 +55,19 @@ pub fn test(filter: Option<&str>) -> Result<()> {
 fn without_leftovers(what: &str, task: impl FnOnce() -> Result<()>) -> Result<()> {
     let before = leftovers();
     let result = task();
-    let new: Vec<String> = leftovers()
-        .into_iter()
-        .filter(|l| !before.contains(l))
-        .collect();
+    let since = || -> Vec<String> {
+        leftovers()
+            .into_iter()
+            .filter(|l| !before.contains(l))
+            .collect()
+    };
+    let mut new = since();
+    if !new.is_empty() {
+        // The kernel frees a detached program (and a lazily unmounted bpffs)
+        // from a work queue: give it a moment before calling anything a leak.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        new = since();
+    }
     if !new.is_empty() {
         for l in &new {
             eprintln!("xtask: left behind by {what}: {l}");
@@ -146,7 +155,8 @@ pub fn fuzz(seconds: u64) -> Result<()> {
     )
 }
 
-/// Namespaces, mounts, processes and BPF programs that only the tests create.
+/// Namespaces, mounts, cgroups, processes and BPF programs that only the tests
+/// create.
 fn leftovers() -> Vec<String> {
     let mut found = Vec::new();
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
@@ -181,14 +191,32 @@ fn leftovers() -> Vec<String> {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
             let is_daemon = argv.first().is_some_and(|a| a.ends_with("/api-guard"));
-            let is_harness_nginx = argv.first().is_some_and(|a| a.contains("nginx"))
-                && argv.iter().any(|a| a.contains(PREFIX));
-            if is_daemon || is_harness_nginx {
+            // nginx, Prometheus, a booted systemd: the harness names their
+            // directories, namespaces or cgroups with the prefix.
+            let is_harness_child = !argv.first().is_some_and(|a| a.contains("cargo"))
+                && argv.iter().skip(1).any(|a| a.contains(PREFIX));
+            let in_harness_cgroup =
+                fs::read_to_string(p.path().join("cgroup")).is_ok_and(|c| c.contains(PREFIX));
+            if is_daemon || is_harness_child || in_harness_cgroup {
                 found.push(format!(
                     "process {} ({})",
                     p.file_name().to_string_lossy(),
                     argv.join(" ")
                 ));
+            }
+        }
+    }
+    for cgroup2 in fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| f[1].to_string())
+        })
+    {
+        for entry in fs::read_dir(&cgroup2).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(PREFIX) {
+                found.push(format!("cgroup {}", entry.path().display()));
             }
         }
     }
