@@ -4,7 +4,7 @@
 use anyhow::Result;
 use api_guard_tests::{
     client::{Connections, Opts, curl, url},
-    daemon::program_loaded,
+    daemon::{program_loaded, program_unloaded},
     scenario::{API, OTHER, Scenario},
 };
 
@@ -35,7 +35,7 @@ fn count(ipv6: bool, port: u16, n: usize, mode: Connections) -> Result<u64> {
     let (stopped, ..) = s.stop()?;
     assert!(stopped.status.success(), "daemon exit: {stopped:?}");
     assert!(
-        !program_loaded(prog_id),
+        program_unloaded(prog_id),
         "the ingress program outlived the daemon"
     );
     let requests = stopped.requests_from(&key)?;
@@ -87,7 +87,7 @@ fn sigint_also_stops_cleanly() -> Result<()> {
     assert!(program_loaded(prog_id));
     let stopped = s.daemon.stop_with(libc::SIGINT)?;
     assert!(stopped.status.success(), "{stopped:?}");
-    assert!(!program_loaded(prog_id));
+    assert!(program_unloaded(prog_id));
     assert!(stopped.stderr.contains("SIGINT"));
     Ok(())
 }
