@@ -155,7 +155,8 @@ pub fn top(pin_dir: &Path, opts: &TopOptions, out: &mut impl Write) -> Result<()
     let mut before = Snapshot::take(&maps)?;
     loop {
         thread::sleep(opts.interval);
-        if !crate::pins::daemon_running(pin_dir) {
+        let holder = crate::pins::holder(pin_dir);
+        if holder == crate::pins::Holder::Nobody {
             // On stderr with exit code 5, so a JSON stream stays JSON.
             return Err(Failure::new(
                 ExitCode::NotRunning,
@@ -164,7 +165,8 @@ pub fn top(pin_dir: &Path, opts: &TopOptions, out: &mut impl Write) -> Result<()
             .into());
         }
         let now = Snapshot::take(&maps)?;
-        let frame = top_frame(&maps, &before, &now, opts.n)?;
+        let mut frame = top_frame(&maps, &before, &now, opts.n)?;
+        frame["daemon_running"] = (holder == crate::pins::Holder::Daemon).into();
         if opts.json {
             writeln!(out, "{frame}")?;
         } else {
@@ -263,6 +265,12 @@ fn render_top(frame: &Value, opts: &TopOptions, out: &mut impl Write) -> Result<
         humantime::format_duration(opts.interval),
         if opts.once { "" } else { " (Ctrl-C quits)" }
     )?;
+    if frame["daemon_running"] == false {
+        writeln!(
+            out,
+            "no daemon: the programs a stopped daemon left attached act on their own"
+        )?;
+    }
     let per_verdict: Vec<String> = VERDICTS
         .iter()
         .filter(|v| **v != Verdict::Passed && **v != Verdict::Malformed)

@@ -325,9 +325,26 @@ pub fn detach(dir: &Path) -> Result<usize> {
     Ok(removed)
 }
 
-/// Whether a daemon holds `dir` now.
-pub fn daemon_running(dir: &Path) -> bool {
-    matches!(try_lock(&lock_path(dir)), Ok(None))
+/// Who acts on the state in a pin dir.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// A daemon holds it.
+    Daemon,
+    /// No daemon, but the programs a `--fail-mode closed` daemon left attached
+    /// keep enforcing from it.
+    Orphans,
+    Nobody,
+}
+
+/// Who acts on `dir` now.
+pub fn holder(dir: &Path) -> Holder {
+    if matches!(try_lock(&lock_path(dir)), Ok(None)) {
+        Holder::Daemon
+    } else if links(dir).is_empty() {
+        Holder::Nobody
+    } else {
+        Holder::Orphans
+    }
 }
 
 /// A running daemon's maps, opened from their pins.
@@ -346,11 +363,15 @@ impl Pinned {
                 ),
             )
         };
-        // A lock we can take is a lock no daemon holds.
-        match try_lock(&lock_path(dir)) {
-            Ok(Some(_free)) => return Err(not_running().into()),
-            Ok(None) => {}
-            Err(_) => return Err(not_running().into()),
+        match holder(dir) {
+            Holder::Daemon => {}
+            // Programs still enforce: an operator must be able to see and lift
+            // what they do without starting a daemon.
+            Holder::Orphans => tracing::warn!(
+                "no daemon is running with --pin-dir {}: acting on the programs a stopped daemon left attached",
+                dir.display()
+            ),
+            Holder::Nobody => return Err(not_running().into()),
         }
         let mut maps = HashMap::new();
         for name in PINNED {

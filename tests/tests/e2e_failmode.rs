@@ -90,6 +90,27 @@ fn closed_keeps_enforcing_after_the_daemon_stops_until_detach() -> Result<()> {
     assert_eq!(client::burst(c1, None, 2, Duration::from_millis(400))?, 2);
     assert!(!admitted(c1)?);
 
+    // No daemon, but operator commands still see and change what the programs do.
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(binary())
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .output()
+    };
+    let status = ctl(&["status", "--json"])?;
+    assert!(status.status.success(), "{status:?}");
+    assert!(String::from_utf8_lossy(&status.stderr).contains("no daemon is running"));
+    let status: Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(status["config"]["fail_mode"], "closed");
+    assert_eq!(
+        status["blocked_clients"][0]["client"], "198.18.0.2",
+        "{status}"
+    );
+    assert!(ctl(&["unblock", "198.18.0.0/24"])?.status.success());
+    thread::sleep(Duration::from_millis(1100));
+    assert!(admitted(c0)?, "unblocked without a daemon");
+
     let out = detach(&pin_dir)?;
     assert!(
         out.status.success(),
