@@ -242,7 +242,13 @@ fn top_frame(maps: &Pinned, before: &Snapshot, now: &Snapshot, n: usize) -> Resu
     Ok(json!({
         "interval_secs": round1(secs),
         "tracked_clients": now.clients.len(),
-        "blocked_clients": now.clients.values().filter(|s| s.blocked_until_ns > mono).count(),
+        "blocked_clients": now
+            .clients
+            .iter()
+            .filter(|(addr, st)| {
+                st.blocked_until_ns > mono || blocks.iter().any(|(net, _)| net.contains(*addr))
+            })
+            .count(),
         "fail_mode": if cfg.heartbeat_timeout_ns == 0 { "closed" } else { "open" },
         "dry_run": cfg.has(flags::DRY_RUN),
         "requests_per_second": verdicts,
