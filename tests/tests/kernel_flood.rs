@@ -50,7 +50,30 @@ fn a_million_spoofed_sources_leave_the_map_bounded_and_the_legitimate_client_ser
             legit_ok += (h.run(&legit_frame).unwrap() == TC_ACT_PIPE) as u32;
         }
     }
-    let tracked = h.datapath.clients().unwrap().len() as u64;
+    let clients = h.datapath.clients().unwrap();
+    let tracked = clients.len() as u64;
+    // The batch walk and the entry-by-entry one read the same table (nothing
+    // runs the program between them).
+    let key = |c: &api_guard::maps::Client| (c.addr, c.state.requests, c.state.connections);
+    let mut batch: Vec<_> = clients.iter().map(key).collect();
+    let mut one_by_one: Vec<_> = h
+        .datapath
+        .clients_one_by_one()
+        .unwrap()
+        .iter()
+        .map(key)
+        .collect();
+    batch.sort();
+    one_by_one.sort();
+    assert!(
+        batch.len() > MAP as usize * 9 / 10,
+        "a full map: {}",
+        batch.len()
+    );
+    assert!(
+        batch == one_by_one,
+        "the batch walk reads every client once"
+    );
     let created = h.datapath.event(Event::ClientsCreated).unwrap();
     assert!(
         tracked <= u64::from(MAP),

@@ -941,6 +941,7 @@ fn k5(o: &Options, rss_kb: &[f64]) -> Result<Section> {
     let repeat = 1_000_000;
     let get = packet::v4(&Tcp::data(API, GET));
     let mut per_size = Vec::new();
+    let mut walks = Vec::new();
     for &size in sizes {
         let mut h = Harness::load(
             &LoadOptions {
@@ -957,6 +958,26 @@ fn k5(o: &Options, rss_kb: &[f64]) -> Result<Section> {
             h.run(&packet::from(src, &Tcp::data(API, GET)))?;
         }
         let tracked = h.datapath.clients()?.len();
+        // What a scrape, `top` and `status` pay: the whole client map read,
+        // entry by entry and in batches, interleaved.
+        let (mut one_ms, mut batch_ms, mut speedup) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            h.datapath.clients_one_by_one()?;
+            let one = t.elapsed().as_secs_f64() * 1e3;
+            let t = std::time::Instant::now();
+            h.datapath.clients()?;
+            let batch = t.elapsed().as_secs_f64() * 1e3;
+            one_ms.push(one);
+            batch_ms.push(batch);
+            speedup.push(one / batch.max(1e-6));
+        }
+        walks.push((
+            size,
+            Stat::of(one_ms),
+            Stat::of(batch_ms),
+            Stat::of(speedup),
+        ));
         let mut floor_h = Harness::new(&[API])?;
         let floor = floor_h.datapath.floor()?;
         // Interleaved: the floor and the case back to back in each run.
@@ -984,6 +1005,18 @@ fn k5(o: &Options, rss_kb: &[f64]) -> Result<Section> {
             target: Some(("flat within 20%".into(), ratio.median / base <= 1.2)),
         })
         .collect();
+    // (Ten clients read in microseconds: nothing to compare.)
+    for (size, one, batch, speedup) in walks.iter().filter(|w| w.0 >= 10_000) {
+        rows.push(Row {
+            case: format!("reading the whole client map, {size} clients (scrape, top, status)"),
+            figures: vec![
+                ("ms entry by entry".into(), one.show(1)),
+                ("ms in batches".into(), batch.show(1)),
+                ("× faster".into(), speedup.show(1)),
+            ],
+            target: None,
+        });
+    }
     rows.push(Row {
         case: "kernel memory per tracked client".into(),
         figures: vec![(
