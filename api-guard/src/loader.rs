@@ -79,7 +79,11 @@ impl Datapath {
         let mut ebpf = loader.load(OBJECT).map_err(|e| {
             Failure::new(
                 ExitCode::Environment,
-                format!("cannot load the BPF programs (is BPF enabled in this kernel?): {e}"),
+                // With its causes: "failed to create map" alone hides an EPERM.
+                format!(
+                    "cannot load the BPF programs (is BPF enabled in this kernel?): {:#}",
+                    anyhow::Error::new(e)
+                ),
             )
         })?;
         // Before any program is verified against the maps.

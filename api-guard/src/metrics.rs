@@ -256,9 +256,14 @@ impl KernelCollector {
     }
 }
 
+/// Moves a counter up to `value`, never down: a derived count (evictions are
+/// created − tracked, read in two steps) may dip for a moment, and a dip would
+/// read as a counter reset to Prometheus.
 fn set_counter(c: &IntCounter, value: u64) {
-    c.reset();
-    c.inc_by(value);
+    let now = c.get();
+    if value > now {
+        c.inc_by(value - now);
+    }
 }
 
 impl Collector for KernelCollector {

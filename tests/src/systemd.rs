@@ -131,7 +131,7 @@ impl Systemd {
         cmd.args([
             "-c",
             "echo $$ > \"$AGT_CGROUP/cgroup.procs\" && exec ip netns exec \"$AGT_NETNS\" \
-             unshare --pid --fork --kill-child --mount --mount-proc --cgroup \
+             unshare --pid --fork --kill-child --mount --mount-proc --cgroup --uts --ipc \
              sh -c \"$AGT_BOOT\"",
         ])
         .env("AGT_CGROUP", &cgroup)
@@ -268,6 +268,13 @@ for d in /tmp /var /usr/local /etc/default /etc/systemd/system /usr/lib/systemd/
     if [ -d "$d" ]; then mount -t tmpfs -o mode=0755 tmpfs "$d"; fi
 done
 chmod 1777 /tmp
+# PID 1 tunes global sysctls (fs.file-max, fs.nr_open) and may write
+# /etc/machine-id: neither may reach the host. The UTS namespace keeps the
+# hostname its own.
+mount --bind /proc/sys /proc/sys
+mount -o remount,bind,ro /proc/sys
+cp /etc/machine-id /run/agt-machine-id
+mount --bind -o ro /run/agt-machine-id /etc/machine-id
 mkdir -p /var/tmp /var/log /var/lib /usr/local/bin
 chmod 1777 /var/tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup

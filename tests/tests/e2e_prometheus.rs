@@ -122,7 +122,7 @@ fn the_dashboard_and_alerts_work_on_live_data() -> Result<()> {
             "--burst",
             "5",
             "--block-for",
-            "60s",
+            "5m",
             "--require-auth",
             "log",
         ],

@@ -118,6 +118,19 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS in /proc/PID/status")
 }
 
+/// Frames the veth pair of client 0 dropped on the way (a full backlog on a
+/// busy machine): the sender's tx_dropped and the server side's rx_dropped.
+fn link_drops(s: &Scenario) -> Result<u64> {
+    let stat = |ns: &Netns, dev: &str, what: &str| -> Result<u64> {
+        Ok(ns
+            .exec("cat", &[&format!("/sys/class/net/{dev}/statistics/{what}")])?
+            .trim()
+            .parse()?)
+    };
+    Ok(stat(&s.client(0).ns, "eth0", "tx_dropped")?
+        + stat(&s.topo.server, &s.topo.server_ifaces[0], "rx_dropped")?)
+}
+
 /// A counter of the server namespace's TCP stack (`/proc/net/snmp`, "Tcp:" lines).
 fn tcp_stat(server: &Netns, name: &str) -> Result<u64> {
     let snmp = server.exec("cat", &["/proc/net/snmp"])?;
@@ -178,6 +191,7 @@ fn a_spoofed_flood_leaves_the_map_and_the_daemon_bounded_and_the_legitimate_clie
         .to_string();
     let pid = s.daemon.pid();
     let csum_errors_before = tcp_stat(&s.topo.server, "InCsumErrors")?;
+    let drops_before = link_drops(&s)?;
     let rss_start = rss_kib(pid)?;
 
     let stop = AtomicBool::new(false);
@@ -312,15 +326,16 @@ fn a_spoofed_flood_leaves_the_map_and_the_daemon_bounded_and_the_legitimate_clie
         "visits unaccounted for: {created} created + {refused} refused + {tracked} tracked < {visits}"
     );
     // Nothing is lost between the sender and the kernel program beyond what the
-    // sender saw refused; allow 5% for the interface's own drops.
+    // veth pair counted as dropped (a full backlog on a busy machine), and 1%.
+    let dropped = link_drops(&s)? - drops_before;
     assert!(
-        requests >= total.requests * 95 / 100,
-        "requests counted: {requests} of {} sent",
+        requests + dropped >= total.requests * 99 / 100,
+        "requests counted: {requests} of {} sent ({dropped} frames dropped on the link)",
         total.requests
     );
     assert!(
-        connections >= total.syns * 95 / 100,
-        "connections counted: {connections} of {} SYNs sent",
+        connections + dropped >= total.syns * 99 / 100,
+        "connections counted: {connections} of {} SYNs sent ({dropped} frames dropped on the link)",
         total.syns
     );
 

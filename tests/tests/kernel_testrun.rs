@@ -448,3 +448,68 @@ fn every_truncation_of_every_shape_is_judged_without_error() {
     }
     assert!(judged > 300, "{judged}");
 }
+
+/// Drops `caps` from this thread's effective set (capabilities are per thread).
+fn drop_caps(caps: &[u32]) -> anyhow::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const V3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: V3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget fills two Data for a V3 header; both outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    anyhow::ensure!(rc == 0, "capget: {}", std::io::Error::last_os_error());
+    for cap in caps {
+        data[(cap / 32) as usize].effective &= !(1 << (cap % 32));
+    }
+    // SAFETY: as above; capset only reads them, and changes this thread alone.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    anyhow::ensure!(rc == 0, "capset: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// Loads the programs on a thread without `caps`: the kernel's answer, not
+/// api-guard's preflight.
+fn load_without(caps: &'static [u32]) -> anyhow::Result<()> {
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        drop_caps(caps)?;
+        api_guard::loader::Datapath::load(&api_guard::loader::LoadOptions::default())?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the loading thread panicked"))?
+}
+
+#[test]
+fn the_kernel_refuses_the_programs_without_cap_bpf_or_cap_perfmon() {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    // CAP_SYS_ADMIN stands in for both, so it goes too; with BPF and PERFMON
+    // left, the programs load.
+    load_without(&[CAP_SYS_ADMIN]).unwrap();
+    let no_bpf = load_without(&[CAP_SYS_ADMIN, CAP_BPF]).unwrap_err();
+    assert!(
+        format!("{no_bpf:#}").contains("not permitted"),
+        "{no_bpf:#}"
+    );
+    // Without CAP_PERFMON the verifier refuses the packet pointer arithmetic.
+    let no_perfmon = load_without(&[CAP_SYS_ADMIN, CAP_PERFMON]).unwrap_err();
+    assert!(
+        format!("{no_perfmon:#}").contains("rejected"),
+        "{no_perfmon:#}"
+    );
+}

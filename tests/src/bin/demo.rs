@@ -91,10 +91,20 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
+/// Tells the client threads to stop when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// SIGINT and SIGTERM set `INTERRUPTED` instead of ending the process, so that
 /// the guards drop and clean up.
 fn catch_signals() -> Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    // SIGHUP too: a closed terminal must still clean up.
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: a zeroed sigaction is valid; the handler only stores to an
         // atomic, which is async-signal-safe.
         let rc = unsafe {
@@ -335,6 +345,9 @@ fn run(args: &Args) -> Result<Outcome> {
                 (role, h)
             })
             .collect();
+        // However the view ends, a panic included, the clients stop: the scope
+        // joins them before anything unwinds further.
+        let _stop_clients = StopOnDrop(&clients_stop);
         let view = LiveView {
             tty,
             header: &header,
@@ -500,7 +513,7 @@ fn paced(
 /// one batch after the other, until told to stop.
 fn flood(c: &Client, tally: &Mutex<Tally>, stop: &AtomicBool) -> Result<()> {
     let target = url(c.server4.into(), API, Role::Abusive.path());
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.load(Ordering::SeqCst) && !interrupted() {
         let mut cmd = curl(&c.ns, Role::Abusive, "2");
         cmd.args([
             "-Z",

@@ -50,6 +50,34 @@ fn main() {
 
 fn run() -> Result<String> {
     let args = parse_args(std::env::args().skip(1))?;
+    // Spoofed frames belong on a test's own links: only from a namespace the
+    // harness made (named agt-…), and only onto a virtual interface (a veth),
+    // never a NIC that reaches a real network.
+    use std::os::unix::fs::MetadataExt as _;
+    let me = fs::metadata("/proc/self/ns/net")?;
+    let in_test_ns = fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(api_guard_tests::PREFIX)
+        })
+        .filter_map(|e| fs::metadata(e.path()).ok())
+        .any(|m| (m.dev(), m.ino()) == (me.dev(), me.ino()));
+    ensure!(
+        in_test_ns,
+        "refusing to send outside a test's network namespace (run it with ip netns exec {}…)",
+        api_guard_tests::PREFIX
+    );
+    let sys = fs::canonicalize(format!("/sys/class/net/{}", args.iface))
+        .with_context(|| format!("no interface {}", args.iface))?;
+    ensure!(
+        sys.starts_with("/sys/devices/virtual/"),
+        "refusing to send on {}: not a virtual interface",
+        args.iface
+    );
     let src_mac = parse_mac(
         fs::read_to_string(format!("/sys/class/net/{}/address", args.iface))
             .with_context(|| format!("no interface {}", args.iface))?
@@ -72,7 +100,7 @@ fn run() -> Result<String> {
             let src = Ipv4Addr::from(first + i);
             // Ports and sequence numbers vary with the source and the repeat, as a
             // real flood's would.
-            let sport = 1024 + ((i + repeat * 7919) % 64_000) as u16;
+            let sport = 1024 + (i.wrapping_add(repeat.wrapping_mul(7919)) % 64_000) as u16;
             let seq = i.wrapping_mul(2_654_435_761).wrapping_add(repeat);
             let syn = Tcp {
                 sport,
