@@ -298,7 +298,7 @@ pub struct RunArgs {
     pub pins: PinArgs,
 
     /// cgroup v2 directory for the connection tracker (--max-conns) [default: the
-    /// cgroup v2 root, found in /proc/mounts].
+    /// cgroup v2 root, found in /proc/self/mounts].
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 }

@@ -271,9 +271,14 @@ impl PinDir {
                 ),
             )
         })?;
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the pin dir {}", dir.display()))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        let unusable = |e: std::io::Error| {
+            Failure::new(
+                ExitCode::Environment,
+                format!("cannot use the pin dir {}: {e}", dir.display()),
+            )
+        };
+        fs::create_dir_all(dir).map_err(unusable)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(unusable)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             _lock: lock,

@@ -143,7 +143,7 @@ impl Cgroup2 {
 
     /// Finds the cgroup v2 mount, or mounts the hierarchy at a private directory.
     pub fn find_or_mount() -> Result<Self> {
-        let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         if let Some(dir) = cgroup2_in(&mounts) {
             return Ok(Cgroup2::Mounted(dir));
         }
