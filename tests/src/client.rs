@@ -199,3 +199,31 @@ fn wrk_ms(v: &str) -> Option<f64> {
     };
     Some(num.parse::<f64>().ok()? * scale)
 }
+
+/// How long the limit tests wait for an answer: an over-limit request's
+/// retransmission at 200 ms cannot meet a refill at 1/s.
+pub const LIMIT_WAIT: Duration = Duration::from_millis(400);
+
+/// `n` new connections at once from `c` to the API port; how many were
+/// answered within [`LIMIT_WAIT`].
+pub fn answered(c: &crate::netns::Client, n: usize) -> Result<usize> {
+    burst(c, None, n, LIMIT_WAIT)
+}
+
+/// Uses up `c`'s connection burst of `n` one connection at a time, each
+/// answered (a block drops everything, so a sibling still in its handshake
+/// would be caught by it), then checks that the next one is not: with
+/// `--block-for`, `c` is now blocked.
+pub fn exhaust_conn_burst(c: &crate::netns::Client, n: usize) -> Result<()> {
+    for i in 0..n {
+        anyhow::ensure!(
+            answered(c, 1)? == 1,
+            "connection {i} of the burst was refused"
+        );
+    }
+    anyhow::ensure!(
+        answered(c, 1)? == 0,
+        "a connection over the burst was answered"
+    );
+    Ok(())
+}

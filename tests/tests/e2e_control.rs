@@ -4,13 +4,12 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use api_guard_tests::{bpffs::BpfFs, client, daemon::binary, netns::Client, scenario::Scenario};
-
-/// `n` new connections at once; how many were answered within 400 ms (an
-/// over-limit request's retransmission at 200 ms cannot meet a refill at 1/s).
-fn burst(c: &Client, n: usize) -> Result<usize> {
-    client::burst(c, None, n, Duration::from_millis(400))
-}
+use api_guard_tests::{
+    bpffs::BpfFs,
+    client::{answered, exhaust_conn_burst},
+    daemon::binary,
+    scenario::Scenario,
+};
 
 fn ok(out: &std::process::Output) -> String {
     assert!(
@@ -26,12 +25,12 @@ fn ok(out: &std::process::Output) -> String {
 fn block_unblock_and_limit_change_a_live_daemon() -> Result<()> {
     let s = Scenario::start(2, &[])?;
     let (c0, c1) = (s.client(0), s.client(1));
-    assert_eq!(burst(c0, 3)?, 3);
+    assert_eq!(answered(c0, 3)?, 3);
 
     let out = ok(&s.ctl(&["block", "198.18.0.2", "--for", "10m"])?);
     assert!(out.contains("blocked 198.18.0.2/32"), "{out}");
-    assert_eq!(burst(c0, 3)?, 0, "blocked on the next packet");
-    assert_eq!(burst(c1, 3)?, 3, "others untouched");
+    assert_eq!(answered(c0, 3)?, 0, "blocked on the next packet");
+    assert_eq!(answered(c1, 3)?, 3, "others untouched");
     let status: serde_json::Value = serde_json::from_str(&ok(&s.ctl(&["status", "--json"])?))?;
     assert_eq!(status["blocked_networks"][0]["network"], "198.18.0.2/32");
     assert!(
@@ -43,14 +42,14 @@ fn block_unblock_and_limit_change_a_live_daemon() -> Result<()> {
 
     ok(&s.ctl(&["unblock", "198.18.0.0/24"])?);
     ok(&s.ctl(&["unblock", "198.18.0.2"])?);
-    assert_eq!(burst(c0, 3)?, 3, "unblocked on the next packet");
+    assert_eq!(answered(c0, 3)?, 3, "unblocked on the next packet");
 
     let out = ok(&s.ctl(&["limit", "198.18.1.0/24", "--rate", "1", "--burst", "2"])?);
     assert!(out.contains("limited 198.18.1.0/24"), "{out}");
-    assert_eq!(burst(c1, 5)?, 2, "the new limit bites");
-    assert_eq!(burst(c0, 5)?, 5, "only on that network");
+    assert_eq!(answered(c1, 5)?, 2, "the new limit bites");
+    assert_eq!(answered(c0, 5)?, 5, "only on that network");
     ok(&s.ctl(&["limit", "--remove", "198.18.1.0/24"])?);
-    assert_eq!(burst(c1, 5)?, 5, "the limit is gone");
+    assert_eq!(answered(c1, 5)?, 5, "the limit is gone");
 
     let status: serde_json::Value = serde_json::from_str(&ok(&s.ctl(&["status", "--json"])?))?;
     assert_eq!(status["clients"]["tracked"], 2);
@@ -83,20 +82,15 @@ fn unblock_lifts_an_automatic_block_and_top_shows_the_busiest() -> Result<()> {
         ],
     )?;
     let c0 = s.client(0);
-    // One connection at a time: a block drops everything, so a connection still
-    // in its handshake when a sibling goes over would be caught by it too.
-    for _ in 0..3 {
-        assert_eq!(burst(c0, 1)?, 1);
-    }
-    assert_eq!(burst(c0, 1)?, 0, "over the connection rate: blocked");
-    assert_eq!(burst(c0, 1)?, 0, "and still blocked");
+    exhaust_conn_burst(c0, 3)?;
+    assert_eq!(answered(c0, 1)?, 0, "and still blocked");
     let status: serde_json::Value = serde_json::from_str(&ok(&s.ctl(&["status", "--json"])?))?;
     assert_eq!(status["blocked_clients"][0]["client"], "198.18.0.2");
     let out = ok(&s.ctl(&["unblock", "198.18.0.0/24"])?);
     assert!(out.contains("1 client block(s) lifted"), "{out}");
     // The bucket refills at 1/s; the block, not the bucket, stopped the client.
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(burst(c0, 1)?, 1);
+    assert_eq!(answered(c0, 1)?, 1);
 
     // top --once: the busy client first. It samples for a second while
     // traffic flows.
@@ -105,7 +99,7 @@ fn unblock_lifts_an_automatic_block_and_top_shows_the_busiest() -> Result<()> {
         let json = scope.spawn(|| s.ctl(&["top", "--once", "--json", "-n", "5"]));
         let text = scope.spawn(|| s.ctl(&["top", "--once", "-n", "5"]));
         for _ in 0..3 {
-            let _ = burst(busy, 3);
+            let _ = answered(busy, 3);
         }
         (json.join().unwrap(), text.join().unwrap())
     });
@@ -249,14 +243,14 @@ fn pins_are_root_only_and_commands_need_privilege() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("needs root"), "{stderr}");
-    assert_eq!(burst(s.client(0), 2)?, 2, "nothing was blocked");
+    assert_eq!(answered(s.client(0), 2)?, 2, "nothing was blocked");
     Ok(())
 }
 
 #[test]
 fn json_logs_are_one_object_per_line() -> Result<()> {
     let s = Scenario::start(1, &["--log-format", "json", "--report-every", "1s"])?;
-    assert!(burst(s.client(0), 2)? == 2);
+    assert!(answered(s.client(0), 2)? == 2);
     std::thread::sleep(Duration::from_millis(1500));
     let (stopped, _nginx, _topo, _bpffs) = s.stop()?;
     assert!(stopped.status.success());

@@ -2,22 +2,13 @@
 //! stopped (SIGTERM) or died (SIGKILL) adopts its buckets, blocks, limits and
 //! counters, with no second attachment; `detach` clears that state.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use api_guard_tests::{
-    client,
+    client::{answered, exhaust_conn_burst},
     daemon::{program_loaded, program_unloaded},
-    netns::Client,
     scenario::Scenario,
 };
 use serde_json::Value;
-
-/// `n` new connections at once; how many were answered within 400 ms (an
-/// over-limit request's retransmission at 200 ms cannot meet a refill at 1/s).
-fn burst(c: &Client, n: usize) -> Result<usize> {
-    client::burst(c, None, n, Duration::from_millis(400))
-}
 
 fn status(s: &Scenario) -> Result<Value> {
     let out = s.ctl(&["status", "--json"])?;
@@ -75,10 +66,7 @@ fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
         ],
     )?;
     let c0 = s.client(0);
-    for _ in 0..3 {
-        assert_eq!(burst(c0, 1)?, 1);
-    }
-    assert_eq!(burst(c0, 1)?, 0, "over the connection rate: blocked");
+    exhaust_conn_burst(c0, 3)?;
     assert!(
         s.ctl(&["limit", "198.18.1.0/24", "--rate", "1", "--burst", "2"])?
             .status
@@ -165,9 +153,9 @@ fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
         "counters carried over: {before} → {after}"
     );
     assert_eq!(after["clients"]["tracked"], before["clients"]["tracked"]);
-    assert_eq!(burst(s.client(0), 1)?, 0, "still blocked");
+    assert_eq!(answered(s.client(0), 1)?, 0, "still blocked");
     assert_eq!(
-        burst(s.client(1), 5)?,
+        answered(s.client(1), 5)?,
         2,
         "the operator's limit carried over"
     );
