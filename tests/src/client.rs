@@ -51,6 +51,9 @@ pub struct Opts {
     pub max_time: Duration,
     /// Source address to send from (one of the client's addresses).
     pub source: Option<IpAddr>,
+    /// Requests per second curl paces the batch to (`--rate`), so that a
+    /// batch spans a known time rather than finishing at once.
+    pub per_second: Option<u32>,
 }
 
 impl Opts {
@@ -59,6 +62,14 @@ impl Opts {
             mode,
             max_time: Duration::from_secs(10),
             source: None,
+            per_second: None,
+        }
+    }
+
+    pub fn per_second(self, per_second: u32) -> Self {
+        Self {
+            per_second: Some(per_second),
+            ..self
         }
     }
 
@@ -79,6 +90,7 @@ impl Opts {
 pub fn curl(ns: &Netns, urls: &[String], opts: Opts) -> Result<Batch> {
     let max_time = format!("{:.3}", opts.max_time.as_secs_f64());
     let source = opts.source.map(|s| s.to_string());
+    let rate = opts.per_second.map(|r| format!("{r}/s"));
     let mut args = vec![
         "-sS",
         "--max-time",
@@ -88,6 +100,9 @@ pub fn curl(ns: &Netns, urls: &[String], opts: Opts) -> Result<Batch> {
     ];
     if let Some(s) = &source {
         args.extend(["--interface", s]);
+    }
+    if let Some(r) = &rate {
+        args.extend(["--rate", r]);
     }
     match opts.mode {
         Connections::New => args.extend(["-H", "Connection: close"]),

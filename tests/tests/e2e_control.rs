@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::Result;
 use api_guard_tests::{
     bpffs::BpfFs,
-    client::{answered, exhaust_conn_burst},
+    client::{self, answered, exhaust_conn_burst},
     daemon::binary,
-    scenario::Scenario,
+    scenario::{API, Scenario},
 };
 
 fn ok(out: &std::process::Output) -> String {
@@ -92,17 +92,25 @@ fn unblock_lifts_an_automatic_block_and_top_shows_the_busiest() -> Result<()> {
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(answered(c0, 1)?, 1);
 
-    // top --once: the busy client first. It samples for a second while
-    // traffic flows.
+    // top --once: the busy client first. It samples for a second, so the busy
+    // client sends over the whole of that second, whenever it starts: 20
+    // requests paced over 2 s on one keep-alive connection (one connection,
+    // well inside the connection limit).
     let busy = s.client(1);
-    let (json, text) = std::thread::scope(|scope| {
+    let (json, text, sent) = std::thread::scope(|scope| {
         let json = scope.spawn(|| s.ctl(&["top", "--once", "--json", "-n", "5"]));
         let text = scope.spawn(|| s.ctl(&["top", "--once", "-n", "5"]));
-        for _ in 0..3 {
-            let _ = answered(busy, 3);
-        }
-        (json.join().unwrap(), text.join().unwrap())
+        let urls: Vec<String> = (0..20)
+            .map(|i| client::url(busy.server(false), API, &format!("/busy/{i}")))
+            .collect();
+        let sent = client::curl(
+            &busy.ns,
+            &urls,
+            client::Opts::new(client::Connections::KeepAlive).per_second(10),
+        );
+        (json.join().unwrap(), text.join().unwrap(), sent)
     });
+    assert_eq!(sent?.ok(), 20, "the busy client is within its limits");
     let frame: serde_json::Value = serde_json::from_str(&ok(&json?))?;
     assert_eq!(frame["clients"][0]["client"], "198.18.1.2", "{frame}");
     assert!(frame["clients"][0]["requests_per_second"].as_f64() > Some(0.0));
