@@ -46,6 +46,10 @@ pub enum Command {
   api-guard run --iface eth0 --port 443 --rate 50 --dry-run")]
     Run(Box<RunArgs>),
     /// Show a running daemon's policy, counters, clients and blocks.
+    #[command(after_help = "Examples:
+  api-guard status
+  api-guard status --json | jq '.blocked_clients'
+  api-guard status --pin-dir /sys/fs/bpf/api-guard-staging")]
     Status {
         #[command(flatten)]
         pins: PinArgs,
@@ -75,6 +79,10 @@ pub enum Command {
         json: bool,
     },
     /// Block a network on a running daemon (every packet to the API ports dropped).
+    #[command(after_help = "Examples:
+  api-guard block 198.51.100.7
+  api-guard block 198.51.100.0/24 --for 1h
+  api-guard block 2001:db8:bad::/48")]
     Block {
         #[command(flatten)]
         pins: PinArgs,
@@ -85,6 +93,10 @@ pub enum Command {
         duration: Option<Duration>,
     },
     /// Lift a block on a running daemon: the network's, and its clients' own.
+    #[command(after_help = "Examples:
+  api-guard unblock 198.51.100.7
+  # The network's block and every --block-for block of a client inside it
+  api-guard unblock 198.51.100.0/24")]
     Unblock {
         #[command(flatten)]
         pins: PinArgs,
@@ -92,6 +104,8 @@ pub enum Command {
     },
     /// Remove a stopped daemon's pinned state (buckets, blocks, limits,
     /// counters), so the next daemon starts afresh.
+    #[command(after_help = "Examples:
+  systemctl stop api-guard && api-guard detach")]
     Detach {
         #[command(flatten)]
         pins: PinArgs,
@@ -109,6 +123,9 @@ pub enum Command {
         command: Option<String>,
     },
     /// Set (or --remove) a network's request limit on a running daemon.
+    #[command(after_help = "Examples:
+  api-guard limit 198.51.100.0/24 --rate 20 --burst 40
+  api-guard limit --remove 198.51.100.0/24")]
     Limit {
         #[command(flatten)]
         pins: PinArgs,
@@ -265,7 +282,8 @@ pub struct RunArgs {
     #[arg(
         long = "auth-header",
         value_name = "NAME",
-        help_heading = "Authentication"
+        help_heading = "Authentication",
+        value_parser = parse_header_name
     )]
     pub auth_headers: Vec<String>,
 
@@ -297,7 +315,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub pins: PinArgs,
 
-    /// cgroup v2 directory for the connection tracker (--max-conns) [default: the
+    /// cgroup v2 directory for the connection tracker (--max-conns; unused without
+    /// it, so one environment file serves both) [default: the
     /// cgroup v2 root, found in /proc/self/mounts].
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
@@ -344,13 +363,41 @@ pub fn command() -> clap::Command {
     cmd
 }
 
-/// Parses the process's arguments (and environment); exits on bad usage with
-/// clap's message and code 2.
+/// Parses the process's arguments (and environment). Help and version print
+/// as clap has them; bad usage exits 2 with one line on stderr, like every
+/// other error.
 pub fn parse() -> Cli {
     match try_parse_from(std::env::args_os()) {
         Ok(cli) => cli,
-        Err(e) => e.exit(),
+        Err(e) => match usage_error_line(&e) {
+            Some(line) => {
+                eprintln!("api-guard: error: {line}");
+                std::process::exit(crate::failure::ExitCode::Usage as i32)
+            }
+            None => e.exit(),
+        },
     }
+}
+
+/// A clap usage error squeezed to one line: its message and any tip, without
+/// the usage block (`--help` has that). `None` for help, version, and a bare
+/// `api-guard` (which shows the help).
+pub fn usage_error_line(e: &clap::Error) -> Option<String> {
+    use clap::error::ErrorKind;
+    if !e.use_stderr() || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return None;
+    }
+    let rendered = e.render().to_string();
+    let mut parts = Vec::new();
+    for (i, paragraph) in rendered.split("\n\n").enumerate() {
+        let text = paragraph.split_whitespace().collect::<Vec<_>>().join(" ");
+        if i == 0 {
+            parts.push(text.strip_prefix("error: ").unwrap_or(&text).to_owned());
+        } else if text.starts_with("tip:") {
+            parts.push(text);
+        }
+    }
+    Some(format!("{} (see --help)", parts.join("; ")))
 }
 
 /// Parses `argv` (and the environment).
@@ -428,6 +475,19 @@ impl RunArgs {
                 .map(|h| h.to_ascii_lowercase())
                 .collect()
         }
+    }
+}
+
+/// An HTTP header name (RFC 9110 token), so that a typo such as
+/// "Authorization:" cannot make every credential look missing.
+pub fn parse_header_name(s: &str) -> Result<String, String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !s.is_empty() && s.bytes().all(token) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not an HTTP header name (e.g. Authorization, X-Api-Key)"
+        ))
     }
 }
 
@@ -590,6 +650,14 @@ mod tests {
             &["--deny", "198.18.0.0/40"],
             &["--limit", "198.18.0.0/24"],
             &["--max-conns", "-1"],
+            &["--max-clients", "0"],
+            &["--conn-rate", "0"],
+            &["--capture-bytes", "0"],
+            &["--sample", "1.5"],
+            &["--sample-buffer", "5000"],
+            &["--auth-header", ""],
+            &["--auth-header", "Authorization:"],
+            &["--auth-header", "X Api Key"],
         ] {
             let mut args = vec!["--iface", "a", "--port", "80"];
             args.extend_from_slice(bad);
@@ -597,6 +665,31 @@ mod tests {
         }
         let r = run(&["--iface", "a", "--port", "80", "--burst", "5"]).unwrap();
         assert!(r.policy().is_err());
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_with_their_tip() {
+        let e = run(&["--port", "80"]).unwrap_err();
+        let line = usage_error_line(&e).unwrap();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("--iface"), "{line}");
+        assert!(!line.contains("Usage"), "{line}");
+
+        let e = try_parse_from(["api-guard", "block", "--bogus"]).unwrap_err();
+        let line = usage_error_line(&e).unwrap();
+        assert!(
+            line.contains("'--bogus'") && line.contains("; tip: "),
+            "{line}"
+        );
+
+        let help = try_parse_from(["api-guard", "run", "--help"]).unwrap_err();
+        assert_eq!(usage_error_line(&help), None, "help prints as it is");
+    }
+
+    #[test]
+    fn auth_headers_are_header_names() {
+        let r = run(&["--iface", "a", "--port", "80", "--auth-header", "X-Api-Key"]).unwrap();
+        assert_eq!(r.auth_header_names(), ["x-api-key"]);
     }
 
     #[test]

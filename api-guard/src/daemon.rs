@@ -18,7 +18,7 @@ use tokio::{
     sync::watch,
     time::{Instant, MissedTickBehavior, interval_at},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     access_log::AccessLog,
@@ -115,10 +115,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
         cookie = *netns;
     }
     datapath.apply_policy(&policy, cookie)?;
+    debug!(
+        rate = ?policy.rate,
+        burst = ?policy.burst,
+        conn_rate = ?policy.conn_rate,
+        max_conns = ?policy.max_conns,
+        allow = policy.allow.len(),
+        deny = policy.deny.len(),
+        limits = policy.limits.len(),
+        dry_run = policy.dry_run,
+        "policy written to the config maps"
+    );
     let ring = datapath.take_samples()?;
     for iface in &args.ifaces {
         let pin = crate::pins::ingress_link(pins.dir(), iface);
         let how = datapath.attach_ingress(iface, Some(&pin))?;
+        debug!(%iface, how = ?how, pin = %pin.display(), "ingress attached");
         if how == Attached::TakenOver {
             info!(%iface, "took over the pinned ingress link");
         }

@@ -3,6 +3,8 @@
 
 use proptest::prelude::*;
 
+use api_guard_common::sample::{HEADER_LEN, SampleHeader};
+
 use crate::request::{self, AuthScheme, REDACTED, redact_query};
 
 fn auth() -> Vec<String> {
@@ -83,5 +85,43 @@ proptest! {
         prop_assert!(!redacted.contains(&secret), "{}", redacted);
         let needle = format!("={REDACTED}");
         prop_assert!(redacted.contains(&needle));
+    }
+
+    /// The ring-record split, the one length-driven step before the parser:
+    /// any bytes give a header and exactly `captured` bytes inside the record,
+    /// or nothing.
+    #[test]
+    fn any_record_splits_inside_itself_or_is_refused(
+        record in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        if let Some((hdr, data)) = SampleHeader::parse(&record) {
+            prop_assert_eq!(data.len(), hdr.captured as usize);
+            prop_assert!(HEADER_LEN + data.len() <= record.len());
+            prop_assert_eq!(data, &record[HEADER_LEN..HEADER_LEN + data.len()]);
+        } else {
+            let at = core::mem::offset_of!(SampleHeader, captured);
+            let captured = record
+                .get(at..at + 4)
+                .map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap()) as usize);
+            prop_assert!(record.len() < HEADER_LEN || record.len() < HEADER_LEN + captured);
+        }
+    }
+
+    #[test]
+    fn a_record_comes_back_whole(
+        data in proptest::collection::vec(any::<u8>(), 0..120),
+        trailing in proptest::collection::vec(any::<u8>(), 0..16),
+    ) {
+        let hdr = SampleHeader { captured: data.len() as u32, payload_len: 999, ..Default::default() };
+        // SAFETY: SampleHeader is Pod: a plain repr(C) struct of integers.
+        let mut record = unsafe {
+            core::slice::from_raw_parts((&hdr as *const SampleHeader).cast::<u8>(), HEADER_LEN)
+        }
+        .to_vec();
+        record.extend(&data);
+        record.extend(&trailing);
+        let (back, got) = SampleHeader::parse(&record).unwrap();
+        prop_assert_eq!(got, &data[..]);
+        prop_assert_eq!(back.payload_len, 999);
     }
 }

@@ -15,7 +15,7 @@ use api_guard_common::{
     counters::{VERDICTS, Verdict},
     sample::{SAMPLE_IPV6, SampleHeader, Source},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::{
     access_log::{AccessLog, AccessRecord},
@@ -73,6 +73,10 @@ impl Sampler {
     pub fn handle(&mut self, record: &[u8]) -> Result<()> {
         self.records += 1;
         let Some((hdr, data)) = SampleHeader::parse(record) else {
+            debug!(
+                bytes = record.len(),
+                "ring record shorter than its header says"
+            );
             self.metrics
                 .parse_errors
                 .with_label_values(&["bad_record"])
@@ -81,7 +85,8 @@ impl Sampler {
         };
         match hdr.source {
             s if s == Source::TcIngress as u16 => self.request(&hdr, data),
-            _ => {
+            source => {
+                debug!(source, "ring record from an unknown kernel source");
                 self.metrics
                     .parse_errors
                     .with_label_values(&["unknown_source"])
@@ -95,6 +100,8 @@ impl Sampler {
         let head = match request::parse(data, &self.cfg.auth_headers) {
             Ok(head) => head,
             Err(_) => {
+                // Its bytes stay out of the log: they may hold anything.
+                debug!(client = %address(hdr.client), bytes = data.len(), "sample is not an HTTP request head");
                 self.metrics
                     .parse_errors
                     .with_label_values(&["not_http"])
@@ -135,6 +142,18 @@ impl Sampler {
                 warn!("cannot block {client}: {e:#}");
             }
         }
+        // What the access log has, redacted the same way, for a daemon run
+        // without one.
+        trace!(
+            client = %client,
+            method = head.method,
+            path = head.path,
+            query = head.query.as_deref(),
+            auth = head.auth.as_str(),
+            verdict = verdict_name(hdr.verdict),
+            missing,
+            "sampled request"
+        );
         if let Some(log) = &mut self.log {
             let host = head.host.as_deref().map(strip_port);
             let record = AccessRecord {

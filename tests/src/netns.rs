@@ -53,6 +53,38 @@ impl Netns {
         run(Command::new("ip").args(["-n", &self.name]).args(args))
     }
 
+    /// Runs `f` on a thread that has entered this namespace: a thread's network
+    /// namespace is its own, so the test's other threads stay where they are.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        use std::os::fd::AsRawFd as _;
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.name))?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on an open namespace file; it moves only this
+                    // thread, which ends with `f`.
+                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                    anyhow::ensure!(
+                        rc == 0,
+                        "cannot enter {}: {}",
+                        self.name,
+                        std::io::Error::last_os_error()
+                    );
+                    Ok(f())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("a thread inside {} panicked", self.name))?
+        })
+    }
+
+    /// The programs attached to `iface`'s tcx ingress, in run order.
+    pub fn tcx_ingress(&self, iface: &str) -> Result<Vec<u32>> {
+        use aya::programs::{SchedClassifier, tc::TcAttachType};
+        let (_, progs) =
+            self.within(|| SchedClassifier::query_tcx(iface, TcAttachType::Ingress))??;
+        Ok(progs.iter().map(|p| p.id()).collect())
+    }
+
     /// PIDs of the processes inside the namespace.
     pub fn pids(&self) -> Vec<i32> {
         run(Command::new("ip").args(["netns", "pids", &self.name]))

@@ -11,11 +11,14 @@ fn api_guard(args: &[&str]) -> Output {
         .expect("run api-guard")
 }
 
-/// Asserts the exit code and that stderr is exactly one line mentioning `needle`.
+/// Asserts the exit code and that stderr is exactly one line, the documented
+/// `api-guard: error: ...`, mentioning `needle`.
 fn assert_fails(out: &Output, code: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
     assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("api-guard: error: "), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing on stdout");
 }
 
@@ -23,7 +26,6 @@ fn assert_fails(out: &Output, code: i32, needle: &str) {
 fn unknown_interface_is_one_line_and_exit_4() {
     let out = api_guard(&["run", "--iface", "no-such-if9", "--port", "8080"]);
     assert_fails(&out, 4, "no network interface named \"no-such-if9\"");
-    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
 
 #[test]
@@ -60,7 +62,6 @@ fn unprivileged_user_is_refused_with_exit_3() {
         .output()
         .expect("run setpriv");
     assert_fails(&out, 3, "needs root");
-    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
 
 #[test]
@@ -75,6 +76,12 @@ fn bad_policy_flags_exit_2_with_the_reason() {
         (&["--block-for", "30", "--rate", "5"], "unit"),
         (&["--limit", "198.18.0.0/24=0"], "from 1 to"),
         (&["--on-limit", "explode"], "--on-limit"),
+        (
+            &["--auth-header", "Authorization:"],
+            "not an HTTP header name",
+        ),
+        (&["--max-clients", "0"], "--max-clients"),
+        (&["--unknown-flag"], "unexpected argument '--unknown-flag'"),
     ] {
         let mut args = base.to_vec();
         args.extend_from_slice(extra);
@@ -85,7 +92,6 @@ fn bad_policy_flags_exit_2_with_the_reason() {
     args.extend_from_slice(&["--burst", "5"]);
     let out = api_guard(&args);
     assert_fails(&out, 2, "--burst needs --rate");
-    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
 
 #[test]
@@ -201,4 +207,16 @@ fn help_has_examples_and_names_the_environment() {
     assert!(help.contains("Examples:"), "{help}");
     assert!(help.contains("[env: API_GUARD_RATE=]"), "{help}");
     assert!(help.contains("--fail-mode"), "{help}");
+    for command in ["status", "top", "block", "unblock", "limit", "detach"] {
+        let out = api_guard(&[command, "--help"]);
+        assert!(out.status.success(), "{command}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains(&format!("Examples:\n  api-guard {command}"))
+                || help.contains(&format!(
+                    "Examples:\n  systemctl stop api-guard && api-guard {command}"
+                )),
+            "{command}: {help}"
+        );
+    }
 }

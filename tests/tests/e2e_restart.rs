@@ -3,12 +3,15 @@
 //! counters, with no second attachment; `detach` clears that state.
 
 use anyhow::Result;
+use api_guard::{maps::KernelMaps as _, pins::Pinned};
+use api_guard_common::client::ClientState;
 use api_guard_tests::{
     client::{answered, exhaust_conn_burst},
     daemon::{program_loaded, program_unloaded},
     scenario::Scenario,
 };
 use serde_json::Value;
+use std::time::Duration;
 
 fn status(s: &Scenario) -> Result<Value> {
     let out = s.ctl(&["status", "--json"])?;
@@ -73,7 +76,19 @@ fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
             .success()
     );
     assert!(s.ctl(&["block", "198.18.1.99"])?.status.success());
+    // A request from client 1 leaves its buckets part spent.
+    assert_eq!(answered(s.client(1), 1)?, 1);
+    let spent = std::time::Instant::now();
     let before = status(&s)?;
+    let entry = |s: &Scenario, i: usize| -> Result<ClientState> {
+        Pinned::open(&s.bpffs.pin_dir())?
+            .client(s.client(i).key(false))?
+            .ok_or_else(|| anyhow::anyhow!("client {i} is not tracked"))
+    };
+    let (c0_before, c1_before) = (entry(&s, 0)?, entry(&s, 1)?);
+    assert!(c1_before.request_tat_ns > 0 && c1_before.conn_tat_ns > 0);
+    let iface = s.topo.server_ifaces[0].clone();
+    assert_eq!(s.topo.server.tcx_ingress(&iface)?, [s.daemon.prog_id]);
     let old_prog = s.daemon.prog_id;
     let tracker = s.bpffs.pin_dir().join("link_sockops");
     let old_tracker = linked_prog(&tracker)?;
@@ -130,6 +145,29 @@ fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
         "the old program is gone, replaced in its link"
     );
     assert!(program_loaded(s.daemon.prog_id));
+    assert_eq!(
+        s.topo.server.tcx_ingress(&iface)?,
+        [s.daemon.prog_id],
+        "one ingress program: the new one, in the old link"
+    );
+
+    // The client entries, buckets and all, are the ones from before.
+    let (c0_after, c1_after) = (entry(&s, 0)?, entry(&s, 1)?);
+    assert_eq!(
+        (
+            c1_after.request_tat_ns,
+            c1_after.conn_tat_ns,
+            c1_after.requests
+        ),
+        (
+            c1_before.request_tat_ns,
+            c1_before.conn_tat_ns,
+            c1_before.requests
+        ),
+        "client 1's token buckets carried over"
+    );
+    assert_eq!(c0_after.blocked_until_ns, c0_before.blocked_until_ns);
+    assert_eq!(c0_after.conn_tat_ns, c0_before.conn_tat_ns);
 
     let after = status(&s)?;
     assert_eq!(
@@ -154,6 +192,8 @@ fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
     );
     assert_eq!(after["clients"]["tracked"], before["clients"]["tracked"]);
     assert_eq!(answered(s.client(0), 1)?, 0, "still blocked");
+    // Client 1's buckets refill at 1/s: full again a second after its request.
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(spent.elapsed()));
     assert_eq!(
         answered(s.client(1), 5)?,
         2,

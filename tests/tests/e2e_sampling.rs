@@ -76,15 +76,23 @@ fn credentials_are_recognised_and_never_leak() -> Result<()> {
             "X-API-Key",
             "--require-auth",
             "log",
+            // The daemon's own log at its most talkative, as JSON: no level
+            // or format may carry a credential either.
+            "--log-level",
+            "trace",
+            "--log-format",
+            "json",
         ],
     )?;
     let c = s.client(0);
-    let (bearer, key, basic, query, cookie) = (
+    let (bearer, key, basic, query, cookie, userinfo, abs_query) = (
         unique_secret("bearer"),
         unique_secret("key"),
         unique_secret("basic"),
         unique_secret("query"),
         unique_secret("cookie"),
+        unique_secret("userinfo"),
+        unique_secret("absquery"),
     );
     assert_eq!(
         request(
@@ -114,12 +122,27 @@ fn credentials_are_recognised_and_never_leak() -> Result<()> {
         )?,
         200
     );
+    // Absolute-form, with a password in the authority and a token in the
+    // query: nginx may refuse it, api-guard logs it without either.
+    request(
+        c,
+        "/",
+        &[
+            "--request-target",
+            &format!("http://user:{userinfo}@api.example/abs?access_token={abs_query}"),
+        ],
+    )?;
     let metrics = s.scrape()?;
     let client_addr = c.addr4.to_string();
+    let operator = [
+        s.ctl(&["status", "--json"])?,
+        s.ctl(&["status"])?,
+        s.ctl(&["top", "--once", "--json"])?,
+    ];
     let (stopped, ..) = s.stop()?;
 
     let lines = log_lines(&log)?;
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines.len(), 5, "{lines:?}");
     let by_path = |p: &str| lines.iter().find(|l| l["url.path"] == p).cloned().unwrap();
     let (b, k, ba, n) = (
         by_path("/bearer"),
@@ -145,6 +168,8 @@ fn credentials_are_recognised_and_never_leak() -> Result<()> {
         (Some(false), Some(true))
     );
     assert_eq!(n["url.query"], "api_key=REDACTED&page=2");
+    let abs = by_path("/abs");
+    assert_eq!(abs["url.query"], "access_token=REDACTED");
     for l in &lines {
         assert_eq!(l["client.address"], client_addr.as_str());
         assert_eq!(l["server.port"], API);
@@ -152,13 +177,25 @@ fn credentials_are_recognised_and_never_leak() -> Result<()> {
         assert_eq!(l["api_guard.verdict"], "allowed");
         assert!(l["timestamp"].as_str().unwrap().ends_with('Z'));
     }
-    let everything = format!(
+    assert!(
+        stopped.stderr.lines().count() > 5,
+        "the trace log says something: {}",
+        stopped.stderr
+    );
+    let mut everything = format!(
         "{}\n{metrics}\n{}\n{}",
         fs::read_to_string(&log)?,
         stopped.stdout,
         stopped.stderr
     );
-    for secret in [&bearer, &key, &basic, &query, &cookie] {
+    for out in &operator {
+        assert!(out.status.success(), "{out:?}");
+        everything.push_str(&String::from_utf8_lossy(&out.stdout));
+        everything.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    for secret in [
+        &bearer, &key, &basic, &query, &cookie, &userinfo, &abs_query,
+    ] {
         assert!(
             !everything.contains(secret.as_str()),
             "a credential leaked: {secret}"
@@ -172,9 +209,10 @@ fn credentials_are_recognised_and_never_leak() -> Result<()> {
         ),
         Some(1.0)
     );
+    // /none and the absolute-form request carried no credential header.
     assert_eq!(
         prom::value(&metrics, "api_guard_unauthenticated_requests_total", &[]),
-        Some(1.0)
+        Some(2.0)
     );
     Ok(())
 }

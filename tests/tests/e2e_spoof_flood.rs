@@ -343,5 +343,11 @@ fn a_spoofed_flood_leaves_the_map_and_the_daemon_bounded_and_the_legitimate_clie
         rss_end <= rss_warm + rss_warm / 10 + 2048,
         "daemon RSS grew from {rss_warm} KiB after warm-up to {rss_end} KiB"
     );
+    // Flat during the flood too, not only once it is over: 1M new sources
+    // make no per-source allocation in the daemon.
+    assert!(
+        rss_peak <= rss_warm + rss_warm / 10 + 2048,
+        "daemon RSS peaked at {rss_peak} KiB during the flood, {rss_warm} KiB after warm-up"
+    );
     Ok(())
 }

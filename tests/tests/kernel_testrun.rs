@@ -513,3 +513,243 @@ fn the_kernel_refuses_the_programs_without_cap_bpf_or_cap_perfmon() {
         "{no_perfmon:#}"
     );
 }
+
+/// One frame of the malformed corpus and the verdict the parser's rules give it.
+struct Bad {
+    what: &'static str,
+    frame: Vec<u8>,
+    verdict: Verdict,
+}
+
+/// Malformed frames of every kind the parser meets, from a rate-limited IPv4
+/// client and a denied IPv6 one. What each must get: a bad IP header is
+/// malformed and passed; a TCP header that cannot be read or trusted (bad data
+/// offset, fragments, too many extension headers) is judged by its source
+/// alone, so the denied client's is dropped; anything not TCP is passed.
+fn malformed_corpus() -> Vec<Bad> {
+    use Verdict::{Denied, Malformed, Passed};
+    let get = Tcp::data(API, GET);
+    let v4 = packet::v4(&get);
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = v4.clone();
+        f(&mut b);
+        b
+    };
+    const IP: usize = 14;
+    const TCP4: usize = 14 + 20;
+    let v6 = |exts: &[Ext], proto: u8, l4: &[u8]| {
+        packet::ethernet(
+            &[],
+            ETH_P_IPV6,
+            &packet::ipv6(CLIENT6, packet::SERVER6, exts, proto, l4),
+        )
+    };
+    let mut doff4 = get.bytes();
+    doff4[12] = 4 << 4;
+    let mut doff15 = Tcp::data(API, b"GET ").bytes();
+    doff15[12] = 15 << 4;
+    vec![
+        // IPv4 headers.
+        Bad {
+            what: "IHL 4",
+            frame: with(&|b| b[IP] = 0x44),
+            verdict: Malformed,
+        },
+        Bad {
+            what: "IHL 0",
+            frame: with(&|b| b[IP] = 0x40),
+            verdict: Malformed,
+        },
+        Bad {
+            what: "IPv6 version in an IPv4 frame",
+            frame: with(&|b| b[IP] = 0x65),
+            verdict: Malformed,
+        },
+        Bad {
+            what: "total length under the header",
+            frame: with(&|b| b[IP + 2..IP + 4].copy_from_slice(&12u16.to_be_bytes())),
+            verdict: Malformed,
+        },
+        // TCP headers.
+        Bad {
+            what: "data offset 4",
+            frame: with(&|b| b[TCP4 + 12] = 4 << 4),
+            verdict: Passed,
+        },
+        Bad {
+            what: "data offset 0",
+            frame: with(&|b| b[TCP4 + 12] = 0),
+            verdict: Passed,
+        },
+        Bad {
+            what: "data offset 60 in a 24-byte segment",
+            frame: packet::ethernet(
+                &[],
+                ETH_P_IP,
+                &packet::ipv4(CLIENT4, packet::SERVER4, &[], packet::IPPROTO_TCP, &doff15),
+            ),
+            verdict: Passed,
+        },
+        Bad {
+            what: "zero-length TCP (IP length ends at the IP header)",
+            frame: with(&|b| b[IP + 2..IP + 4].copy_from_slice(&20u16.to_be_bytes())),
+            verdict: Passed,
+        },
+        Bad {
+            what: "first fragment too short for the TCP header",
+            frame: with(&|b| {
+                b[IP + 2..IP + 4].copy_from_slice(&28u16.to_be_bytes());
+                b[IP + 6] = 0x20; // more fragments, offset 0
+                b.truncate(TCP4 + 8);
+            }),
+            verdict: Passed,
+        },
+        Bad {
+            what: "non-first fragment",
+            frame: with(&|b| b[IP + 6..IP + 8].copy_from_slice(&0x0003u16.to_be_bytes())),
+            verdict: Passed,
+        },
+        // Ethernet.
+        Bad {
+            what: "three VLAN tags (two are followed)",
+            frame: packet::ethernet(
+                &[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q],
+                ETH_P_IP,
+                &v4[IP..],
+            ),
+            verdict: Passed,
+        },
+        // IPv6, from the denied client.
+        Bad {
+            what: "IPv4 version in an IPv6 frame",
+            frame: {
+                let mut b = v6(&[], packet::IPPROTO_TCP, &get.bytes());
+                b[IP] = 0x40;
+                b
+            },
+            verdict: Malformed,
+        },
+        Bad {
+            what: "a loop of seven destination-options headers",
+            frame: v6(
+                &(0..7).map(|_| Ext::dest_opts(1)).collect::<Vec<_>>(),
+                packet::IPPROTO_TCP,
+                &get.bytes(),
+            ),
+            verdict: Denied,
+        },
+        Bad {
+            what: "a chain of every skipped kind past the limit",
+            frame: v6(
+                &[
+                    Ext::hop_by_hop(),
+                    Ext::dest_opts(2),
+                    Ext {
+                        proto: 43,
+                        body: vec![0, 0, 0, 0, 0, 0, 0],
+                    },
+                    Ext::dest_opts(1),
+                    Ext::dest_opts(1),
+                    Ext::dest_opts(1),
+                    Ext::fragment(0, true),
+                ],
+                packet::IPPROTO_TCP,
+                &get.bytes(),
+            ),
+            verdict: Denied,
+        },
+        Bad {
+            what: "an extension header longer than the frame",
+            frame: v6(
+                &[Ext {
+                    proto: 60,
+                    body: {
+                        let mut b = Ext::dest_opts(1).body;
+                        b[0] = 200;
+                        b
+                    },
+                }],
+                packet::IPPROTO_TCP,
+                &get.bytes(),
+            ),
+            verdict: Denied,
+        },
+        Bad {
+            what: "no next header after the extensions",
+            frame: v6(&[Ext::dest_opts(1)], 59, &get.bytes()),
+            verdict: Passed,
+        },
+        Bad {
+            what: "IPv6 non-first fragment",
+            frame: v6(
+                &[Ext::fragment(4, false)],
+                packet::IPPROTO_TCP,
+                &get.bytes(),
+            ),
+            verdict: Denied,
+        },
+        Bad {
+            what: "IPv6 data offset 4",
+            frame: v6(&[], packet::IPPROTO_TCP, &doff4),
+            verdict: Denied,
+        },
+        Bad {
+            what: "IPv6 zero payload length",
+            frame: {
+                let mut b = v6(&[], packet::IPPROTO_TCP, &get.bytes());
+                b[IP + 4..IP + 6].copy_from_slice(&0u16.to_be_bytes());
+                b
+            },
+            verdict: Denied,
+        },
+    ]
+}
+
+#[test]
+fn the_malformed_corpus_gets_the_verdicts_the_rules_give_under_a_policy() {
+    use api_guard_common::counters::VERDICTS;
+    use api_guard_tests::testrun::{TC_ACT_SHOT, policy};
+    let h = Harness::with_policy(
+        &[API],
+        &policy(&["--rate", "1", "--burst", "1", "--deny", "2001:db8::2/128"]).unwrap(),
+    )
+    .unwrap();
+    let packets = |h: &Harness| {
+        let c = h.datapath.counters().unwrap();
+        VERDICTS.map(|v| c.get(Kind::Packets, v))
+    };
+    for bad in malformed_corpus() {
+        let before = packets(&h);
+        let action = h
+            .run(&bad.frame)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", bad.what));
+        let after = packets(&h);
+        // Exactly one verdict per frame, and the action it implies.
+        let judged: Vec<Verdict> = VERDICTS
+            .iter()
+            .zip(before.iter().zip(&after))
+            .flat_map(|(&v, (b, a))| std::iter::repeat_n(v, (a - b) as usize))
+            .collect();
+        assert_eq!(judged, [bad.verdict], "{}", bad.what);
+        let expected = if bad.verdict == Verdict::Denied {
+            TC_ACT_SHOT
+        } else {
+            TC_ACT_PIPE
+        };
+        assert_eq!(action, expected, "{}", bad.what);
+    }
+    // None of it was a request, and none of it spent the IPv4 client's budget
+    // of one: its next request passes, the one after is over the limit.
+    let c = h.datapath.counters().unwrap();
+    assert_eq!(
+        VERDICTS
+            .iter()
+            .map(|&v| c.get(Kind::Requests, v))
+            .sum::<u64>(),
+        0
+    );
+    let get = packet::v4(&Tcp::data(API, GET));
+    assert_eq!(h.run(&get).unwrap(), TC_ACT_PIPE);
+    assert_eq!(h.run(&get).unwrap(), TC_ACT_SHOT, "the policy is live");
+    assert_eq!(counter(&h, Kind::Requests, Verdict::RateLimited), 1);
+}

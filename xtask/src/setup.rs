@@ -31,6 +31,8 @@ fn packages(llvm: u32) -> Vec<(String, PathBuf)> {
         ("wrk", "wrk"),
         ("util-linux", "setpriv"),
         ("prometheus", "promtool"),
+        ("systemd", "systemd-analyze"),
+        ("python3", "python3"),
     ] {
         list.push((
             pkg.into(),

@@ -354,6 +354,7 @@ fn run(args: &Args) -> Result<Outcome> {
             clients: &scenario.topo.clients,
             tallies: &tallies,
             daemon: &scenario.daemon,
+            scrape: &|| scenario.scrape(),
             started,
             seconds: args.seconds,
         };
@@ -639,6 +640,9 @@ struct LiveView<'a> {
     clients: &'a [Client],
     tallies: &'a [Mutex<Tally>; 3],
     daemon: &'a Daemon,
+    /// The daemon's metrics, scraped once a frame: the auth checks happen in
+    /// the daemon, not in the kernel maps top reads.
+    scrape: &'a (dyn Fn() -> Result<String> + Sync),
     started: Instant,
     seconds: u64,
 }
@@ -708,6 +712,7 @@ impl LiveView<'_> {
         }
         out.push('\n');
         out.push_str(&self.client_table());
+        out.push_str(&self.auth_line());
         let log = self.daemon.stderr();
         let lines: Vec<&str> = log.lines().collect();
         // On a terminal the last few lines of the daemon's log; in a log file,
@@ -742,6 +747,22 @@ impl LiveView<'_> {
             }
         }
         line.to_string()
+    }
+
+    /// The daemon's authentication checks so far, from its metrics.
+    fn auth_line(&self) -> String {
+        match (self.scrape)() {
+            Ok(m) => {
+                let metric = |name: &str| prom::value(&m, name, &[]).unwrap_or(0.0);
+                format!(
+                    "auth: {} requests without credentials, {} clients blocked for it \
+                     (api_guard_unauthenticated_requests_total, api_guard_auth_blocks_total)\n",
+                    metric("api_guard_unauthenticated_requests_total"),
+                    metric("api_guard_auth_blocks_total")
+                )
+            }
+            Err(e) => format!("auth: cannot scrape the metrics: {e:#}\n"),
+        }
     }
 
     /// What each client saw so far.
