@@ -481,6 +481,8 @@ impl RunArgs {
 /// An HTTP header name (RFC 9110 token), so that a typo such as
 /// "Authorization:" cannot make every credential look missing.
 pub fn parse_header_name(s: &str) -> Result<String, String> {
+    // "Authorization, X-Api-Key" from the environment: items may be spaced.
+    let s = s.trim();
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if !s.is_empty() && s.bytes().all(token) {
         Ok(s.to_owned())

@@ -89,12 +89,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         pin_dir: Some(pins.dir().to_path_buf()),
     })?;
     pins.restrict()?;
+    // The client map's real size: an adopted map keeps the size it was made with.
+    let max_clients = datapath.client_capacity()?;
     if adopting {
         info!(pin_dir = %pins.dir().display(), "adopted the pinned state of an earlier daemon");
-        let held = datapath.client_capacity()?;
-        if held != args.max_clients {
+        if max_clients != args.max_clients {
             warn!(
-                "the adopted client map holds {held} clients; --max-clients {} takes effect after `api-guard detach`",
+                "the adopted client map holds {max_clients} clients; --max-clients {} takes effect after `api-guard detach`",
                 args.max_clients
             );
         }
@@ -147,7 +148,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     pins.restrict()?;
     let prog_id = datapath.ingress_id()?;
     let datapath = Arc::new(Mutex::new(datapath));
-    let metrics = Arc::new(Metrics::new(datapath.clone(), args.max_clients)?);
+    let metrics = Arc::new(Metrics::new(datapath.clone(), max_clients)?);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let sampler = Sampler::new(
@@ -170,7 +171,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     info!(
         ifaces = ?args.ifaces,
         ports = ?args.ports,
-        max_clients = args.max_clients,
+        max_clients,
         metrics = %format!("http://{}/metrics", args.metrics_addr),
         prog_id,
         "api-guard ready"

@@ -172,8 +172,15 @@ fn origin_form(target: &str) -> &str {
     else {
         return target;
     };
+    // Past any userinfo first: a client that sends a raw '?' in its password
+    // ("http://u:pa?ss@h/x", which RFC 3986 forbids) must not have the rest of
+    // it taken for the query. The authority ends at the first '/'.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
     match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
         Some(i) => &rest[i..],
         None => "/",
     }
@@ -352,6 +359,10 @@ mod tests {
         assert_eq!(origin_form("http://h?q=1"), "?q=1");
         assert_eq!(origin_form("/plain"), "/plain");
         assert_eq!(origin_form("*"), "*");
+        // Raw '?' and '@' in a password, and an '@' in a path.
+        assert_eq!(origin_form("http://u:pa?ss@h/x?q=1"), "/x?q=1");
+        assert_eq!(origin_form("http://u:p@ss@h:8080"), "/");
+        assert_eq!(origin_form("http://h/users/a@b?c"), "/users/a@b?c");
         // Found by the fuzzer: a multi-byte character across the prefix's length.
         let _ = parse(b"4p pppppaO\xd0\x8c ", auth());
         assert_eq!(origin_form("pppppaO\u{40c}"), "pppppaO\u{40c}");

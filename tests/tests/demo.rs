@@ -20,11 +20,21 @@ struct Run {
     stderr: String,
 }
 
+/// How a test stops the demo.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// Ctrl-C on a terminal: SIGINT to the whole process group, so every
+    /// program the demo started gets it too.
+    CtrlC,
+    /// `kill PID`: SIGTERM to the demo alone, which must stop the rest itself.
+    Kill,
+}
+
 /// Runs the demo with `args` in a process group of its own, as a terminal
-/// would. With `interrupt`, sends the group SIGINT (what Ctrl-C does) once
-/// stdout shows a line starting with it. A demo still running after two
-/// minutes is stuck: it gets SIGTERM (so it still cleans up) and the test fails.
-fn demo(args: &[&str], interrupt: Option<&str>) -> Run {
+/// would. With `interrupt`, stops it as told once stdout shows a line starting
+/// with the given text. A demo still running after two minutes is stuck: it
+/// gets SIGTERM (so it still cleans up) and the test fails.
+fn demo(args: &[&str], interrupt: Option<(&str, Stop)>) -> Run {
     // One demo at a time: two floods at once on a small machine would judge
     // the machine, not api-guard.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -69,10 +79,13 @@ fn demo(args: &[&str], interrupt: Option<&str>) -> Run {
             panic!("the demo hung: {}", stderr.join().unwrap_or_default());
         }
         match lines.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) if interrupt.is_some_and(|at| line.starts_with(at)) => {
-                interrupt = None;
-                // SAFETY: kill on the process group our child leads.
-                unsafe { libc::kill(-pgid, libc::SIGINT) };
+            Ok(line) if interrupt.is_some_and(|(at, _)| line.starts_with(at)) => {
+                let (pid, sig) = match interrupt.take().map(|(_, how)| how) {
+                    Some(Stop::CtrlC) => (-pgid, libc::SIGINT),
+                    _ => (pgid, libc::SIGTERM),
+                };
+                // SAFETY: kill on our child, or on the process group it leads.
+                unsafe { libc::kill(pid, sig) };
             }
             _ => {}
         }
@@ -132,13 +145,22 @@ fn a_short_demo_limits_the_abuser_and_spares_the_good_client() {
 
 #[test]
 fn ctrl_c_stops_the_demo_and_it_cleans_up() {
-    let out = demo(&["--seconds", "60"], Some("api-guard top:"));
+    stopped_early_leaves_nothing(Stop::CtrlC);
+}
+
+#[test]
+fn a_killed_demo_stops_what_it_started_and_cleans_up() {
+    stopped_early_leaves_nothing(Stop::Kill);
+}
+
+fn stopped_early_leaves_nothing(how: Stop) {
+    let out = demo(&["--seconds", "60"], Some(("api-guard top:", how)));
     assert_eq!(out.status.code(), Some(130), "interrupted: {}", out.stderr);
     assert!(
-        out.stdout
-            .contains("everything it started has been removed"),
-        "{}",
-        out.stdout
+        (out.stdout.clone() + &out.stderr).contains("everything it started has been removed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
     );
     // Its namespaces (named after its pid) are gone, and so is every process
     // of its group (daemon, top, nginx, clients); the harness's leftover sweep

@@ -648,7 +648,11 @@ fn malformed_corpus() -> Vec<Bad> {
                         proto: 43,
                         body: vec![0, 0, 0, 0, 0, 0, 0],
                     },
-                    Ext::dest_opts(1),
+                    // Authentication header: 12 bytes ((1 + 2) × 4).
+                    Ext {
+                        proto: 51,
+                        body: vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    },
                     Ext::dest_opts(1),
                     Ext::dest_opts(1),
                     Ext::fragment(0, true),
@@ -659,13 +663,29 @@ fn malformed_corpus() -> Vec<Bad> {
             verdict: Denied,
         },
         Bad {
-            what: "an extension header longer than the frame",
+            what: "an extension header claiming 1608 bytes, past the parse limit",
             frame: v6(
                 &[Ext {
                     proto: 60,
                     body: {
                         let mut b = Ext::dest_opts(1).body;
                         b[0] = 200;
+                        b
+                    },
+                }],
+                packet::IPPROTO_TCP,
+                &get.bytes(),
+            ),
+            verdict: Denied,
+        },
+        Bad {
+            what: "an extension header running past the payload length",
+            frame: v6(
+                &[Ext {
+                    proto: 60,
+                    body: {
+                        let mut b = Ext::dest_opts(1).body;
+                        b[0] = 10; // (10 + 1) × 8 = 88 bytes; 7 are there
                         b
                     },
                 }],
