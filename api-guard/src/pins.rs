@@ -233,10 +233,11 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
         ))
         .into());
     }
+    // No mount command naming the parent: it may be /proc or /, and mounting
+    // over it would hide what is there.
     Err(fail(format!(
-        "--pin-dir {} is not on a BPF filesystem (mount one with: mount -t bpf bpf {})",
+        "--pin-dir {} is not on a BPF filesystem: use a directory under /sys/fs/bpf, or mount bpffs on an empty directory (mount -t bpf bpf DIR)",
         dir.display(),
-        parent.display()
     ))
     .into())
 }

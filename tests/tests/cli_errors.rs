@@ -220,3 +220,40 @@ fn help_has_examples_and_names_the_environment() {
         );
     }
 }
+
+#[test]
+fn a_kernel_without_btf_is_one_line_and_exit_4() {
+    // The daemon in a mount namespace of its own (private: nothing reaches the
+    // host's mounts) where /sys/kernel/btf is an empty tmpfs: to it, the kernel
+    // publishes no BTF. The pin dir cannot be made, so a daemon that missed the
+    // check would stop there, with another message.
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run --iface lo --port 8080 --pin-dir /proc/api-guard-no-pins",
+        ])
+        .arg(binary())
+        .output()
+        .expect("run unshare");
+    assert_fails(&out, 4, "CONFIG_DEBUG_INFO_BTF");
+}
+
+#[test]
+fn a_pin_dir_off_bpffs_is_one_line_and_exit_4() {
+    let out = api_guard(&[
+        "run",
+        "--iface",
+        "lo",
+        "--port",
+        "8080",
+        "--pin-dir",
+        "/proc/api-guard-no-pins",
+    ]);
+    assert_fails(&out, 4, "is not on a BPF filesystem");
+    // It names no mount over the parent (/proc here).
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("bpf /proc"));
+}
