@@ -79,6 +79,15 @@ mod user {
             let data = record.get(HEADER_LEN..HEADER_LEN + header.captured as usize)?;
             Some((header, data))
         }
+
+        /// The header's bytes as the kernel writes them into a record (what
+        /// `parse` reads back): for tests and benchmarks that build records.
+        pub fn as_bytes(&self) -> &[u8] {
+            // SAFETY: `#[repr(C)]` with explicit padding and no implicit padding
+            // (see the size test), so all HEADER_LEN bytes are initialised, and
+            // they live as long as `self`.
+            unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), HEADER_LEN) }
+        }
     }
 }
 

@@ -115,12 +115,7 @@ proptest! {
         trailing in proptest::collection::vec(any::<u8>(), 0..16),
     ) {
         let hdr = SampleHeader { captured: data.len() as u32, payload_len: 999, ..Default::default() };
-        // SAFETY: SampleHeader is repr(C) with no padding bytes (its own test
-        // checks the size), so all HEADER_LEN bytes are initialised.
-        let mut record = unsafe {
-            core::slice::from_raw_parts((&hdr as *const SampleHeader).cast::<u8>(), HEADER_LEN)
-        }
-        .to_vec();
+        let mut record = hdr.as_bytes().to_vec();
         record.extend(&data);
         record.extend(&trailing);
         let (back, got) = SampleHeader::parse(&record).unwrap();

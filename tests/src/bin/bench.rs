@@ -24,7 +24,7 @@ use api_guard::{
     request,
     sampler::{Sampler, SamplerConfig},
 };
-use api_guard_common::sample::{HEADER_LEN, SampleHeader, Source};
+use api_guard_common::sample::{SampleHeader, Source};
 use api_guard_tests::{
     bpffs::BpfFs,
     client::{parse_wrk, url, wrk},
@@ -681,11 +681,7 @@ fn record(head: &[u8]) -> Vec<u8> {
         captured: head.len() as u32,
         ..Default::default()
     };
-    // SAFETY: SampleHeader is repr(C) with explicit padding: all of its bytes
-    // are initialised integers.
-    let bytes =
-        unsafe { std::slice::from_raw_parts((&h as *const SampleHeader).cast::<u8>(), HEADER_LEN) };
-    let mut r = bytes.to_vec();
+    let mut r = h.as_bytes().to_vec();
     r.extend_from_slice(head);
     r
 }
