@@ -52,8 +52,28 @@ pub struct ClientState {
     pub conn_tat_ns: u64,
     /// Every packet to a watched port is dropped until this time (0: not blocked).
     pub blocked_until_ns: u64,
-    /// Established connections now open (kept by the sock_ops program).
+    /// Established connections now open: a copy of the `OPEN_CONNS` count (kept
+    /// by the sock_ops program), which eviction cannot reset.
     pub open_conns: u64,
+}
+
+/// What survives the client map's eviction of a client the kernel has judged: its
+/// block and its buckets' clocks (a debt), kept in the non-LRU `PENALTIES` map and
+/// restored when the client is tracked again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Penalty {
+    pub blocked_until_ns: u64,
+    pub request_tat_ns: u64,
+    pub conn_tat_ns: u64,
+}
+
+impl Penalty {
+    /// Whether it still says anything at `now`.
+    #[inline(always)]
+    pub const fn in_force(&self, now: u64) -> bool {
+        self.blocked_until_ns > now || self.request_tat_ns > now || self.conn_tat_ns > now
+    }
 }
 
 #[cfg(feature = "user")]
@@ -66,6 +86,8 @@ mod user {
     unsafe impl aya::Pod for ClientKey {}
     // SAFETY: plain `#[repr(C)]` u64 fields with no padding.
     unsafe impl aya::Pod for ClientState {}
+    // SAFETY: plain `#[repr(C)]` u64 fields with no padding.
+    unsafe impl aya::Pod for super::Penalty {}
 
     impl From<IpAddr> for ClientKey {
         fn from(ip: IpAddr) -> Self {

@@ -31,6 +31,36 @@ impl Limit {
         self.interval_ns != 0
     }
 
+    /// Events the burst holds (at least 1 for a set limit).
+    #[inline(always)]
+    pub const fn burst_events(&self) -> u64 {
+        if self.interval_ns == 0 {
+            return u64::MAX;
+        }
+        let n = self.burst_ns / self.interval_ns;
+        if n == 0 { 1 } else { n }
+    }
+
+    /// Takes `n` events (the request starts of one segment) from the bucket in
+    /// `cell`, safe against other CPUs taking at once. Admitted as soon as one
+    /// token is free, and charged all `n` (a debt the next events wait out), so
+    /// what is served stays within burst + rate × T + one segment's worth; a
+    /// segment of more starts than the burst is [`Take::Never`] admitted.
+    #[inline(always)]
+    pub fn take<C: TatCell>(&self, cell: &mut C, now: u64, n: u64) -> Take {
+        if n > self.burst_events() {
+            return Take::Never;
+        }
+        let mut op = TakeOp::new(now, n);
+        // A load and a compare-and-swap per round.
+        for _ in 0..(2 * CAS_ROUNDS) {
+            if let Some(t) = op.step(self, cell) {
+                return t;
+            }
+        }
+        Take::Refused
+    }
+
     /// The GCRA decision on plain values: given the client's theoretical arrival
     /// time `tat` and the time `now`, the new `tat` if the event is admitted.
     /// (The kernel applies the same rule with atomic adds, see enforce.rs.)
@@ -43,6 +73,83 @@ impl Limit {
         } else {
             Some(next)
         }
+    }
+}
+
+/// A GCRA clock shared by CPUs: read and compare-and-swap. The kernel's is a map
+/// value updated with BPF atomics; the model test's interleaves steps by hand.
+pub trait TatCell {
+    fn load(&mut self) -> u64;
+    /// Replaces `current` with `new` if the cell still holds `current`.
+    fn cas(&mut self, current: u64, new: u64) -> bool;
+}
+
+/// The outcome of [`Limit::take`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    Admitted,
+    /// No token now; the bucket is unchanged.
+    Refused,
+    /// More events at once than the burst: no wait would ever admit them.
+    Never,
+}
+
+/// Compare-and-swap rounds a take tries before it refuses (bounded for the
+/// verifier). A round is lost only to another CPU's admitted event, so a refusal
+/// after losing them all errs low by events that were admitted.
+pub const CAS_ROUNDS: u32 = 4;
+
+/// One take of `n` events, as a machine of single steps (a load, or a
+/// compare-and-swap), so a model can interleave two CPUs' steps in every order.
+/// The kernel runs it to the end at once ([`Limit::take`]).
+#[derive(Clone, Copy, Debug)]
+pub struct TakeOp {
+    now: u64,
+    n: u64,
+    cur: u64,
+    next: u64,
+    round: u32,
+    loaded: bool,
+}
+
+impl TakeOp {
+    #[inline(always)]
+    pub const fn new(now: u64, n: u64) -> Self {
+        Self {
+            now,
+            n,
+            cur: 0,
+            next: 0,
+            round: 0,
+            loaded: false,
+        }
+    }
+
+    /// One step; `Some` once decided.
+    #[inline(always)]
+    pub fn step<C: TatCell>(&mut self, limit: &Limit, cell: &mut C) -> Option<Take> {
+        if !self.loaded {
+            let cur = cell.load();
+            // Idle since the last event: the bucket is full again, from now.
+            let start = if cur < self.now { self.now } else { cur };
+            // The debt rule: one free token admits the whole segment.
+            if start + limit.interval_ns > self.now + limit.burst_ns {
+                return Some(Take::Refused);
+            }
+            self.cur = cur;
+            self.next = start + self.n * limit.interval_ns;
+            self.loaded = true;
+            return None;
+        }
+        if cell.cas(self.cur, self.next) {
+            return Some(Take::Admitted);
+        }
+        self.loaded = false;
+        self.round += 1;
+        if self.round >= CAS_ROUNDS {
+            return Some(Take::Refused);
+        }
+        None
     }
 }
 
@@ -164,5 +271,111 @@ mod tests {
             *t = t0 + 10_000_000_000;
         }
         assert_eq!(admitted(limit, times), 6);
+    }
+
+    /// A plain cell: the model's memory, one step at a time.
+    #[derive(Clone, Copy)]
+    struct Plain(u64);
+
+    impl TatCell for Plain {
+        fn load(&mut self) -> u64 {
+            self.0
+        }
+        fn cas(&mut self, current: u64, new: u64) -> bool {
+            if self.0 == current {
+                self.0 = new;
+                true
+            } else {
+                false
+            }
+        }
+    }
+
+    /// Runs `ops` on one cell in every interleaving of their steps and calls
+    /// `check` with the final cell and each op's outcome.
+    fn interleavings(
+        limit: &Limit,
+        cell: Plain,
+        ops: &mut [(TakeOp, Option<Take>)],
+        check: &mut impl FnMut(u64, &[Option<Take>]),
+    ) {
+        let mut any = false;
+        for i in 0..ops.len() {
+            if ops[i].1.is_some() {
+                continue;
+            }
+            any = true;
+            let (mut c, saved) = (cell, ops[i]);
+            ops[i].1 = ops[i].0.step(limit, &mut c);
+            interleavings(limit, c, ops, check);
+            ops[i] = saved;
+        }
+        if !any {
+            let outcomes: std::vec::Vec<_> = ops.iter().map(|o| o.1).collect();
+            check(cell.0, &outcomes);
+        }
+    }
+
+    extern crate std;
+
+    #[test]
+    fn two_cpus_on_an_idle_client_are_both_admitted_and_the_clock_stays_near_now() {
+        let limit = Limit::per_second(5, 5);
+        let iv = limit.interval_ns;
+        // Idle for a long time: the old add-based update moved the clock about one
+        // idle period into the future when both CPUs saw the idle bucket.
+        for idle_tat in [0, 1_000, 3_000_000_000] {
+            for skew in [0, 1, iv / 2, iv, 3 * iv] {
+                let (now1, now2) = (10_000_000_000, 10_000_000_000 + skew);
+                let mut ops = [(TakeOp::new(now1, 1), None), (TakeOp::new(now2, 1), None)];
+                let mut seen = 0;
+                interleavings(&limit, Plain(idle_tat), &mut ops, &mut |tat, out| {
+                    seen += 1;
+                    assert!(
+                        out.iter().all(|o| *o == Some(Take::Admitted)),
+                        "refused on an idle bucket: {out:?} (skew {skew})"
+                    );
+                    assert!(tat <= now2 + 2 * iv, "clock {tat} ran ahead of {now2}");
+                    assert!(tat >= now1 + 2 * iv, "an admitted event was not charged");
+                });
+                assert!(seen > 1, "the model explored one order only");
+            }
+        }
+    }
+
+    #[test]
+    fn no_interleaving_admits_more_than_the_tokens_in_the_bucket() {
+        // Three CPUs at one instant against a bucket with room for `free` events.
+        let limit = Limit::per_second(10, 2);
+        let iv = limit.interval_ns;
+        let now = 50 * iv;
+        for free in 0..=2u64 {
+            let tat = now + limit.burst_ns - free * iv;
+            let mut ops = [
+                (TakeOp::new(now, 1), None),
+                (TakeOp::new(now, 1), None),
+                (TakeOp::new(now, 1), None),
+            ];
+            interleavings(&limit, Plain(tat), &mut ops, &mut |end, out| {
+                let admitted = out.iter().filter(|o| **o == Some(Take::Admitted)).count() as u64;
+                assert_eq!(admitted, free, "{out:?}");
+                assert_eq!(end, tat.max(now) + admitted * iv);
+            });
+        }
+    }
+
+    #[test]
+    fn a_segment_is_admitted_on_one_token_and_pays_for_all_its_starts() {
+        let limit = Limit::per_second(5, 5);
+        let iv = limit.interval_ns;
+        let now = 100 * iv;
+        let mut cell = Plain(0);
+        assert_eq!(limit.take(&mut cell, now, 5), Take::Admitted);
+        assert_eq!(cell.0, now + 5 * iv);
+        // Empty now: refused until one interval has passed, then admitted again.
+        assert_eq!(limit.take(&mut cell, now, 1), Take::Refused);
+        assert_eq!(limit.take(&mut cell, now + iv, 3), Take::Admitted);
+        // More starts than the burst in one segment can never be admitted.
+        assert_eq!(limit.take(&mut Plain(0), now, 6), Take::Never);
     }
 }

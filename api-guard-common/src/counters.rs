@@ -63,9 +63,22 @@ pub enum Event {
     /// A packet from a client the client map could not take (an insert refused
     /// while other CPUs churned the full LRU): passed without per-client limits.
     ClientsRefused = 3,
+    /// A block or bucket debt could not be kept in `PENALTIES` (full): it holds in
+    /// the client map only, where eviction can lift it.
+    PenaltiesFull = 4,
+    /// A segment's bytes were accounted without trusted framing (a stream picked up
+    /// mid-way, out of order, or retransmitted bytes the server has not taken):
+    /// bodies are not skipped, so it may count high.
+    StreamsUntrusted = 5,
+    /// A connection whose one segment holds more request starts than the burst was
+    /// reset: no wait would ever admit it.
+    ConnectionsReset = 6,
+    /// A client with connections open could not get an `OPEN_CONNS` entry (full):
+    /// its connections are not counted for `--max-conns`.
+    OpenConnsFull = 7,
 }
 
-pub const EVENT_SLOTS: u32 = 4;
+pub const EVENT_SLOTS: u32 = 8;
 
 /// The value of the single `COUNTERS` entry (per CPU): every (kind, verdict)
 /// slot in one block, so a packet costs one map lookup however many slots it

@@ -6,9 +6,11 @@
 pub mod checksum;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod counters;
 pub mod http;
 pub mod maps;
 pub mod network;
 pub mod ports;
 pub mod sample;
+pub mod stream;

@@ -40,8 +40,27 @@ pub const TAILS: &str = "TAILS";
 pub const TAIL_RESET: u32 = 0;
 /// Slot of the sampler: copies a request head into the ring buffer.
 pub const TAIL_SAMPLE: u32 = 1;
-pub const TAIL_SLOTS: u32 = 2;
+/// Slot of the judge: per-client state, the stream stage, limits and counts. A
+/// program of its own so the verifier checks it once, whatever path the parser
+/// took (VLAN tags, IP options, extension headers) to reach it.
+pub const TAIL_JUDGE: u32 = 2;
+pub const TAIL_SLOTS: u32 = 3;
 /// Sampled request heads ([`crate::sample`]), a ring buffer.
 pub const SAMPLES: &str = "SAMPLES";
 /// Per-CPU scratch space where a sample is built before it is copied out.
 pub const SAMPLE_SCRATCH: &str = "SAMPLE_SCRATCH";
+
+/// Per-connection accounting state ([`crate::conn::ConnState`]), an LRU hash keyed
+/// by [`crate::conn::ConnKey`].
+pub const CONNS: &str = "CONNS";
+/// Blocks and bucket debts that the client map's eviction cannot erase
+/// ([`crate::client::Penalty`]), a hash keyed by client; not LRU, so a spoofed
+/// flood cannot push an entry out. Full: counted (`Event::PenaltiesFull`).
+pub const PENALTIES: &str = "PENALTIES";
+/// Entries in `PENALTIES`.
+pub const PENALTY_SLOTS: u32 = 16_384;
+/// Established connections per client (a u64), for `--max-conns`; a hash keyed
+/// by client, an entry only while the client has connections open.
+pub const OPEN_CONNS: &str = "OPEN_CONNS";
+/// Entries in `OPEN_CONNS`: clients with connections open at once.
+pub const OPEN_CONN_SLOTS: u32 = 65_536;

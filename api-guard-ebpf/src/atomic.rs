@@ -1,9 +1,9 @@
-//! Atomic adds on map values shared by both CPUs. The BPF target has no
-//! compare-and-swap, so `AtomicU64::fetch_add` is not offered; the intrinsic lowers
-//! to BPF's atomic add all the same (the result is never used: that would need
-//! BPF cpu v3, which the linker is not asked for).
+//! Atomics on map values shared by both CPUs. The BPF target spec offers no
+//! compare-and-swap to `core::sync::atomic`, so the intrinsics are used directly;
+//! they lower to BPF's atomic instructions, fetch and cmpxchg included, because
+//! the linker targets BPF cpu v3 (see build.rs; the kernel has had them since 5.12).
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 #[inline(always)]
 pub fn add(counter: &mut u64, n: u64) {
@@ -11,9 +11,14 @@ pub fn add(counter: &mut u64, n: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
 }
 
+/// Replaces `current` with `new` if it still holds `current`; returns whether it did.
 #[inline(always)]
-pub fn sub(counter: &mut u64, n: u64) {
-    add(counter, 0u64.wrapping_sub(n));
+pub fn cas(v: &mut u64, current: u64, new: u64) -> bool {
+    // SAFETY: the pointer comes from a live map value, aligned to 8 bytes.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(v, current, new)
+            .1
+    }
 }
 
 /// A plain read that the compiler may not cache (another CPU may write it).
@@ -27,4 +32,21 @@ pub fn read(v: &u64) -> u64 {
 pub fn write(v: &mut u64, value: u64) {
     // SAFETY: a valid, aligned reference.
     unsafe { core::ptr::write_volatile(v, value) }
+}
+
+/// Takes one from a count that must never go below zero (a close racing another
+/// close, or one seen for a count that was never raised); returns the new count.
+#[inline(always)]
+pub fn dec_floor(v: &mut u64) -> u64 {
+    // Bounded for the verifier; the other CPU can win a round at most a few times.
+    for _ in 0..4 {
+        let cur = read(v);
+        if cur == 0 {
+            return 0;
+        }
+        if cas(v, cur, cur - 1) {
+            return cur - 1;
+        }
+    }
+    read(v)
 }

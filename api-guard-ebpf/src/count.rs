@@ -1,4 +1,4 @@
-//! Stage 4, count: per-client state in the LRU client map and per-CPU verdict
+//! Stage 5, count: per-client state in the LRU client map and per-CPU verdict
 //! counters.
 
 use api_guard_common::{
@@ -35,7 +35,8 @@ pub fn event(event: Event) {
 /// What one packet was seen to be: the kinds its verdict is counted under.
 #[derive(Clone, Copy)]
 pub struct Seen {
-    pub request: bool,
+    /// Request starts it carries (each counted and charged).
+    pub starts: u32,
     pub connection: bool,
 }
 
@@ -48,18 +49,19 @@ pub fn verdicts(ev: Seen, v: Verdict) {
     // SAFETY: as in `verdict`: one lookup for up to three slots.
     let block = unsafe { &mut *block };
     block[counters::index(Kind::Packets, v) as usize] += 1;
-    if ev.request {
-        block[counters::index(Kind::Requests, v) as usize] += 1;
+    if ev.starts > 0 {
+        block[counters::index(Kind::Requests, v) as usize] += ev.starts as u64;
     }
     if ev.connection {
         block[counters::index(Kind::Connections, v) as usize] += 1;
     }
 }
 
-/// The client's state, created (zeroed) when new. None only if the map refuses
-/// both the insert and the lookup.
+/// The client's state, created when new (from what `PENALTIES` kept, if it was
+/// evicted while judged). None only if the map refuses both the insert and the
+/// lookup.
 #[inline(always)]
-pub fn state(key: &ClientKey) -> Option<&'static mut ClientState> {
+pub fn state(key: &ClientKey, clock: &mut Clock) -> Option<&'static mut ClientState> {
     if let Some(state) = CLIENTS.get_ptr_mut(key) {
         // SAFETY: the map value lives for this program run (RCU).
         return Some(unsafe { &mut *state });
@@ -67,7 +69,11 @@ pub fn state(key: &ClientKey) -> Option<&'static mut ClientState> {
     // NOEXIST: if the other CPU created the entry meanwhile, use its entry instead
     // of overwriting its counts.
     if CLIENTS
-        .insert(key, &ClientState::default(), BPF_NOEXIST as u64)
+        .insert(
+            key,
+            &crate::enforce::restored(key, clock),
+            BPF_NOEXIST as u64,
+        )
         .is_ok()
     {
         event(Event::ClientsCreated);
@@ -83,14 +89,14 @@ pub fn client(state: &mut ClientState, ev: Seen, clock: &mut Clock) {
     // client at once costs less than an atomic on every packet. Requests and
     // connections, which limits and reports rely on, stay exact.
     state.packets += 1;
-    if ev.request {
-        atomic::add(&mut state.requests, 1);
+    if ev.starts > 0 {
+        atomic::add(&mut state.requests, ev.starts as u64);
     }
     if ev.connection {
         atomic::add(&mut state.connections, 1);
     }
     // The last request or connection: a bare ACK does not read the clock.
-    if ev.request || ev.connection {
+    if ev.starts > 0 || ev.connection {
         state.last_seen_ns = clock.now();
     }
 }

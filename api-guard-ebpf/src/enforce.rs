@@ -1,18 +1,18 @@
-//! Stage 3, enforce: allow and deny networks, blocks, connection limits and the
+//! Stage 4, enforce: allow and deny networks, blocks, connection limits and the
 //! per-client request limit, decided per packet from the `CONFIG` map.
 
 use api_guard_common::{
-    client::{ClientKey, ClientState},
-    config::{Config, Limit, flags},
-    counters::Verdict,
+    client::{ClientKey, ClientState, Penalty},
+    config::{Config, Limit, Take, TatCell, flags},
+    counters::{Event, Verdict},
 };
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
     atomic,
     clock::Clock,
-    count::Seen,
-    maps::{ALLOW, BLOCKS, DENY, HEARTBEAT, OVERRIDES},
+    count::{self, Seen},
+    maps::{ALLOW, BLOCKS, CLIENTS, DENY, HEARTBEAT, OPEN_CONNS, OVERRIDES, PENALTIES},
 };
 
 /// Why a packet the policy would drop is let through, if it is: `--dry-run`, or
@@ -56,8 +56,15 @@ pub fn lists(cfg: &Config, key: &ClientKey, clock: &mut Clock) -> Option<Verdict
     None
 }
 
+/// The per-client verdict and whether the connection can never be admitted.
+pub struct Judged {
+    pub verdict: Verdict,
+    /// The segment holds more request starts than the burst: reset it.
+    pub never: bool,
+}
+
 /// The per-client verdict: a block in force, then connection limits for a new
-/// connection, then the request limit for a request start.
+/// connection, then the request limit for the segment's request starts.
 #[inline(always)]
 pub fn client(
     cfg: &Config,
@@ -65,38 +72,72 @@ pub fn client(
     state: &mut ClientState,
     ev: Seen,
     clock: &mut Clock,
-) -> Verdict {
+) -> Judged {
+    let mut j = Judged {
+        verdict: Verdict::Allowed,
+        never: false,
+    };
     let blocked_until = atomic::read(&state.blocked_until_ns);
     if blocked_until != 0 && blocked_until > clock.now() {
-        return Verdict::Blocked;
+        j.verdict = Verdict::Blocked;
+        return j;
     }
     if ev.connection {
-        if cfg.max_conns != 0 && open_conns(state) >= cfg.max_conns {
-            return Verdict::ConnLimited;
+        if cfg.max_conns != 0 && open_conns(key) >= cfg.max_conns {
+            j.verdict = Verdict::ConnLimited;
+            return j;
         }
-        if cfg.connections.is_set() && !take(&mut state.conn_tat_ns, &cfg.connections, clock.now())
-        {
-            block(cfg, state, clock.now());
-            return Verdict::ConnLimited;
+        if cfg.connections.is_set() {
+            let now = clock.now();
+            let taken = cfg
+                .connections
+                .take(&mut Tat(&mut state.conn_tat_ns), now, 1);
+            if taken != Take::Admitted {
+                block(cfg, key, state, now);
+                j.verdict = Verdict::ConnLimited;
+                return j;
+            }
+            debt(&cfg.connections, key, state, &state.conn_tat_ns, now);
         }
     }
-    if ev.request {
+    if ev.starts > 0 {
         let limit = request_limit(cfg, key);
-        if limit.is_set() && !take(&mut state.request_tat_ns, &limit, clock.now()) {
-            block(cfg, state, clock.now());
-            return Verdict::RateLimited;
+        if limit.is_set() {
+            let now = clock.now();
+            let taken = limit.take(&mut Tat(&mut state.request_tat_ns), now, ev.starts as u64);
+            if taken != Take::Admitted {
+                block(cfg, key, state, now);
+                j.verdict = Verdict::RateLimited;
+                j.never = taken == Take::Never;
+                return j;
+            }
+            debt(&limit, key, state, &state.request_tat_ns, now);
         }
     }
-    Verdict::Allowed
+    j
 }
 
-/// Open connections, read defensively: a close racing another close (or one seen
-/// after the client was evicted and created again) can take the count below zero,
-/// which wraps; that reads as none open rather than as a client at its limit.
+/// A bucket clock in a map value, shared by both CPUs.
+struct Tat<'a>(&'a mut u64);
+
+impl TatCell for Tat<'_> {
+    #[inline(always)]
+    fn load(&mut self) -> u64 {
+        atomic::read(self.0)
+    }
+    #[inline(always)]
+    fn cas(&mut self, current: u64, new: u64) -> bool {
+        atomic::cas(self.0, current, new)
+    }
+}
+
+/// Open connections of the client (`OPEN_CONNS`, kept by the sock_ops program).
 #[inline(always)]
-fn open_conns(state: &ClientState) -> u64 {
-    let n = atomic::read(&state.open_conns);
-    if n > u64::MAX / 2 { 0 } else { n }
+fn open_conns(key: &ClientKey) -> u64 {
+    OPEN_CONNS.get_ptr(key).map_or(0, |n| {
+        // SAFETY: a live map value (RCU), read atomically.
+        atomic::read(unsafe { &*n })
+    })
 }
 
 /// The request limit for this client: the most specific override, else the default.
@@ -111,30 +152,76 @@ fn request_limit(cfg: &Config, key: &ClientKey) -> Limit {
 }
 
 #[inline(always)]
-fn block(cfg: &Config, state: &mut ClientState, now: u64) {
+fn block(cfg: &Config, key: &ClientKey, state: &mut ClientState, now: u64) {
     if cfg.block_ns != 0 {
         atomic::write(&mut state.blocked_until_ns, now + cfg.block_ns);
+        penalize(key, state);
     }
 }
 
-/// GCRA with atomic adds (see `Limit::admit` for the rule on plain values):
-/// reserve one interval, then look at where the reservations stand. Both CPUs
-/// reserve before they look, so under contention both may see the other's
-/// reservation and refuse: the limit can err low by an event, never high, and the
-/// long-run rate stays exact because only admitted events keep their interval.
+/// An admitted event that left the bucket empty: a debt the client must not
+/// shed by being evicted.
 #[inline(always)]
-fn take(tat: &mut u64, limit: &Limit, now: u64) -> bool {
-    let cur = atomic::read(tat);
-    if cur < now {
-        // Idle since the last event: the bucket is full again. Move the clock up
-        // with an add, not a store, so a reservation the other CPU made meanwhile
-        // is kept (two CPUs both adding errs low, never high).
-        atomic::add(tat, now - cur);
+fn debt(limit: &Limit, key: &ClientKey, state: &ClientState, tat: &u64, now: u64) {
+    if atomic::read(tat) + limit.interval_ns > now + limit.burst_ns {
+        penalize(key, state);
     }
-    atomic::add(tat, limit.interval_ns);
-    if atomic::read(tat) > now + limit.burst_ns {
-        atomic::sub(tat, limit.interval_ns);
-        return false;
+}
+
+/// Copies the client's block and bucket clocks to `PENALTIES`.
+#[inline(always)]
+fn penalize(key: &ClientKey, state: &ClientState) {
+    let p = Penalty {
+        blocked_until_ns: atomic::read(&state.blocked_until_ns),
+        request_tat_ns: atomic::read(&state.request_tat_ns),
+        conn_tat_ns: atomic::read(&state.conn_tat_ns),
+    };
+    if PENALTIES.insert(key, &p, 0).is_err() {
+        count::event(Event::PenaltiesFull);
     }
-    true
+}
+
+/// A new client entry starts from what `PENALTIES` kept of an evicted one.
+#[inline(always)]
+pub fn restored(key: &ClientKey, clock: &mut Clock) -> ClientState {
+    let mut state = ClientState::default();
+    // SAFETY: a live map value (RCU), copied out at once.
+    if let Some(p) = PENALTIES.get_ptr(key).map(|p| unsafe { *p }) {
+        if p.in_force(clock.now()) {
+            state.blocked_until_ns = p.blocked_until_ns;
+            state.request_tat_ns = p.request_tat_ns;
+            state.conn_tat_ns = p.conn_tat_ns;
+        } else {
+            let _ = PENALTIES.remove(key);
+        }
+    }
+    state
+}
+
+/// The verdict for a packet whose TCP header cannot be read (a fragment): dropped
+/// if its client is blocked or has no request token left, else passed. Nothing
+/// is charged or created for it.
+#[inline(always)]
+pub fn opaque(cfg: &Config, key: &ClientKey, clock: &mut Clock) -> Option<Verdict> {
+    let now = clock.now();
+    let p = match CLIENTS.get_ptr(key) {
+        // SAFETY: a live map value (RCU), read field by field.
+        Some(s) => unsafe {
+            Penalty {
+                blocked_until_ns: atomic::read(&(*s).blocked_until_ns),
+                request_tat_ns: atomic::read(&(*s).request_tat_ns),
+                conn_tat_ns: 0,
+            }
+        },
+        // SAFETY: as above, copied out at once.
+        None => unsafe { *PENALTIES.get_ptr(key)? },
+    };
+    if p.blocked_until_ns > now {
+        return Some(Verdict::Blocked);
+    }
+    let limit = request_limit(cfg, key);
+    if limit.is_set() && p.request_tat_ns + limit.interval_ns > now + limit.burst_ns {
+        return Some(Verdict::RateLimited);
+    }
+    None
 }

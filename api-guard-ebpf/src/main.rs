@@ -1,5 +1,6 @@
 //! api-guard's kernel programs. The TC ingress classifier is a pipeline of small
-//! stages: parse → classify → enforce → count; the sock_ops program keeps each
+//! stages: parse → classify → stream (request starts per connection) → enforce →
+//! count; the sock_ops program keeps each
 //! client's count of open connections for `--max-conns`.
 #![no_std]
 #![no_main]
@@ -17,10 +18,11 @@ mod parse;
 mod reset;
 mod sample;
 mod sockops;
+mod stream;
 mod tail;
 
 use api_guard_common::{
-    config::flags,
+    config::{Config, flags},
     counters::{Event, Kind, Verdict},
     maps::{TAIL_RESET, TAIL_SAMPLE},
 };
@@ -35,7 +37,8 @@ use crate::{
     count::Seen,
     maps::CONFIG,
     parse::{Skip, TcpPacket},
-    tail::Handoff,
+    stream::Accounted,
+    tail::{Handoff, Judge},
 };
 
 /// Linear bytes to pull when headers lie in page fragments: as far as the parser
@@ -45,6 +48,13 @@ const PULL_LEN: u32 = (parse::MAX_L4_OFF + parse::TCP_MIN_HLEN) as u32;
 #[classifier]
 pub fn api_guard_ingress(mut ctx: TcContext) -> i32 {
     try_ingress(&mut ctx)
+}
+
+/// Tail-called by the ingress program for every packet to a watched port that
+/// the lists did not drop.
+#[classifier]
+pub fn api_guard_judge(mut ctx: TcContext) -> i32 {
+    judge(&mut ctx)
 }
 
 /// Tail-called by the ingress program for `--on-limit reset`.
@@ -112,55 +122,143 @@ fn try_ingress(ctx: &mut TcContext) -> i32 {
         count::verdict(Kind::Packets, Verdict::Malformed);
         return TC_ACT_PIPE;
     };
-    // Lists match the address itself; per-client state is kept per bucket.
-    let key = source.bucketed(cfg.ipv6_prefix);
-    let ev = Seen {
-        request: classify::request_method(ctx, &pkt).is_some(),
-        connection: classify::is_connection_start(&pkt),
-    };
-
+    let connection = classify::is_connection_start(&pkt);
     let mut clock = Clock::new();
-    let verdict = match enforce::lists(cfg, &source, &mut clock) {
-        // Denied and blocked networks are dropped before any per-client state.
-        Some(v @ (Verdict::Denied | Verdict::Blocked)) => v,
-        list => match count::state(&key) {
-            Some(state) => {
-                count::client(state, ev, &mut clock);
-                match list {
-                    Some(allowed) => allowed,
-                    None => enforce::client(cfg, &key, state, ev, &mut clock),
-                }
-            }
-            // The client map refused the entry: fail open, but count it.
-            None => {
-                count::event(Event::ClientsRefused);
-                Verdict::Allowed
-            }
-        },
+
+    // Lists match the address itself; per-client state is kept per bucket.
+    // Denied and blocked networks are dropped before any per-client or
+    // per-connection state: their requests are told by their first bytes only.
+    let list = enforce::lists(cfg, &source, &mut clock);
+    if let Some(v @ (Verdict::Denied | Verdict::Blocked)) = list {
+        let ev = Seen {
+            starts: classify::request_method(ctx, &pkt).is_some() as u32,
+            connection,
+        };
+        return finish(
+            ctx,
+            cfg,
+            &pkt,
+            ev,
+            v,
+            &Accounted::NOTHING,
+            false,
+            &mut clock,
+        );
+    }
+    Judge::call(ctx, &pkt, list == Some(Verdict::Allowed));
+    // Only reached if the judge is not loaded: pass, counted.
+    count::verdict(Kind::Packets, Verdict::Passed);
+    TC_ACT_PIPE
+}
+
+/// The judge: per-client state, the stream stage, limits, counts, sampling.
+#[inline(always)]
+fn judge(ctx: &mut TcContext) -> i32 {
+    let (Some(j), Some(cfg)) = (Judge::load(ctx), CONFIG.get(0)) else {
+        count::verdict(Kind::Packets, Verdict::Malformed);
+        return TC_ACT_PIPE;
     };
+    let pkt = j.pkt;
+    let Ok(source) = parse::source(ctx, pkt.l3_off, pkt.ipv6) else {
+        count::verdict(Kind::Packets, Verdict::Malformed);
+        return TC_ACT_PIPE;
+    };
+    let key = source.bucketed(cfg.ipv6_prefix);
+    let connection = classify::is_connection_start(&pkt);
+    let mut clock = Clock::new();
+    let Some(state) = count::state(&key, &mut clock) else {
+        // The client map refused the entry: fail open, but count it.
+        count::event(Event::ClientsRefused);
+        let acct = stream::account(ctx, &pkt, &source.addr);
+        let ev = Seen {
+            starts: acct.starts,
+            connection,
+        };
+        return finish(
+            ctx,
+            cfg,
+            &pkt,
+            ev,
+            Verdict::Allowed,
+            &acct,
+            false,
+            &mut clock,
+        );
+    };
+    let acct = stream::account(ctx, &pkt, &source.addr);
+    let ev = Seen {
+        starts: acct.starts,
+        connection,
+    };
+    count::client(state, ev, &mut clock);
+    let judged = if j.allowed {
+        enforce::Judged {
+            verdict: Verdict::Allowed,
+            never: false,
+        }
+    } else {
+        enforce::client(cfg, &key, state, ev, &mut clock)
+    };
+    finish(
+        ctx,
+        cfg,
+        &pkt,
+        ev,
+        judged.verdict,
+        &acct,
+        judged.never,
+        &mut clock,
+    )
+}
+
+/// Counts the verdict (and why a drop was let through), keeps the stream's
+/// accounting if the segment goes through, samples, and returns the TC action; a
+/// segment that can never be admitted, or any over-limit one under `--on-limit
+/// reset`, becomes a RST toward the server.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    ctx: &mut TcContext,
+    cfg: &Config,
+    pkt: &TcpPacket,
+    ev: Seen,
+    verdict: Verdict,
+    acct: &Accounted,
+    never: bool,
+    clock: &mut Clock,
+) -> i32 {
     count::verdicts(ev, verdict);
     // What happened to the packet: the verdict, or why a drop was let through.
     let mut outcome = verdict;
     if verdict != Verdict::Allowed
-        && let Some(why) = enforce::released(cfg, &mut clock)
+        && let Some(why) = enforce::released(cfg, clock)
     {
         count::verdicts(ev, why);
         outcome = why;
     }
     let drop = outcome == verdict && verdict != Verdict::Allowed;
-    let reset = drop && verdict == Verdict::RateLimited && cfg.has(flags::ON_LIMIT_RESET);
-    if ev.request && sample::chosen(cfg) {
-        Handoff::new(&pkt, outcome as u32, reset, drop).call(ctx, TAIL_SAMPLE);
+    if !drop {
+        acct.commit();
+    }
+    let reset =
+        drop && verdict == Verdict::RateLimited && (never || cfg.has(flags::ON_LIMIT_RESET));
+    if reset && never {
+        count::event(Event::ConnectionsReset);
+    }
+    let first_off = acct.first_off;
+    if ev.starts > 0 && sample::chosen(cfg) {
+        Handoff::new(pkt, first_off, outcome as u32, reset, drop).call(ctx, TAIL_SAMPLE);
         // Only reached if the sampler is not loaded: go on without a sample.
     }
     if reset {
-        Handoff::new(&pkt, outcome as u32, reset, drop).call(ctx, TAIL_RESET);
+        Handoff::new(pkt, first_off, outcome as u32, reset, drop).call(ctx, TAIL_RESET);
     }
     if drop { TC_ACT_SHOT } else { TC_ACT_PIPE }
 }
 
 /// A TCP packet whose TCP header cannot be read (see `Skip::Opaque`): dropped if
-/// its source is denied or blocked, else passed.
+/// its source is denied or blocked, or its client blocked or out of request
+/// tokens; else passed.
 #[inline(always)]
 fn opaque(ctx: &TcContext, l3_off: usize, ipv6: bool) -> i32 {
     let (Some(cfg), Ok(source)) = (CONFIG.get(0), parse::source(ctx, l3_off, ipv6)) else {
@@ -168,20 +266,21 @@ fn opaque(ctx: &TcContext, l3_off: usize, ipv6: bool) -> i32 {
         return TC_ACT_PIPE;
     };
     let mut clock = Clock::new();
-    match enforce::lists(cfg, &source, &mut clock) {
-        Some(v @ (Verdict::Denied | Verdict::Blocked)) => {
-            count::verdict(Kind::Packets, v);
-            if let Some(why) = enforce::released(cfg, &mut clock) {
-                count::verdict(Kind::Packets, why);
-                return TC_ACT_PIPE;
-            }
-            TC_ACT_SHOT
-        }
-        _ => {
-            count::verdict(Kind::Packets, Verdict::Passed);
-            TC_ACT_PIPE
-        }
+    let verdict = match enforce::lists(cfg, &source, &mut clock) {
+        Some(v @ (Verdict::Denied | Verdict::Blocked)) => Some(v),
+        Some(_) => None,
+        None => enforce::opaque(cfg, &source.bucketed(cfg.ipv6_prefix), &mut clock),
+    };
+    let Some(v) = verdict else {
+        count::verdict(Kind::Packets, Verdict::Passed);
+        return TC_ACT_PIPE;
+    };
+    count::verdict(Kind::Packets, v);
+    if let Some(why) = enforce::released(cfg, &mut clock) {
+        count::verdict(Kind::Packets, why);
+        return TC_ACT_PIPE;
     }
+    TC_ACT_SHOT
 }
 
 /// Parses to TCP, pulling the headers into the linear area once if they are not.

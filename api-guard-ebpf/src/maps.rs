@@ -2,17 +2,20 @@
 //! place both sides read them from.
 
 use api_guard_common::{
-    client::{ClientKey, ClientState},
+    client::{ClientKey, ClientState, Penalty},
     config::{Config, Limit},
+    conn::{ConnKey, ConnState, DEFAULT_MAX_CONNS_TRACKED},
     counters,
-    maps::{DEFAULT_MAX_CLIENTS, NETWORK_SLOTS, PORT_SLOTS, TAIL_SLOTS},
+    maps::{
+        DEFAULT_MAX_CLIENTS, NETWORK_SLOTS, OPEN_CONN_SLOTS, PENALTY_SLOTS, PORT_SLOTS, TAIL_SLOTS,
+    },
     network::NetKey,
     sample::{DEFAULT_RING_BYTES, SampleBuf},
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 
 /// Port flags by destination port (`api_guard_common::ports`), set by the daemon.
@@ -69,3 +72,22 @@ pub static SAMPLES: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 /// Per-CPU space where a sample is built before it is copied out.
 #[map(name = "SAMPLE_SCRATCH")]
 pub static SAMPLE_SCRATCH: PerCpuArray<SampleBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the request parser stands in each connection (stream.rs).
+#[map(name = "CONNS")]
+pub static CONNS: LruHashMap<ConnKey, ConnState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONNS_TRACKED, 0);
+
+/// Blocks and bucket debts the client map's eviction cannot erase (not LRU).
+#[map(name = "PENALTIES")]
+pub static PENALTIES: HashMap<ClientKey, Penalty> = HashMap::with_max_entries(PENALTY_SLOTS, 0);
+
+/// Established connections per client, for `--max-conns` (not LRU, so eviction
+/// cannot reset a count).
+#[map(name = "OPEN_CONNS")]
+pub static OPEN_CONNS: HashMap<ClientKey, u64> = HashMap::with_max_entries(OPEN_CONN_SLOTS, 0);
+
+/// Per-CPU space for the stream stage's connection key, new state and words.
+#[map(name = "STREAM_SCRATCH")]
+pub static STREAM_SCRATCH: PerCpuArray<crate::stream::StreamScratch> =
+    PerCpuArray::with_max_entries(1, 0);

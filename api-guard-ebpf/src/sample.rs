@@ -55,16 +55,21 @@ pub fn emit(ctx: &TcContext, h: &Handoff, capture_bytes: u32) -> Result<(), ()> 
     let tcp = header::<20>(ctx, h.l4_off).map_err(|_| ())?;
     hdr.client_port = u16::from_be_bytes([tcp[0], tcp[1]]);
     hdr.server_port = u16::from_be_bytes([tcp[2], tcp[3]]);
-    let payload_off = h.l4_off + ((tcp[12] >> 4) as usize) * 4;
+    // The capture begins at the segment's first request start.
+    if h.start_off > h.payload_len {
+        return Err(());
+    }
+    let payload_off = h.l4_off + ((tcp[12] >> 4) as usize) * 4 + h.start_off;
+    let payload_len = h.payload_len - h.start_off;
     hdr.source = Source::TcIngress as u16;
     hdr.verdict = h.verdict as u8;
     // SAFETY: the skb pointer is the program's own context.
     hdr.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    hdr.payload_len = h.payload_len as u32;
+    hdr.payload_len = payload_len as u32;
     hdr._pad = 0;
 
     // The capture length, clamped so the verifier sees 1..=MAX_CAPTURE.
-    let mut n = h.payload_len.min(capture_bytes as usize);
+    let mut n = payload_len.min(capture_bytes as usize);
     n &= MAX_CAPTURE * 2 - 1;
     if n == 0 || n > MAX_CAPTURE {
         return Err(());

@@ -1,23 +1,24 @@
 //! Open connections per client, for `--max-conns`: +1 when a connection to a
-//! watched port is established (passive side), -1 when it closes. Attached to the
+//! watched port is established (passive side), -1 when it closes, kept in
+//! `OPEN_CONNS` where the client map's eviction cannot reset them. Attached to the
 //! cgroup v2 root, it sees every socket on the host, so it only counts those of the
 //! daemon's network namespace.
 
 use core::ptr::read_volatile;
 
-use api_guard_common::client::ClientKey;
+use api_guard_common::{client::ClientKey, counters::Event};
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_TCP_CLOSE,
+        BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
     },
     helpers::bpf_get_netns_cookie,
     programs::SockOpsContext,
 };
 
 use crate::{
-    atomic, classify,
-    maps::{CLIENTS, CONFIG},
+    atomic, classify, count,
+    maps::{CLIENTS, CONFIG, OPEN_CONNS},
 };
 
 const AF_INET: u32 = 2;
@@ -73,18 +74,43 @@ pub fn handle(ctx: &SockOpsContext) {
         _ => return,
     }
     .bucketed(cfg.ipv6_prefix);
-    let Some(state) = CLIENTS.get_ptr_mut(&key) else {
-        return;
-    };
-    // SAFETY: the map value lives for this program run (RCU).
-    let state = unsafe { &mut *state };
-    if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
-        atomic::add(&mut state.open_conns, 1);
+    let open = if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         // Ask for state changes on this socket, to see it close.
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        if OPEN_CONNS.get_ptr_mut(&key).is_none()
+            && OPEN_CONNS.insert(&key, &0, BPF_NOEXIST as u64).is_err()
+            && OPEN_CONNS.get_ptr_mut(&key).is_none()
+        {
+            count::event(Event::OpenConnsFull);
+            return;
+        }
+        let Some(n) = OPEN_CONNS.get_ptr_mut(&key) else {
+            return;
+        };
+        // SAFETY: the map value lives for this program run (RCU).
+        let n = unsafe { &mut *n };
+        atomic::add(n, 1);
+        atomic::read(n)
     } else if ctx.arg(1) == BPF_TCP_CLOSE {
-        // Not "if > 0 then subtract": that is not atomic. A count taken below zero
-        // by racing closes is read as zero by the ingress program.
-        atomic::sub(&mut state.open_conns, 1);
+        let Some(n) = OPEN_CONNS.get_ptr_mut(&key) else {
+            return;
+        };
+        // SAFETY: as above. Never below zero: a close racing another close, or
+        // one for a count that was never raised, stops at zero.
+        let left = atomic::dec_floor(unsafe { &mut *n });
+        if left == 0 {
+            // Entries exist only while connections are open, so the map holds
+            // the clients with open connections, not every client ever seen.
+            let _ = OPEN_CONNS.remove(&key);
+        }
+        left
+    } else {
+        return;
+    };
+    // A copy in the client's state for status and top (eviction resets the copy,
+    // never the count).
+    if let Some(state) = CLIENTS.get_ptr_mut(&key) {
+        // SAFETY: the map value lives for this program run (RCU).
+        atomic::write(unsafe { &mut (*state).open_conns }, open);
     }
 }

@@ -30,6 +30,9 @@ pub const INGRESS_PROGRAM: &str = "api_guard_ingress";
 pub const RESET_PROGRAM: &str = "api_guard_reset";
 /// The sampler, tail-called by the ingress program.
 pub const SAMPLE_PROGRAM: &str = "api_guard_sample";
+/// Tail-called by the ingress program for every packet to a watched port that
+/// the lists did not drop.
+pub const JUDGE_PROGRAM: &str = "api_guard_judge";
 /// A classifier that does nothing: the floor benchmarks compare against.
 pub const FLOOR_PROGRAM: &str = "api_guard_floor";
 /// The connection tracker's name in the object.
@@ -98,6 +101,7 @@ impl Datapath {
         })?;
         load_tail(&mut ebpf, RESET_PROGRAM, names::TAIL_RESET)?;
         load_tail(&mut ebpf, SAMPLE_PROGRAM, names::TAIL_SAMPLE)?;
+        load_tail(&mut ebpf, JUDGE_PROGRAM, names::TAIL_JUDGE)?;
         let mut datapath = Self { ebpf };
         // Never leave a new policy zeroed (a zero IPv6 prefix would lump every
         // IPv6 client together): watch-only until the caller sets its own. An

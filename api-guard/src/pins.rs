@@ -31,7 +31,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/api-guard";
 /// The maps pinned for operators and for the next daemon. The tail-call table is
 /// among them: the kernel empties a program array once no file holds it, which
 /// would leave the attached programs of a stopped daemon without their tails.
-pub const PINNED: [&str; 11] = [
+pub const PINNED: [&str; 14] = [
     names::PORTS,
     names::CONFIG,
     names::CLIENTS,
@@ -43,6 +43,9 @@ pub const PINNED: [&str; 11] = [
     names::EVENTS,
     names::HEARTBEAT,
     names::TAILS,
+    names::CONNS,
+    names::PENALTIES,
+    names::OPEN_CONNS,
 ];
 
 /// Pinned links are named `link_*`.

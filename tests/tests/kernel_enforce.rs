@@ -339,6 +339,43 @@ fn fragments_cannot_slip_past_a_deny_or_a_block() {
 }
 
 #[test]
+fn fragments_from_a_client_blocked_by_block_for_or_over_its_limit_are_dropped() {
+    use api_guard_tests::packet::{ETH_P_IP, IPPROTO_TCP, SERVER4};
+    let tcp = Tcp::data(API, GET).bytes();
+    let fragment4 = |src: Ipv4Addr, offset: u16, body: &[u8]| {
+        let mut ip = packet::ipv4(src, SERVER4, &[], IPPROTO_TCP, body);
+        ip[6..8].copy_from_slice(&(0x2000 | offset).to_be_bytes()); // MF + offset
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let check =
+            api_guard_common::checksum::finish(api_guard_common::checksum::add_words(0, &ip[..20]));
+        ip[10..12].copy_from_slice(&check.to_be_bytes());
+        packet::ethernet(&[], ETH_P_IP, &ip)
+    };
+    let tiny_first = |src| fragment4(src, 0, &tcp[..8]);
+    let later = |src| fragment4(src, 3, &tcp[20..]);
+
+    // --block-for: the kernel blocks the client when it goes over; from then on
+    // its fragments are dropped as blocked, like its whole segments.
+    let h = harness(&["--rate", "1", "--burst", "2", "--block-for", "1h"]);
+    let abuser = Ipv4Addr::new(198, 18, 0, 7);
+    assert_eq!(h.run(&tiny_first(abuser)).unwrap(), TC_ACT_PIPE);
+    assert_eq!(requests(&h, abuser, 3), 2);
+    assert_eq!(h.run(&tiny_first(abuser)).unwrap(), TC_ACT_SHOT);
+    assert_eq!(h.run(&later(abuser)).unwrap(), TC_ACT_SHOT);
+    assert_eq!(counter(&h, Kind::Packets, Verdict::Blocked), 2);
+    // A well-behaved client's fragments pass.
+    let polite = Ipv4Addr::new(198, 18, 0, 8);
+    assert_eq!(requests(&h, polite, 1), 1);
+    assert_eq!(h.run(&later(polite)).unwrap(), TC_ACT_PIPE);
+
+    // Without a block: dropped while the client has no request token left.
+    let h = harness(&["--rate", "1", "--burst", "2"]);
+    assert_eq!(requests(&h, abuser, 2), 2);
+    assert_eq!(h.run(&later(abuser)).unwrap(), TC_ACT_SHOT);
+    assert_eq!(counter(&h, Kind::Packets, Verdict::RateLimited), 1);
+}
+
+#[test]
 fn ipv6_lists_match_the_address_not_its_bucket() {
     // The /64 bucket keys per-client state only: an allowed or denied /128 is that
     // host, not its whole /64.

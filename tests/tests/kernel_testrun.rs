@@ -144,15 +144,17 @@ fn truncated_frames_are_passed_as_malformed() {
 }
 
 #[test]
-fn a_request_cut_short_by_the_ip_length_is_not_a_request() {
-    // The frame carries the whole request, but the IP header says the segment ends
-    // after 2 payload bytes ("GE"): trailing bytes (Ethernet padding) are not payload.
+fn bytes_past_the_ip_length_are_not_payload() {
+    // The IP header ends the segment after one request; the frame carries a second
+    // one behind it (as Ethernet padding would): only the first is a request.
     let h = harness();
-    let mut frame = packet::v4(&Tcp::data(API, GET));
-    let total = (20 + 20 + 2) as u16;
+    let mut payload = GET.to_vec();
+    payload.extend_from_slice(GET);
+    let mut frame = packet::v4(&Tcp::data(API, &payload));
+    let total = (20 + 20 + GET.len()) as u16;
     frame[14 + 2..14 + 4].copy_from_slice(&total.to_be_bytes());
     feed(&h, &[frame]);
-    assert_eq!(requests(&h, CLIENT4), Some(0));
+    assert_eq!(requests(&h, CLIENT4), Some(1));
 }
 
 #[test]
@@ -269,40 +271,50 @@ fn non_first_fragments_are_passed() {
 }
 
 #[test]
-fn method_tokens_and_near_misses() {
+fn a_new_stream_that_cannot_start_a_request_is_not_counted() {
+    // After the SYN, the stream's first byte tells HTTP from TLS: a ClientHello
+    // or HTTP/2's preface byte that no method begins with is not a request.
     let h = harness();
-    let methods = [
-        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
-    ];
-    for m in methods {
-        feed(
-            &h,
-            &[packet::v4(&Tcp::data(
-                API,
-                format!("{m} / HTTP/1.1\r\n\r\n").as_bytes(),
-            ))],
-        );
-    }
-    assert_eq!(requests(&h, CLIENT4), Some(methods.len() as u64));
-    // Short payloads: "GET " alone is a request start; three bytes are not.
-    feed(
-        &h,
-        &[
-            packet::v4(&Tcp::data(API, b"GET ")),
-            packet::v4(&Tcp::data(API, b"GET")),
-        ],
-    );
-    assert_eq!(requests(&h, CLIENT4), Some(methods.len() as u64 + 1));
-    for miss in [
-        &b"GETX / HTTP/1.1\r\n"[..],
-        b"get / HTTP/1.1\r\n",
-        b"HTTP/1.1 200 OK\r\n",
-        b"\x16\x03\x01\x00\xa5\x01\x00\x00",
-        b"PRI * HTTP/2.0\r\n",
+    for (port, first) in [
+        (40001, &b"\x16\x03\x01\x00\xa5\x01\x00\x00"[..]),
+        (40002, b"\x80\x01"),
+        (40003, b" GET / HTTP/1.1\r\n\r\n"),
     ] {
-        feed(&h, &[packet::v6(&Tcp::data(API, miss))]);
+        let syn = Tcp {
+            sport: port,
+            seq: 1000,
+            ..Tcp::syn(API)
+        };
+        let data = Tcp {
+            sport: port,
+            seq: 1001,
+            ..Tcp::data(API, first)
+        };
+        feed(&h, &[packet::v6(&syn), packet::v6(&data)]);
     }
     assert_eq!(requests(&h, CLIENT6), Some(0));
+    // Any method token starts a request, known or not: the server reads it.
+    for (i, m) in [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "PROPFIND",
+        "get",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let port = 41000 + i as u16;
+        let syn = Tcp {
+            sport: port,
+            seq: 7,
+            ..Tcp::syn(API)
+        };
+        let data = Tcp {
+            sport: port,
+            seq: 8,
+            ..Tcp::data(API, format!("{m} / HTTP/1.1\r\n\r\n").as_bytes())
+        };
+        feed(&h, &[packet::v4(&syn), packet::v4(&data)]);
+    }
+    assert_eq!(requests(&h, CLIENT4), Some(11));
 }
 
 #[test]

@@ -1,0 +1,432 @@
+//! Stage 3, stream: the request starts in a segment's new bytes, found by the
+//! per-connection parser of `api_guard_common::stream`, whatever the
+//! segmentation. Bytes the server already has are not charged again; bytes that
+//! were accounted but that the server has not taken (its socket's `rcv_nxt` is
+//! behind them: a segment it refused, a forged one) are charged again, untrusted.
+//!
+//! The parser's new state is committed only once the segment is let through
+//! ([`Accounted::commit`]): a dropped segment comes back as a retransmission and
+//! is accounted then.
+
+use core::{ffi::c_void, mem::size_of};
+
+use api_guard_common::{
+    conn::{CONN_SUSPECT, ConnKey, ConnState},
+    counters::Event,
+    stream::{Framing, MODE_BODY},
+};
+use aya_ebpf::{
+    bindings::{__sk_buff, BPF_F_CURRENT_NETNS, bpf_sock_tuple},
+    helpers::{bpf_loop, bpf_sk_release, bpf_skb_load_bytes, bpf_skc_lookup_tcp, bpf_tcp_sock},
+    programs::TcContext,
+};
+
+use crate::{
+    count,
+    maps::{CONNS, STREAM_SCRATCH},
+    parse::{TCP_ACK, TCP_SYN, TcpPacket, header},
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+/// `first_off` when no request starts in the segment.
+pub const NO_START: u32 = u32::MAX;
+
+/// TCP states in which the server still takes the client's bytes.
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_FIN_WAIT1: u32 = 4;
+const TCP_FIN_WAIT2: u32 = 5;
+
+/// What a segment carries, and what to do with the connection's state if the
+/// segment is let through (the new state itself waits in `STREAM_SCRATCH`).
+pub struct Accounted {
+    /// Request starts to charge.
+    pub starts: u32,
+    /// Payload offset of the first start in the new bytes (for the sampler).
+    pub first_off: u32,
+    keep: u8,
+}
+
+const KEEP_NOTHING: u8 = 0;
+const KEEP_STATE: u8 = 1;
+/// The client closed its side (FIN or RST): forget the connection.
+const KEEP_FORGET: u8 = 2;
+
+/// The connection's key and new state between accounting and commit: too large
+/// for the BPF stack beside the rest of the pipeline.
+#[repr(C)]
+pub struct StreamScratch {
+    key: ConnKey,
+    next: ConnState,
+    /// The parser and cursor while a scan runs: in map memory, not on the stack,
+    /// so the verifier sees their fields as unknown values and the rounds of the
+    /// loop converge instead of being walked one by one.
+    framing: Framing,
+    cur: Cursor,
+    word: [u8; 8],
+}
+
+/// Where a scan stands (payload offsets), and what it found.
+#[repr(C)]
+struct Cursor {
+    /// skb offset of the payload.
+    base: u32,
+    /// The next byte to read, and the end.
+    pos: u32,
+    end: u32,
+    starts: u32,
+    first: u32,
+    /// Offset of the word in `StreamScratch::word`.
+    word_at: u32,
+}
+
+impl Accounted {
+    /// No accounting: a packet dropped before it (deny and block lists).
+    pub const NOTHING: Accounted = Accounted {
+        starts: 0,
+        first_off: NO_START,
+        keep: KEEP_NOTHING,
+    };
+
+    /// Keeps the parser's new state: the segment was let through.
+    #[inline(always)]
+    pub fn commit(&self) {
+        if self.keep == KEEP_NOTHING {
+            return;
+        }
+        let Some(sc) = STREAM_SCRATCH.get_ptr(0) else {
+            return;
+        };
+        // SAFETY: this CPU's scratch entry, filled by `account` in this program run.
+        let sc = unsafe { &*sc };
+        if self.keep == KEEP_FORGET {
+            let _ = CONNS.remove(&sc.key);
+        } else {
+            // An LRU map: a full one evicts its least recently seen connection.
+            let _ = CONNS.insert(&sc.key, &sc.next, 0);
+        }
+    }
+}
+
+/// What the `bpf_loop` callback needs that only the stack can carry: the
+/// context pointer keeps its type there (the scratch pointer rides along).
+#[repr(C)]
+struct Scan {
+    skb: *mut __sk_buff,
+    sc: *mut StreamScratch,
+}
+
+/// Accounts the segment `pkt` from `client` (its address, not its bucket).
+#[inline(always)]
+pub fn account(ctx: &TcContext, pkt: &TcpPacket, client: &[u8; 16]) -> Accounted {
+    let Some(sc) = STREAM_SCRATCH.get_ptr_mut(0) else {
+        return Accounted::NOTHING;
+    };
+    // SAFETY: this CPU's scratch entry, used by this program run only.
+    let sc = unsafe { &mut *sc };
+    if conn_key(ctx, pkt, client, &mut sc.key).is_err() {
+        return Accounted::NOTHING;
+    }
+    let key = &sc.key;
+    let Ok(th) = header::<8>(ctx, pkt.l4_off) else {
+        return Accounted::NOTHING;
+    };
+    let seq = u32::from_be_bytes([th[4], th[5], th[6], th[7]]);
+    let len = pkt.payload_len as u32;
+    let mut out = Accounted::NOTHING;
+
+    if pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // A new connection: its stream starts right after the SYN. A SYN with
+        // another number on a tracked connection is a new connection on a reused
+        // port, or a forgery: bytes before the new number are charged again.
+        let mut state = ConnState {
+            framing: Framing::start(),
+            next_seq: seq.wrapping_add(1),
+            flags: 0,
+        };
+        if let Some(old) = conn(key) {
+            if old.next_seq == state.next_seq {
+                return out;
+            }
+            state.flags = CONN_SUSPECT;
+        }
+        if len > 0 {
+            // Data on the SYN (TCP Fast Open): charged, untrusted.
+            state.framing = Framing::untrusted();
+            scan(ctx, pkt, &mut state.framing, 0, len, &mut out);
+            state.next_seq = state.next_seq.wrapping_add(len);
+        }
+        sc.next = state;
+        out.keep = KEEP_STATE;
+        return out;
+    }
+    if pkt.flags & TCP_RST != 0 {
+        out.keep = KEEP_FORGET;
+        return out;
+    }
+    if len == 0 {
+        if pkt.flags & TCP_FIN != 0 {
+            out.keep = KEEP_FORGET;
+        }
+        return out;
+    }
+
+    let server = server_next(ctx, pkt, key);
+    let mut state = match conn(key) {
+        Some(s) => s,
+        None => ConnState {
+            // Picked up at the server's first byte, or mid-way (missed SYN, an
+            // evicted entry, a daemon started on live connections).
+            framing: match server {
+                Some((rcv_nxt, 0)) if rcv_nxt == seq => Framing::start(),
+                _ => {
+                    count::event(Event::StreamsUntrusted);
+                    Framing::untrusted()
+                }
+            },
+            next_seq: seq,
+            flags: 0,
+        },
+    };
+
+    // Bytes before `next_seq` were accounted. Those the server has (before its
+    // rcv_nxt) are free; the rest are charged again, untrusted: a forged or
+    // refused segment must not pass its bytes off as accounted.
+    let behind = state.next_seq.wrapping_sub(seq) as i32;
+    if behind > 0 {
+        let old_end = if (behind as u32) < len {
+            behind as u32
+        } else {
+            len
+        };
+        let from = match server {
+            Some((rcv_nxt, _)) if state.flags & CONN_SUSPECT == 0 => {
+                let have = rcv_nxt.wrapping_sub(seq) as i32;
+                if have <= 0 { 0 } else { have as u32 }
+            }
+            _ => 0,
+        };
+        if from < old_end {
+            count::event(Event::StreamsUntrusted);
+            let mut again = Framing::untrusted();
+            scan(ctx, pkt, &mut again, from, old_end, &mut out);
+        }
+        if old_end < len {
+            scan(ctx, pkt, &mut state.framing, old_end, len, &mut out);
+            state.next_seq = seq.wrapping_add(len);
+        }
+    } else {
+        if behind < 0 {
+            // A gap: bytes before this segment were never seen here (lost on the
+            // way, or sent out of order). Where it stands in the stream is unknown.
+            count::event(Event::StreamsUntrusted);
+            state.framing = Framing::untrusted();
+        }
+        scan(ctx, pkt, &mut state.framing, 0, len, &mut out);
+        state.next_seq = seq.wrapping_add(len);
+    }
+    sc.next = state;
+    out.keep = if pkt.flags & TCP_FIN != 0 {
+        KEEP_FORGET
+    } else {
+        KEEP_STATE
+    };
+    out
+}
+
+/// A copy of the connection's state.
+#[inline(always)]
+fn conn(key: &ConnKey) -> Option<ConnState> {
+    // SAFETY: a live map value (RCU), copied out at once.
+    CONNS.get_ptr(key).map(|p| unsafe { *p })
+}
+
+/// Scans payload bytes `from..to` with `framing`, adding to `out`'s starts.
+#[inline(always)]
+fn scan(
+    ctx: &TcContext,
+    pkt: &TcpPacket,
+    framing: &mut Framing,
+    from: u32,
+    to: u32,
+    out: &mut Accounted,
+) {
+    let Some(sc) = STREAM_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch entry, used by this program run only.
+    let scr = unsafe { &mut *sc };
+    scr.framing = *framing;
+    scr.cur = Cursor {
+        base: pkt.payload_off as u32,
+        pos: from,
+        end: to,
+        starts: 0,
+        first: NO_START,
+        word_at: u32::MAX,
+    };
+    let mut s = Scan {
+        skb: ctx.skb.skb,
+        sc,
+    };
+    // Each round parses a byte or skips a body; a body needs a head of at least
+    // 16 bytes before it, so len + len / 8 + 4 rounds always reach the end.
+    let rounds = (to - from) + (to - from) / 8 + 4;
+    // SAFETY: the callback gets `s`, which lives on this frame for the whole loop.
+    unsafe { bpf_loop(rounds, scan_round as *mut c_void, (&raw mut s).cast(), 0) };
+    *framing = scr.framing;
+    let c = &scr.cur;
+    let mut starts = c.starts;
+    if c.pos < c.end {
+        // The bound was reached (it cannot be, by the rule above): err high.
+        starts += 1;
+        framing.distrust();
+    }
+    out.starts += starts;
+    if out.first_off == NO_START {
+        out.first_off = c.first;
+    }
+}
+
+/// One round of the scan: a body skipped at once, or one byte parsed (from a
+/// word read 8 bytes at a time). One step a round keeps the verifier's work
+/// small: it checks the round, not every path through many bytes.
+extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Scan` that `scan` passed to bpf_loop.
+    let s = unsafe { &*(ctx as *const Scan) };
+    // SAFETY: this CPU's scratch entry, set by `scan`, used by this run only.
+    let sc = unsafe { &mut *s.sc };
+    let c = &mut sc.cur;
+    if c.pos >= c.end {
+        return 1;
+    }
+    if sc.framing.mode == MODE_BODY {
+        let n = sc.framing.skip_body((c.end - c.pos) as u64);
+        c.pos += n as u32;
+        return 0;
+    }
+    if c.pos < c.word_at || c.pos - c.word_at >= 8 {
+        // Always a whole word (the verifier's rule for loads): the next 8 bytes,
+        // or near the end the payload's last 8. Headers come before the payload,
+        // so the word never starts before the skb.
+        c.word_at = if c.end - c.pos >= 8 { c.pos } else { c.end - 8 };
+        // SAFETY: `word` holds 8 bytes; the skb pointer is the program's context.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                s.skb as *const c_void,
+                c.base.wrapping_add(c.word_at),
+                sc.word.as_mut_ptr().cast(),
+                8,
+            )
+        };
+        if rc != 0 {
+            return 1;
+        }
+    }
+    let b = sc.word[((c.pos - c.word_at) & 7) as usize];
+    if sc.framing.step(b) {
+        c.starts += 1;
+        if c.first == NO_START {
+            c.first = c.pos;
+        }
+    }
+    c.pos += 1;
+    0
+}
+
+/// The connection's key: client and server address and port.
+#[inline(always)]
+fn conn_key(
+    ctx: &TcContext,
+    pkt: &TcpPacket,
+    client: &[u8; 16],
+    key: &mut ConnKey,
+) -> Result<(), ()> {
+    let server = if pkt.ipv6 {
+        *header::<16>(ctx, pkt.l3_off + 24).map_err(|_| ())?
+    } else {
+        let d = header::<4>(ctx, pkt.l3_off + 16).map_err(|_| ())?;
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, d[0], d[1], d[2], d[3],
+        ]
+    };
+    let th = header::<4>(ctx, pkt.l4_off).map_err(|_| ())?;
+    key.client = *client;
+    key.server = server;
+    key.client_port = u16::from_be_bytes([th[0], th[1]]);
+    key.server_port = u16::from_be_bytes([th[2], th[3]]);
+    key._pad = 0;
+    Ok(())
+}
+
+/// The server socket's next expected sequence number and the bytes it has
+/// received, if the connection's socket is in this network namespace.
+#[inline(always)]
+fn server_next(ctx: &TcContext, pkt: &TcpPacket, key: &ConnKey) -> Option<(u32, u64)> {
+    // SAFETY: an all-zero tuple is a valid value of this plain C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if pkt.ipv6 {
+        // SAFETY: writing plain integers into the union's IPv6 member.
+        unsafe {
+            let t = &mut tuple.__bindgen_anon_1.ipv6;
+            t.saddr = words(&key.client);
+            t.daddr = words(&key.server);
+            t.sport = key.client_port.to_be();
+            t.dport = key.server_port.to_be();
+        }
+        size_of::<[u32; 9]>()
+    } else {
+        // SAFETY: writing plain integers into the union's IPv4 member.
+        unsafe {
+            let t = &mut tuple.__bindgen_anon_1.ipv4;
+            t.saddr = words(&key.client)[3];
+            t.daddr = words(&key.server)[3];
+            t.sport = key.client_port.to_be();
+            t.dport = key.server_port.to_be();
+        }
+        size_of::<[u32; 3]>()
+    };
+    // SAFETY: the context and tuple are valid for the call; the socket it returns
+    // is released below on every path.
+    let sk = unsafe {
+        bpf_skc_lookup_tcp(
+            ctx.skb.skb as *mut c_void,
+            &mut tuple,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: `sk` is a live socket reference until the release below.
+    let found = unsafe {
+        let state = (*sk).state;
+        let tp = bpf_tcp_sock(sk);
+        if tp.is_null()
+            || !(state == TCP_ESTABLISHED || state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2)
+        {
+            None
+        } else {
+            Some(((*tp).rcv_nxt, (*tp).bytes_received))
+        }
+    };
+    // SAFETY: releases the reference taken by the lookup.
+    unsafe { bpf_sk_release(sk.cast()) };
+    found
+}
+
+/// 16 address bytes as four network-order words, as the tuple holds them.
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+// No implicit padding: the verifier refuses reads of uninitialised stack.
+const _: () = assert!(size_of::<Scan>() == 16);
