@@ -407,11 +407,11 @@ pub fn polite_request(server: SocketAddr, path: &str) -> Result<(u16, u32)> {
 }
 
 /// A well-behaved client: one request per `gap` on a new connection each,
-/// until `stop` is set.
-pub fn polite(server: SocketAddr, gap: Duration, stop: &AtomicBool) -> Result<Polite> {
+/// until `stop` is set and it has sent at least `min`.
+pub fn polite(server: SocketAddr, gap: Duration, min: usize, stop: &AtomicBool) -> Result<Polite> {
     let mut p = Polite::default();
     let mut i = 0;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) || p.statuses.len() < min {
         let (status, retrans) = polite_request(server, &format!("/polite/{i}"))?;
         p.add(status, retrans);
         i += 1;
