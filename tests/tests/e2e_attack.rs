@@ -83,6 +83,12 @@ impl Case {
     }
 }
 
+/// An attacker that writes `rounds` one segment per write for T, judged
+/// against the bound and served at least `min`.
+fn segmented(name: impl Into<String>, rounds: Vec<Round>, min: usize) -> Case {
+    Case::bound(name, Attack::new(rounds, Pace::AckEach, T), min)
+}
+
 /// `burst + rate × T + SEGMENT_SLACK` for an attack that lasted `elapsed`.
 fn bound(elapsed: Duration) -> f64 {
     (BURST + SEGMENT_SLACK) as f64 + RATE as f64 * elapsed.as_secs_f64()
@@ -294,11 +300,7 @@ mod e2e_attack {
                 // A segment with more request starts than the burst may be reset
                 // whole, so such an attacker may rightly be served nothing.
                 let min = if n <= BURST { BURST } else { 0 };
-                Case::bound(
-                    format!("2 {n} requests per segment"),
-                    Attack::new(rounds, Pace::AckEach, T),
-                    min,
-                )
+                segmented(format!("2 {n} requests per segment"), rounds, min)
             })
             .collect();
         run_cases(cases, "pipelined segments")
@@ -322,9 +324,9 @@ mod e2e_attack {
                 r.extend(get(&format!("/a3/{i}")));
                 r
             });
-            Case::bound(
+            segmented(
                 format!("3 {name} before each request"),
-                Attack::new(singles(requests), Pace::AckEach, T),
+                singles(requests),
                 BURST,
             )
         })
@@ -361,11 +363,7 @@ mod e2e_attack {
             .into_iter()
             .map(|(name, req, off)| {
                 let rounds = (0..99).map(|_| Round::cut(&req, &[off], 1)).collect();
-                Case::bound(
-                    format!("4 split {name}"),
-                    Attack::new(rounds, Pace::AckEach, T),
-                    BURST,
-                )
+                segmented(format!("4 split {name}"), rounds, BURST)
             })
             .collect();
         run_cases(cases, "split heads")
@@ -391,11 +389,7 @@ mod e2e_attack {
                 Round::whole(r, 3)
             })
             .collect();
-        cases.push(Case::bound(
-            "5 POST+GET+GET in one segment",
-            Attack::new(rounds, Pace::AckEach, T),
-            BURST,
-        ));
+        cases.push(segmented("5 POST+GET+GET in one segment", rounds, BURST));
 
         // The head alone, then the body with two GETs after it: the second
         // segment starts inside a body. Once with a plain body, once with one
@@ -413,9 +407,9 @@ mod e2e_attack {
                     Round::cut(&r, &[cut], 3)
                 })
                 .collect();
-            cases.push(Case::bound(
+            cases.push(segmented(
                 format!("5 POST head | {name}+GET+GET"),
-                Attack::new(rounds, Pace::AckEach, T),
+                rounds,
                 BURST,
             ));
         }
@@ -432,9 +426,9 @@ mod e2e_attack {
                 Round::cut(&r, &cuts, 4)
             })
             .collect();
-        cases.push(Case::bound(
+        cases.push(segmented(
             "5 GET POST GET POST cut every 37 bytes",
-            Attack::new(rounds, Pace::AckEach, T),
+            rounds,
             BURST,
         ));
 
