@@ -5,6 +5,7 @@
 //! Network rules: traffic stays inside namespaces the test made, addressed from
 //! 198.18.0.0/15 and 2001:db8::/32.
 
+pub mod attack;
 pub mod bpffs;
 pub mod client;
 pub mod daemon;
