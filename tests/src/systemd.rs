@@ -23,6 +23,7 @@ use tempfile::TempDir;
 
 use crate::{
     PREFIX,
+    cgroup::Cgroup2Mount,
     netns::Netns,
     process::{die_with_parent, kill, run, wait_until},
 };
@@ -307,20 +308,6 @@ fn remove_cgroup(dir: &Path) -> std::io::Result<()> {
     fs::remove_dir(dir)
 }
 
-/// cgroup v2 mounted by the harness, unmounted on drop.
-struct Cgroup2Mount {
-    dir: TempDir,
-}
-
-impl Drop for Cgroup2Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// The host's cgroup v2 root: where it is mounted, or a mount of our own.
 fn cgroup2_root() -> Result<(PathBuf, Option<Cgroup2Mount>)> {
     let mounts = fs::read_to_string("/proc/self/mounts")?;
@@ -330,10 +317,6 @@ fn cgroup2_root() -> Result<(PathBuf, Option<Cgroup2Mount>)> {
     }) {
         return Ok((dir, None));
     }
-    let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
-    run(Command::new("mount")
-        .args(["-t", "cgroup2", "cgroup2"])
-        .arg(dir.path()))?;
-    let path = dir.path().to_path_buf();
-    Ok((path, Some(Cgroup2Mount { dir })))
+    let mount = Cgroup2Mount::new()?;
+    Ok((mount.path().to_path_buf(), Some(mount)))
 }

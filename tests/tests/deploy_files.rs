@@ -9,15 +9,16 @@ use std::{
     collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     thread,
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use api_guard_tests::{
     PREFIX,
     bpffs::BpfFs,
+    cgroup::TestCgroup,
     client::{Connections, Opts, burst, curl, url},
     daemon::binary,
     deploy::{
@@ -26,14 +27,13 @@ use api_guard_tests::{
     },
     netns::Topology,
     nginx::Nginx,
-    process::{kill, run, wait_for_exit, wait_until},
+    process::{output_within, run, wait_until},
     prom,
     scenario::{API, Scenario},
     systemd::{HOST_DIR, SYSTEMD, Systemd},
 };
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
-use tempfile::TempDir;
 
 // ---------------------------------------------------------------------------
 // The unit file and capabilities
@@ -153,35 +153,6 @@ fn proc_caps(pid: u32, field: &str) -> Result<u64> {
     caps_in(&fs::read_to_string(format!("/proc/{pid}/status"))?, field)
 }
 
-/// An empty directory where the daemon's wrapper mounts cgroup v2, in the
-/// daemon's own mount namespace (`ip netns exec` makes one, and remounts /sys
-/// there, hiding the host's cgroup mounts). Nothing is mounted on the host.
-struct CgroupDir(TempDir);
-
-impl CgroupDir {
-    fn new() -> Result<Self> {
-        Ok(Self(tempfile::Builder::new().prefix(PREFIX).tempdir()?))
-    }
-
-    fn path(&self) -> &str {
-        self.0.path().to_str().expect("utf-8 temp path")
-    }
-
-    /// `sh` mounting cgroup v2 here, then exec'ing setpriv with only `caps`.
-    fn wrapper<'a>(&self, caps: impl IntoIterator<Item = &'a String>) -> Vec<String> {
-        let mut w: Vec<String> = [
-            "sh",
-            "-c",
-            "mount -t cgroup2 cgroup2 \"$0\" && exec \"$@\"",
-            self.path(),
-        ]
-        .map(String::from)
-        .to_vec();
-        w.extend(setpriv(caps));
-        w
-    }
-}
-
 #[test]
 fn systemd_analyze_verifies_the_unit() -> Result<()> {
     // `cargo xtask setup` installs systemd: its absence is a failure, not a skip.
@@ -244,24 +215,15 @@ fn the_units_capabilities_are_enough_to_run_and_enforce() -> Result<()> {
         "CAP_SYS_ADMIN would make CAP_BPF and CAP_PERFMON moot"
     );
     let mask = cap_mask(&caps)?;
-    let cgroup = CgroupDir::new()?;
-    let wrapper = cgroup.wrapper(&caps);
+    let wrapper = setpriv(&caps);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    // The connection tracker goes on nginx's cgroup (the scene's --cgroup).
     let s = Scenario::start_wrapped(
         1,
         &wrapper,
-        &[
-            "--rate",
-            "5",
-            "--burst",
-            "5",
-            "--max-conns",
-            "50",
-            "--cgroup",
-            cgroup.path(),
-        ],
+        &["--rate", "5", "--burst", "5", "--max-conns", "50"],
     )?;
-    // sh exec'd setpriv, which exec'd the daemon: one pid.
+    // setpriv exec'd the daemon: one pid.
     let pid = s.daemon.pid();
     assert_eq!(
         fs::read_to_string(format!("/proc/{pid}/comm"))?.trim(),
@@ -293,29 +255,11 @@ fn the_units_capabilities_are_enough_to_run_and_enforce() -> Result<()> {
 }
 
 /// Runs `api-guard run` in `ns` through `wrapper` and waits for it to exit,
-/// killing it (and failing) if it is still running after 20 s.
+/// killing it (and failing) if it is still running after 60 s.
 fn run_until_exit(topo: &Topology, wrapper: &[String], args: &[&str]) -> Result<Output> {
     let mut cmd = topo.server.command(&wrapper[0]);
-    cmd.args(&wrapper[1..])
-        .arg(binary())
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
-    let exited = wait_for_exit(&mut child, Duration::from_secs(20));
-    if exited.is_err() {
-        kill(&mut child);
-    }
-    let out = child.wait_with_output()?;
-    if let Err(e) = exited {
-        bail!(
-            "api-guard kept running ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
+    cmd.args(&wrapper[1..]).arg(binary()).arg("run").args(args);
+    output_within(&mut cmd, Duration::from_secs(60))
 }
 
 /// Each capability of the unit is asked for: without any one of them the daemon
@@ -326,14 +270,16 @@ fn run_until_exit(topo: &Topology, wrapper: &[String], args: &[&str]) -> Result<
 fn each_capability_of_the_unit_is_needed() -> Result<()> {
     let caps = unit_caps()?;
     let topo = Topology::new(1)?;
-    let cgroup = CgroupDir::new()?;
+    // The connection tracker's cgroup: the test's own, not the host's root.
+    let cgroup = TestCgroup::new("caps")?;
+    let cgroup_dir = cgroup.path().to_str().context("cgroup path")?;
     for missing in &caps {
         let bpffs = BpfFs::mount()?;
         let pin_dir = bpffs.pin_dir();
         let rest: Vec<&String> = caps.iter().filter(|c| *c != missing).collect();
         let out = run_until_exit(
             &topo,
-            &cgroup.wrapper(rest),
+            &setpriv(rest),
             &[
                 "--iface",
                 &topo.server_ifaces[0],
@@ -344,7 +290,7 @@ fn each_capability_of_the_unit_is_needed() -> Result<()> {
                 "--max-conns",
                 "50",
                 "--cgroup",
-                cgroup.path(),
+                cgroup_dir,
             ],
         )?;
         let stderr = String::from_utf8_lossy(&out.stderr);
