@@ -193,17 +193,25 @@ fn parse_prog_id(stderr: &str) -> Option<u32> {
         .ok()
 }
 
-/// The api-guard binary run as nobody with no capabilities (setpriv drops them
-/// before exec).
+/// setpriv's flags for nobody with no capabilities (dropped before exec).
+const NOBODY: [&str; 4] = [
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+];
+
+/// The api-guard binary run as nobody with no capabilities.
 pub fn unprivileged() -> std::process::Command {
     let mut cmd = std::process::Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-    ])
-    .arg(binary());
+    cmd.args(NOBODY).arg(binary());
+    cmd
+}
+
+/// As [`unprivileged`], inside `ns`.
+pub fn unprivileged_in(ns: &Netns) -> std::process::Command {
+    let mut cmd = ns.command("setpriv");
+    cmd.args(NOBODY).arg(binary());
     cmd
 }
 

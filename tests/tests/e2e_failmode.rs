@@ -208,10 +208,13 @@ fn open_lets_traffic_through_once_a_killed_daemons_heartbeat_times_out() -> Resu
     Ok(())
 }
 
-/// `api-guard run` in the server namespace of `topo`, to completion.
+/// `api-guard run` in the server namespace of `topo`, to completion (killed,
+/// and an error, if it has not exited after a minute), its connection tracker
+/// on `cgroup`.
 fn run_daemon(
     topo: &api_guard_tests::netns::Topology,
     pin_dir: &Path,
+    cgroup: &Path,
     ifaces: &[&str],
     extra: &[&str],
 ) -> Result<std::process::Output> {
@@ -220,8 +223,12 @@ fn run_daemon(
     for iface in ifaces {
         cmd.args(["--iface", iface]);
     }
-    cmd.arg("--pin-dir").arg(pin_dir).args(extra);
-    Ok(cmd.output()?)
+    cmd.arg("--pin-dir")
+        .arg(pin_dir)
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args(extra);
+    api_guard_tests::process::output_within(&mut cmd, Duration::from_secs(60))
 }
 
 /// The (link id, program id) of the ingress link pinned for `iface` in
@@ -239,6 +246,7 @@ fn ingress_link(pin_dir: &Path, iface: &str) -> Result<Option<(u64, u64)>> {
 fn a_failed_start_leaves_nothing_new_attached() -> Result<()> {
     let bpffs = api_guard_tests::bpffs::BpfFs::mount()?;
     let topo = api_guard_tests::netns::Topology::new(2)?;
+    let cgroup = api_guard_tests::cgroup::TestCgroup::new("failed-start")?;
     let pin_dir = bpffs.pin_dir();
     // Something that is not a link where c1's link belongs: the daemon attaches
     // the connection tracker and c0, then cannot clear the way for c1.
@@ -246,6 +254,7 @@ fn a_failed_start_leaves_nothing_new_attached() -> Result<()> {
     let out = run_daemon(
         &topo,
         &pin_dir,
+        cgroup.path(),
         &["c0", "c1"],
         &["--max-conns", "10", "--fail-mode", "closed"],
     )?;
