@@ -215,10 +215,11 @@ pub fn unprivileged_in(ns: &Netns) -> std::process::Command {
     cmd
 }
 
-/// Whether program `id` is unloaded within a few seconds: the kernel frees a
-/// detached program from a work queue, not at once.
+/// Whether program `id` gets unloaded: the kernel frees a detached program from
+/// a work queue, not at once. Waits for it, up to a minute (a hang guard: a
+/// program still loaded by then is not going away).
 pub fn program_unloaded(id: u32) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while program_loaded(id) {
         if std::time::Instant::now() > deadline {
             return false;
