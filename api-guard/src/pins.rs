@@ -151,6 +151,15 @@ pub fn remove_links(dir: &Path, keep: &[PathBuf]) -> Result<usize> {
 /// Where the locks live: /run is shared by every mount namespace on the host
 /// (bpffs cannot hold a plain file).
 const LOCK_DIR: &str = "/run/api-guard/locks";
+/// Names another lock directory (the test suite's own, say). The daemon and the
+/// operator commands acting on its pin dir must be given the same one.
+const LOCK_DIR_ENV: &str = "API_GUARD_LOCK_DIR";
+
+fn lock_dir() -> PathBuf {
+    std::env::var_os(LOCK_DIR_ENV)
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(LOCK_DIR), PathBuf::from)
+}
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// The lock of a pin dir, named after its normalised absolute path (so
@@ -172,12 +181,13 @@ fn lock_path(dir: &Path) -> PathBuf {
         .to_string_lossy()
         .replace('%', "%25")
         .replace('/', "%2F");
-    Path::new(LOCK_DIR).join(format!("{escaped}.lock"))
+    lock_dir().join(format!("{escaped}.lock"))
 }
 
 /// Takes the lock non-blockingly; Ok(None) if another process holds it.
 fn try_lock(path: &Path) -> Result<Option<File>> {
-    fs::create_dir_all(LOCK_DIR).with_context(|| format!("cannot create {LOCK_DIR}"))?;
+    let locks = lock_dir();
+    fs::create_dir_all(&locks).with_context(|| format!("cannot create {}", locks.display()))?;
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -193,24 +193,33 @@ fn parse_prog_id(stderr: &str) -> Option<u32> {
         .ok()
 }
 
-/// The api-guard binary run as nobody with no capabilities (setpriv drops them
-/// before exec).
+/// setpriv's flags for nobody with no capabilities (dropped before exec).
+const NOBODY: [&str; 4] = [
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+];
+
+/// The api-guard binary run as nobody with no capabilities.
 pub fn unprivileged() -> std::process::Command {
     let mut cmd = std::process::Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-    ])
-    .arg(binary());
+    cmd.args(NOBODY).arg(binary());
     cmd
 }
 
-/// Whether program `id` is unloaded within a few seconds: the kernel frees a
-/// detached program from a work queue, not at once.
+/// As [`unprivileged`], inside `ns`.
+pub fn unprivileged_in(ns: &Netns) -> std::process::Command {
+    let mut cmd = ns.command("setpriv");
+    cmd.args(NOBODY).arg(binary());
+    cmd
+}
+
+/// Whether program `id` gets unloaded: the kernel frees a detached program from
+/// a work queue, not at once. Waits for it, up to a minute (a hang guard: a
+/// program still loaded by then is not going away).
 pub fn program_unloaded(id: u32) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while program_loaded(id) {
         if std::time::Instant::now() > deadline {
             return false;

@@ -7,6 +7,7 @@
 
 pub mod attack;
 pub mod bpffs;
+pub mod cgroup;
 pub mod client;
 pub mod daemon;
 pub mod deploy;

@@ -6,7 +6,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::{
     PREFIX,
@@ -83,6 +83,28 @@ impl Netns {
         let (_, progs) =
             self.within(|| SchedClassifier::query_tcx(iface, TcAttachType::Ingress))??;
         Ok(progs.iter().map(|p| p.id()).collect())
+    }
+
+    /// A counter the namespace's kernel keeps, from /proc/net/snmp or
+    /// /proc/net/netstat: `group` is the line's prefix ("Tcp", "TcpExt", "Ip"),
+    /// `name` the counter ("InCsumErrors", "EstabResets" ...).
+    pub fn snmp(&self, group: &str, name: &str) -> Result<u64> {
+        let prefix = format!("{group}:");
+        for file in ["/proc/net/snmp", "/proc/net/netstat"] {
+            let text = self.exec("cat", &[file])?;
+            let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+            if let (Some(names), Some(values)) = (lines.next(), lines.next())
+                && let Some((_, v)) = names
+                    .split_whitespace()
+                    .zip(values.split_whitespace())
+                    .find(|(n, _)| *n == name)
+            {
+                return v
+                    .parse()
+                    .with_context(|| format!("{group} {name} in {file}: {v:?}"));
+            }
+        }
+        anyhow::bail!("no {group} {name} in /proc/net/snmp or /proc/net/netstat")
     }
 
     /// PIDs of the processes inside the namespace.

@@ -12,6 +12,7 @@ use tempfile::TempDir;
 
 use crate::{
     PREFIX,
+    cgroup::TestCgroup,
     netns::Netns,
     process::{kill, wait_until},
 };
@@ -27,10 +28,14 @@ pub struct AccessLine {
 }
 
 /// nginx listening on `ports` (IPv4 and IPv6) and answering 200 "ok" to everything.
-/// Stopped, and its files removed, on drop.
+/// It runs in a cgroup of its own, where the daemon's connection tracker is
+/// attached (`--cgroup`): it sees nginx's sockets and nothing of the host's.
+/// Stopped, and its files and cgroup removed, on drop.
 pub struct Nginx {
     child: Child,
     dir: TempDir,
+    // Dropped last: removable once nginx is gone.
+    cgroup: TestCgroup,
 }
 
 impl Nginx {
@@ -46,8 +51,10 @@ impl Nginx {
         fs::write(&conf, config(dir.path(), ports, limit_req))?;
         fs::create_dir_all(dir.path().join("www"))?;
         fs::write(dir.path().join("www/ok.txt"), "ok\n")?;
-        let child = ns
-            .command(&nginx_binary())
+        let cgroup = TestCgroup::new("nginx")?;
+        let mut cmd = ns.command(&nginx_binary());
+        cgroup.enter_on_exec(&mut cmd)?;
+        let child = cmd
             .arg("-c")
             .arg(&conf)
             .arg("-p")
@@ -57,7 +64,7 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start nginx")?;
-        let mut nginx = Self { child, dir };
+        let mut nginx = Self { child, dir, cgroup };
         for &port in ports {
             let filter = format!("sport = :{port}");
             wait_until(Duration::from_secs(10), "nginx to listen", || {
@@ -73,6 +80,11 @@ impl Nginx {
     /// The nginx process (master_process off: the one process that serves).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// nginx's cgroup (for `--cgroup`).
+    pub fn cgroup(&self) -> &Path {
+        self.cgroup.path()
     }
 
     fn error_log(&self) -> String {

@@ -1,8 +1,9 @@
 //! Child processes that cannot outlive the test that started them.
 
 use std::{
+    io::Read,
     os::unix::process::CommandExt,
-    process::{Child, Command},
+    process::{Child, Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -66,6 +67,48 @@ pub fn wait_for_exit(child: &mut Child, timeout: Duration) -> Result<std::proces
             bail!("process {} did not exit within {timeout:?}", child.id());
         }
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command that must exit by itself (a daemon that should refuse to
+/// start, say) and returns its output, whatever its exit status. Still running
+/// after `hang_guard`, it is killed and that is an error, with its stderr: the
+/// guard keeps a test from hanging, it does not judge speed, so make it generous.
+pub fn output_within(cmd: &mut Command, hang_guard: Duration) -> Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    // Drained all along, so a chatty child never blocks on a full pipe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let exited = wait_for_exit(&mut child, hang_guard);
+    if exited.is_err() {
+        kill(&mut child);
+    }
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match exited {
+        Ok(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        Err(e) => bail!(
+            "{cmd:?} kept running ({e}); its stderr: {}",
+            String::from_utf8_lossy(&stderr)
+        ),
     }
 }
 

@@ -39,8 +39,11 @@ impl Scenario {
         let bpffs = BpfFs::mount()?;
         let topo = Topology::new(clients)?;
         let nginx = Nginx::start(&topo.server, &[API, OTHER])?;
-        let daemon =
-            Daemon::start_wrapped(&topo.server, wrapper, &daemon_args(&topo, &bpffs, flags))?;
+        let daemon = Daemon::start_wrapped(
+            &topo.server,
+            wrapper,
+            &daemon_args(&topo, &bpffs, &nginx, flags),
+        )?;
         Ok(Self {
             daemon,
             nginx,
@@ -59,7 +62,7 @@ impl Scenario {
             bpffs,
         } = self;
         let stopped = daemon.stop_with(sig)?;
-        let daemon = Daemon::start(&topo.server, &daemon_args(&topo, &bpffs, flags))?;
+        let daemon = Daemon::start(&topo.server, &daemon_args(&topo, &bpffs, &nginx, flags))?;
         Ok((
             stopped,
             Scenario {
@@ -117,13 +120,16 @@ impl Scenario {
     }
 }
 
-/// `api-guard run` on every server interface, watching API, pinning in `bpffs`.
-fn daemon_args(topo: &Topology, bpffs: &BpfFs, flags: &[&str]) -> Vec<String> {
+/// `api-guard run` on every server interface, watching API, pinning in `bpffs`,
+/// with the connection tracker (when `--max-conns` asks for it) on nginx's
+/// cgroup, never the host's root.
+fn daemon_args(topo: &Topology, bpffs: &BpfFs, nginx: &Nginx, flags: &[&str]) -> Vec<String> {
     let mut args = vec!["run".to_string(), "--port".into(), API.to_string()];
     for iface in &topo.server_ifaces {
         args.extend(["--iface".into(), iface.clone()]);
     }
     args.extend(["--pin-dir".into(), bpffs.pin_dir().display().to_string()]);
+    args.extend(["--cgroup".into(), nginx.cgroup().display().to_string()]);
     args.extend(flags.iter().map(|f| f.to_string()));
     args
 }

@@ -4,7 +4,9 @@
 //!
 //! In its mount namespace the host's unit and generator directories,
 //! /etc/default, /usr/local, /run, /var and /tmp are empty tmpfs mounts,
-//! /sys/fs/cgroup is its own cgroup subtree and /sys/fs/bpf a bpffs of its own.
+//! /etc an overlay written only in the namespace (with a machine id generated
+//! for the boot), /sys/fs/cgroup is its own cgroup subtree and /sys/fs/bpf a
+//! bpffs of its own.
 //! So it sees only the units a test gives it and writes nothing to the host's
 //! files. It is killed, with everything it started, on drop, and its cgroup is
 //! removed then.
@@ -23,6 +25,7 @@ use tempfile::TempDir;
 
 use crate::{
     PREFIX,
+    cgroup::Cgroup2Mount,
     netns::Netns,
     process::{die_with_parent, kill, run, wait_until},
 };
@@ -268,13 +271,31 @@ for d in /tmp /var /usr/local /etc/default /etc/systemd/system /usr/lib/systemd/
     if [ -d "$d" ]; then mount -t tmpfs -o mode=0755 tmpfs "$d"; fi
 done
 chmod 1777 /tmp
-# PID 1 tunes global sysctls (fs.file-max, fs.nr_open) and may write
-# /etc/machine-id: neither may reach the host. The UTS namespace keeps the
-# hostname its own.
+# PID 1 tunes global sysctls (fs.file-max, fs.nr_open): they must not reach
+# the host. The UTS namespace keeps the hostname its own.
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
-cp /etc/machine-id /run/agt-machine-id
-mount --bind -o ro /run/agt-machine-id /etc/machine-id
+# PID 1 needs a machine id, and writes /etc/machine-id when there is none. Here
+# it gets one generated for this boot, whether or not the host has one: /etc
+# is an overlay whose writable layer is this namespace's /run, so nothing
+# written to /etc reaches the host's. Mounts under /etc (a container's hosts
+# or resolv.conf) are bound again on top.
+awk '$2 ~ "^/etc/" { print $2 }' /proc/self/mounts > /run/agt-etc-mounts
+mkdir -p /run/agt-etc/upper /run/agt-etc/work /run/agt-etc/kept
+i=0
+while read -r m; do
+    i=$((i + 1))
+    if [ -d "$m" ]; then mkdir "/run/agt-etc/kept/$i"; else touch "/run/agt-etc/kept/$i"; fi
+    mount --bind "$m" "/run/agt-etc/kept/$i"
+done < /run/agt-etc-mounts
+mount -t overlay overlay -o lowerdir=/etc,upperdir=/run/agt-etc/upper,workdir=/run/agt-etc/work /etc
+i=0
+while read -r m; do
+    i=$((i + 1))
+    mount --move "/run/agt-etc/kept/$i" "$m"
+done < /run/agt-etc-mounts
+rm -f /etc/machine-id
+tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id
 mkdir -p /var/tmp /var/log /var/lib /usr/local/bin
 chmod 1777 /var/tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
@@ -307,20 +328,6 @@ fn remove_cgroup(dir: &Path) -> std::io::Result<()> {
     fs::remove_dir(dir)
 }
 
-/// cgroup v2 mounted by the harness, unmounted on drop.
-struct Cgroup2Mount {
-    dir: TempDir,
-}
-
-impl Drop for Cgroup2Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// The host's cgroup v2 root: where it is mounted, or a mount of our own.
 fn cgroup2_root() -> Result<(PathBuf, Option<Cgroup2Mount>)> {
     let mounts = fs::read_to_string("/proc/self/mounts")?;
@@ -330,10 +337,6 @@ fn cgroup2_root() -> Result<(PathBuf, Option<Cgroup2Mount>)> {
     }) {
         return Ok((dir, None));
     }
-    let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
-    run(Command::new("mount")
-        .args(["-t", "cgroup2", "cgroup2"])
-        .arg(dir.path()))?;
-    let path = dir.path().to_path_buf();
-    Ok((path, Some(Cgroup2Mount { dir })))
+    let mount = Cgroup2Mount::new()?;
+    Ok((mount.path().to_path_buf(), Some(mount)))
 }

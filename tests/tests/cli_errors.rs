@@ -1,14 +1,43 @@
 //! Bad input to the real binary: one clear line on stderr and a documented exit code.
+//!
+//! Each run is inside a network namespace of the test's own: `lo` is that
+//! namespace's loopback, the metrics port its own, and `ip netns exec` gives it
+//! a mount namespace with a /sys of its own, so the default pin dir (and a bpffs
+//! mounted for it) never reach the host. Every case must exit by itself: one
+//! still running after a minute (a daemon that started where it should have
+//! refused) is killed, with the namespace, and fails the test.
 
-use std::process::{Command, Output};
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
 
-use api_guard_tests::daemon::{binary, unprivileged};
+use api_guard_tests::{
+    daemon::{binary, unprivileged_in},
+    netns::Netns,
+    process::output_within,
+};
+
+/// Keeps a case from hanging; no case comes near it.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// `program` (and its arguments, set by `args`) run in a namespace of its own.
+fn in_netns(program: &str, args: impl FnOnce(&mut Command)) -> Output {
+    let ns = Netns::new("cli").expect("a network namespace");
+    let mut cmd = ns.command(program);
+    args(&mut cmd);
+    output_within(&mut cmd, HANG_GUARD).expect("api-guard exits")
+}
+
+fn api_guard_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let bin = binary();
+    in_netns(bin.to_str().expect("utf-8 path"), |cmd| {
+        cmd.args(args).envs(env.iter().copied());
+    })
+}
 
 fn api_guard(args: &[&str]) -> Output {
-    Command::new(binary())
-        .args(args)
-        .output()
-        .expect("run api-guard")
+    api_guard_env(&[], args)
 }
 
 /// Asserts the exit code and that stderr is exactly one line, the documented
@@ -57,10 +86,10 @@ fn missing_flags_exit_2() {
 
 #[test]
 fn unprivileged_user_is_refused_with_exit_3() {
-    let out = unprivileged()
-        .args(["run", "--iface", "lo", "--port", "8080"])
-        .output()
-        .expect("run setpriv");
+    let ns = Netns::new("cli").expect("a network namespace");
+    let mut cmd = unprivileged_in(&ns);
+    cmd.args(["run", "--iface", "lo", "--port", "8080"]);
+    let out = output_within(&mut cmd, HANG_GUARD).expect("setpriv exits");
     assert_fails(&out, 3, "needs root");
 }
 
@@ -97,12 +126,9 @@ fn bad_policy_flags_exit_2_with_the_reason() {
 #[test]
 fn flags_read_from_the_environment_and_the_command_line_wins() {
     let run = |env: &[(&str, &str)], args: &[&str]| {
-        Command::new(binary())
-            .arg("run")
-            .args(args)
-            .envs(env.iter().copied())
-            .output()
-            .expect("run api-guard")
+        let mut argv = vec!["run"];
+        argv.extend_from_slice(args);
+        api_guard_env(env, &argv)
     };
     // Every required flag from the environment: it gets as far as the interface.
     let out = run(
@@ -227,8 +253,8 @@ fn a_kernel_without_btf_is_one_line_and_exit_4() {
     // host's mounts) where /sys/kernel/btf is an empty tmpfs: to it, the kernel
     // publishes no BTF. The pin dir cannot be made, so a daemon that missed the
     // check would stop there, with another message.
-    let out = Command::new("unshare")
-        .args([
+    let out = in_netns("unshare", |cmd| {
+        cmd.args([
             "--mount",
             "--propagation",
             "private",
@@ -236,9 +262,8 @@ fn a_kernel_without_btf_is_one_line_and_exit_4() {
             "-c",
             "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run --iface lo --port 8080 --pin-dir /proc/api-guard-no-pins",
         ])
-        .arg(binary())
-        .output()
-        .expect("run unshare");
+        .arg(binary());
+    });
     assert_fails(&out, 4, "CONFIG_DEBUG_INFO_BTF");
 }
 

@@ -9,15 +9,16 @@ use std::{
     collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     thread,
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use api_guard_tests::{
     PREFIX,
     bpffs::BpfFs,
+    cgroup::TestCgroup,
     client::{Connections, Opts, burst, curl, url},
     daemon::binary,
     deploy::{
@@ -26,14 +27,13 @@ use api_guard_tests::{
     },
     netns::Topology,
     nginx::Nginx,
-    process::{kill, run, wait_for_exit, wait_until},
+    process::{output_within, run, wait_until},
     prom,
     scenario::{API, Scenario},
     systemd::{HOST_DIR, SYSTEMD, Systemd},
 };
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
-use tempfile::TempDir;
 
 // ---------------------------------------------------------------------------
 // The unit file and capabilities
@@ -153,35 +153,6 @@ fn proc_caps(pid: u32, field: &str) -> Result<u64> {
     caps_in(&fs::read_to_string(format!("/proc/{pid}/status"))?, field)
 }
 
-/// An empty directory where the daemon's wrapper mounts cgroup v2, in the
-/// daemon's own mount namespace (`ip netns exec` makes one, and remounts /sys
-/// there, hiding the host's cgroup mounts). Nothing is mounted on the host.
-struct CgroupDir(TempDir);
-
-impl CgroupDir {
-    fn new() -> Result<Self> {
-        Ok(Self(tempfile::Builder::new().prefix(PREFIX).tempdir()?))
-    }
-
-    fn path(&self) -> &str {
-        self.0.path().to_str().expect("utf-8 temp path")
-    }
-
-    /// `sh` mounting cgroup v2 here, then exec'ing setpriv with only `caps`.
-    fn wrapper<'a>(&self, caps: impl IntoIterator<Item = &'a String>) -> Vec<String> {
-        let mut w: Vec<String> = [
-            "sh",
-            "-c",
-            "mount -t cgroup2 cgroup2 \"$0\" && exec \"$@\"",
-            self.path(),
-        ]
-        .map(String::from)
-        .to_vec();
-        w.extend(setpriv(caps));
-        w
-    }
-}
-
 #[test]
 fn systemd_analyze_verifies_the_unit() -> Result<()> {
     // `cargo xtask setup` installs systemd: its absence is a failure, not a skip.
@@ -244,24 +215,15 @@ fn the_units_capabilities_are_enough_to_run_and_enforce() -> Result<()> {
         "CAP_SYS_ADMIN would make CAP_BPF and CAP_PERFMON moot"
     );
     let mask = cap_mask(&caps)?;
-    let cgroup = CgroupDir::new()?;
-    let wrapper = cgroup.wrapper(&caps);
+    let wrapper = setpriv(&caps);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    // The connection tracker goes on nginx's cgroup (the scene's --cgroup).
     let s = Scenario::start_wrapped(
         1,
         &wrapper,
-        &[
-            "--rate",
-            "5",
-            "--burst",
-            "5",
-            "--max-conns",
-            "50",
-            "--cgroup",
-            cgroup.path(),
-        ],
+        &["--rate", "5", "--burst", "5", "--max-conns", "50"],
     )?;
-    // sh exec'd setpriv, which exec'd the daemon: one pid.
+    // setpriv exec'd the daemon: one pid.
     let pid = s.daemon.pid();
     assert_eq!(
         fs::read_to_string(format!("/proc/{pid}/comm"))?.trim(),
@@ -293,29 +255,11 @@ fn the_units_capabilities_are_enough_to_run_and_enforce() -> Result<()> {
 }
 
 /// Runs `api-guard run` in `ns` through `wrapper` and waits for it to exit,
-/// killing it (and failing) if it is still running after 20 s.
+/// killing it (and failing) if it is still running after 60 s.
 fn run_until_exit(topo: &Topology, wrapper: &[String], args: &[&str]) -> Result<Output> {
     let mut cmd = topo.server.command(&wrapper[0]);
-    cmd.args(&wrapper[1..])
-        .arg(binary())
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
-    let exited = wait_for_exit(&mut child, Duration::from_secs(20));
-    if exited.is_err() {
-        kill(&mut child);
-    }
-    let out = child.wait_with_output()?;
-    if let Err(e) = exited {
-        bail!(
-            "api-guard kept running ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
+    cmd.args(&wrapper[1..]).arg(binary()).arg("run").args(args);
+    output_within(&mut cmd, Duration::from_secs(60))
 }
 
 /// Each capability of the unit is asked for: without any one of them the daemon
@@ -326,14 +270,16 @@ fn run_until_exit(topo: &Topology, wrapper: &[String], args: &[&str]) -> Result<
 fn each_capability_of_the_unit_is_needed() -> Result<()> {
     let caps = unit_caps()?;
     let topo = Topology::new(1)?;
-    let cgroup = CgroupDir::new()?;
+    // The connection tracker's cgroup: the test's own, not the host's root.
+    let cgroup = TestCgroup::new("caps")?;
+    let cgroup_dir = cgroup.path().to_str().context("cgroup path")?;
     for missing in &caps {
         let bpffs = BpfFs::mount()?;
         let pin_dir = bpffs.pin_dir();
         let rest: Vec<&String> = caps.iter().filter(|c| *c != missing).collect();
         let out = run_until_exit(
             &topo,
-            &cgroup.wrapper(rest),
+            &setpriv(rest),
             &[
                 "--iface",
                 &topo.server_ifaces[0],
@@ -344,7 +290,7 @@ fn each_capability_of_the_unit_is_needed() -> Result<()> {
                 "--max-conns",
                 "50",
                 "--cgroup",
-                cgroup.path(),
+                cgroup_dir,
             ],
         )?;
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -452,12 +398,9 @@ fn the_unit_runs_the_daemon_under_systemd() -> Result<()> {
         Path::new(SYSTEMD).exists(),
         "{SYSTEMD} is not installed (cargo xtask setup installs systemd)"
     );
-    // The booted systemd sees the host's machine id (read-only): without one it
-    // would write it into the host's /etc.
-    if !Path::new("/etc/machine-id").exists() {
-        eprintln!("/etc/machine-id is missing: not booting {UNIT}");
-        return Ok(());
-    }
+    // The booted systemd gets a machine id generated in its own mount
+    // namespace, whether or not the host has one; the host's stays as it was.
+    let host_machine_id = fs::read_to_string("/etc/machine-id").ok();
     let topo = Topology::new(1)?;
     let _nginx = Nginx::start(&topo.server, &[API])?;
     let env = env_file_with(&[
@@ -470,6 +413,17 @@ fn the_unit_runs_the_daemon_under_systemd() -> Result<()> {
         ("API_GUARD_REPORT_EVERY", "0"),
     ])?;
     let sd = boot_with(&topo, &env)?;
+    let machine_id = run(sd.command("cat").arg("/etc/machine-id"))?;
+    let machine_id = machine_id.trim();
+    assert!(
+        machine_id.len() == 32 && machine_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{machine_id:?}"
+    );
+    assert_ne!(
+        Some(machine_id),
+        host_machine_id.as_deref().map(str::trim),
+        "systemd's own machine id, not the host's"
+    );
     let stderr = || fs::read_to_string(sd.host_file("stderr")).unwrap_or_default();
     let ready_count = || stderr().matches("api-guard ready").count();
 
@@ -566,6 +520,12 @@ fn the_unit_runs_the_daemon_under_systemd() -> Result<()> {
     assert_eq!(sd.property("api-guard", "ActiveState")?, "failed");
     let stderr = fs::read_to_string(sd.host_file("stderr"))?;
     assert!(stderr.contains("agt-nosuch0"), "{stderr}");
+    drop(sd);
+    assert_eq!(
+        fs::read_to_string("/etc/machine-id").ok(),
+        host_machine_id,
+        "the host's /etc/machine-id is untouched"
+    );
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use api_guard_tests::{
     bpffs::BpfFs,
     client::{self, answered, exhaust_conn_burst},
     daemon::binary,
+    process::output_within,
     scenario::{API, Scenario},
 };
 
@@ -134,7 +135,8 @@ fn unblock_lifts_an_automatic_block_and_top_shows_the_busiest() -> Result<()> {
     std::thread::sleep(Duration::from_millis(1200));
     let (stopped, _nginx, _topo, _bpffs) = s.stop()?;
     assert!(stopped.status.success());
-    let out = live.wait_output(Duration::from_secs(10))?;
+    // A hang guard, not a deadline: top notices within an interval.
+    let out = live.wait_output(Duration::from_secs(60))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let frames = stdout
@@ -205,10 +207,8 @@ fn commands_without_a_daemon_say_so() -> Result<()> {
 fn two_daemons_cannot_share_a_pin_dir() -> Result<()> {
     let s = Scenario::start(1, &[])?;
     let pin_dir = s.bpffs.pin_dir();
-    let out = s
-        .topo
-        .server
-        .command(binary().to_str().unwrap())
+    let mut second = s.topo.server.command(binary().to_str().unwrap());
+    second
         .args([
             "run",
             "--iface",
@@ -219,8 +219,9 @@ fn two_daemons_cannot_share_a_pin_dir() -> Result<()> {
             "127.0.0.1:9478",
             "--pin-dir",
         ])
-        .arg(&pin_dir)
-        .output()?;
+        .arg(&pin_dir);
+    // Killed, and failing the test, if it does not refuse.
+    let out = output_within(&mut second, Duration::from_secs(60))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("another api-guard is running"), "{stderr}");

@@ -35,17 +35,12 @@ fn linked_prog(pin: &std::path::Path) -> Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no link pinned at {}: {link}", pin.display()))
 }
 
-/// The programs attached to the cgroup v2 root (where the connection tracker is).
-fn cgroup_progs() -> Result<Vec<u64>> {
-    let mounts = std::fs::read_to_string("/proc/mounts")?;
-    let root = mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[2] == "cgroup2")
-        .map(|f| f[1].to_string())
-        .ok_or_else(|| anyhow::anyhow!("no cgroup2 mount"))?;
+/// The programs attached to the scene's cgroup (nginx's, where `--cgroup` puts
+/// the connection tracker).
+fn cgroup_progs(s: &Scenario) -> Result<Vec<u64>> {
     let out = std::process::Command::new("bpftool")
-        .args(["-j", "cgroup", "show", &root])
+        .args(["-j", "cgroup", "show"])
+        .arg(s.nginx.cgroup())
         .output()?;
     let progs: Value = serde_json::from_slice(&out.stdout)?;
     Ok(progs
@@ -92,7 +87,7 @@ fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
     let old_prog = s.daemon.prog_id;
     let tracker = s.bpffs.pin_dir().join("link_sockops");
     let old_tracker = linked_prog(&tracker)?;
-    assert!(cgroup_progs()?.contains(&old_tracker));
+    assert!(cgroup_progs(&s)?.contains(&old_tracker));
 
     // A changed flag (a larger connection burst) and a new daemon on the same pins.
     let (stopped, s) = s.restart(
@@ -129,7 +124,7 @@ fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
         );
     }
     let new_tracker = linked_prog(&tracker)?;
-    let attached = cgroup_progs()?;
+    let attached = cgroup_progs(&s)?;
     assert_ne!(new_tracker, old_tracker);
     assert_eq!(
         attached.iter().filter(|&&p| p == new_tracker).count(),
@@ -259,19 +254,22 @@ fn pinned_state_of_another_layout_is_refused() -> Result<()> {
         ])
         .status()?;
     assert!(made.success());
-    let out = std::process::Command::new(api_guard_tests::daemon::binary())
-        .args([
-            "run",
-            "--iface",
-            "lo",
-            "--port",
-            "8080",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--pin-dir",
-        ])
-        .arg(&dir)
-        .output()?;
+    // In a namespace of the test's own (its loopback, not the host's), and
+    // killed if it does not refuse.
+    let ns = api_guard_tests::netns::Netns::new("layout")?;
+    let mut cmd = ns.command(api_guard_tests::daemon::binary().to_str().unwrap());
+    cmd.args([
+        "run",
+        "--iface",
+        "lo",
+        "--port",
+        "8080",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--pin-dir",
+    ])
+    .arg(&dir);
+    let out = api_guard_tests::process::output_within(&mut cmd, Duration::from_secs(60))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(

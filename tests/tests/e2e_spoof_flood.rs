@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use api_guard_tests::{
     client::{Connections, Opts, curl, url},
     netns::{Client, Netns},
@@ -131,21 +131,6 @@ fn link_drops(s: &Scenario) -> Result<u64> {
         + stat(&s.topo.server, &s.topo.server_ifaces[0], "rx_dropped")?)
 }
 
-/// A counter of the server namespace's TCP stack (`/proc/net/snmp`, "Tcp:" lines).
-fn tcp_stat(server: &Netns, name: &str) -> Result<u64> {
-    let snmp = server.exec("cat", &["/proc/net/snmp"])?;
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
-        bail!("no Tcp lines in /proc/net/snmp");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .with_context(|| format!("no Tcp {name} in /proc/net/snmp"))
-}
-
 /// Everything of one kind the kernel counted, from `status --json`: the sum of
 /// its verdicts, less the ones that only say why a drop was let through (counted
 /// on top of the verdict itself).
@@ -190,7 +175,7 @@ fn a_spoofed_flood_leaves_the_map_and_the_daemon_bounded_and_the_legitimate_clie
         .trim()
         .to_string();
     let pid = s.daemon.pid();
-    let csum_errors_before = tcp_stat(&s.topo.server, "InCsumErrors")?;
+    let csum_errors_before = s.topo.server.snmp("Tcp", "InCsumErrors")?;
     let drops_before = link_drops(&s)?;
     let rss_start = rss_kib(pid)?;
 
@@ -276,7 +261,7 @@ fn a_spoofed_flood_leaves_the_map_and_the_daemon_bounded_and_the_legitimate_clie
     let connections = counted(&status, "connections");
     let metrics = s.scrape()?;
     let evicted = prom::value(&metrics, "api_guard_clients_evicted_total", &[]).unwrap_or(-1.0);
-    let csum_errors = tcp_stat(&s.topo.server, "InCsumErrors")? - csum_errors_before;
+    let csum_errors = s.topo.server.snmp("Tcp", "InCsumErrors")? - csum_errors_before;
     let evictions = created.saturating_sub(tracked);
 
     let total = warm.add(main);

@@ -4,7 +4,7 @@
 use api_guard::maps::KernelMaps as _;
 use std::net::IpAddr;
 
-use api_guard_common::counters::{Kind, Verdict};
+use api_guard_common::counters::{Kind, VERDICTS, Verdict};
 use api_guard_tests::{
     packet::{
         self, CLIENT4, CLIENT6, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Ext,
@@ -104,23 +104,66 @@ fn syn_is_a_connection_not_a_request() {
     );
 }
 
+/// Runs `frame` once and returns the one packet verdict the program counted
+/// for it, read from the kernel's counters; None when BPF_PROG_TEST_RUN itself
+/// refused the frame (an IP ethertype too short for its fixed IP header)
+/// before the program ran.
+fn verdict_of(h: &Harness, frame: &[u8]) -> Option<Verdict> {
+    let before = h.datapath.counters().unwrap();
+    let action = match h.run(frame) {
+        Ok(action) => action,
+        Err(e) => {
+            assert!(
+                format!("{e:#}").contains("Invalid argument"),
+                "{} bytes: {e:#}",
+                frame.len()
+            );
+            return None;
+        }
+    };
+    assert_eq!(action, TC_ACT_PIPE, "{} bytes: passed on", frame.len());
+    let after = h.datapath.counters().unwrap();
+    let counted: Vec<(Verdict, u64)> = VERDICTS
+        .iter()
+        .map(|&v| {
+            (
+                v,
+                after.get(Kind::Packets, v) - before.get(Kind::Packets, v),
+            )
+        })
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    match counted[..] {
+        [(verdict, 1)] => Some(verdict),
+        _ => panic!("{} bytes: one packet verdict, not {counted:?}", frame.len()),
+    }
+}
+
+/// An IPv4 frame whose header is changed by `edit` (its checksum is not
+/// checked here).
+fn v4_edited(edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    let mut frame = packet::v4(&Tcp::data(API, GET));
+    edit(&mut frame[14..34]);
+    frame
+}
+
 #[test]
-fn truncated_frames_are_passed_as_malformed() {
-    // BPF_PROG_TEST_RUN itself refuses IP frames shorter than their fixed IP header,
-    // so the cuts fall after it: inside the TCP header, and one byte short of it.
+fn cut_or_inconsistent_ip_headers_are_malformed_and_unreachable_tcp_headers_passed() {
+    // The README's verdicts: an IP header cut short or inconsistent is
+    // `malformed`; an IP header intact but a TCP header out of reach (the
+    // network lists still apply by source) is `passed`. Neither is tracked.
+    use Verdict::{Malformed, Passed};
     let h = harness();
     let full = packet::v4(&Tcp::data(API, GET));
-    let mut frames = vec![full[..14 + 20 + 8].to_vec(), full[..14 + 20 + 19].to_vec()];
+    let full6 = packet::v6(&Tcp::data(API, GET));
+    let tagged = packet::ethernet(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &full[14..]);
     // An IPv4 header claiming 60 bytes (IHL 15) in a frame that ends after 40.
     let mut long_ihl = full[..14 + 40].to_vec();
     long_ihl[14] = 0x4f;
-    frames.push(long_ihl);
-    let full6 = packet::v6(&Tcp::data(API, GET));
-    frames.push(full6[..14 + 40 + 10].to_vec());
     // An IPv6 hop-by-hop header that claims more bytes than the frame has.
     let mut ext = Ext::hop_by_hop();
     ext.body[0] = 20;
-    frames.push(packet::ethernet(
+    let long_ext = packet::ethernet(
         &[],
         ETH_P_IPV6,
         &packet::ipv6(
@@ -130,17 +173,58 @@ fn truncated_frames_are_passed_as_malformed() {
             packet::IPPROTO_TCP,
             &Tcp::data(API, GET).bytes(),
         ),
-    ));
-    feed(&h, &frames);
-    // Whether counted as malformed (bad IP header) or passed (TCP header out of
-    // reach: the network lists still apply by source), none is tracked.
-    assert!(h.datapath.clients().unwrap().is_empty());
-    assert_eq!(
-        counter(&h, Kind::Packets, Verdict::Malformed)
-            + counter(&h, Kind::Packets, Verdict::Passed),
-        frames.len() as u64
     );
-    assert_eq!(counter(&h, Kind::Packets, Verdict::Allowed), 0);
+    let cases: Vec<(&str, Vec<u8>, Verdict)> = vec![
+        // Behind two VLAN tags BPF_PROG_TEST_RUN does not look for the IP
+        // header, so the program sees it cut.
+        (
+            "IPv4 header cut after 10 bytes",
+            tagged[..22 + 10].to_vec(),
+            Malformed,
+        ),
+        (
+            "IPv4 header cut after 19 bytes",
+            tagged[..22 + 19].to_vec(),
+            Malformed,
+        ),
+        ("IPv4 version 6", v4_edited(|ip| ip[0] = 0x65), Malformed),
+        ("IPv4 IHL below 5", v4_edited(|ip| ip[0] = 0x44), Malformed),
+        (
+            "IPv4 total length shorter than its header",
+            v4_edited(|ip| ip[2..4].copy_from_slice(&19u16.to_be_bytes())),
+            Malformed,
+        ),
+        (
+            "IPv6 version 4",
+            {
+                let mut f = full6.clone();
+                f[14] = 0x40 | (f[14] & 0x0f);
+                f
+            },
+            Malformed,
+        ),
+        (
+            "TCP header cut after 8 bytes",
+            full[..14 + 20 + 8].to_vec(),
+            Passed,
+        ),
+        (
+            "TCP header cut after 19 bytes",
+            full[..14 + 20 + 19].to_vec(),
+            Passed,
+        ),
+        ("IPv4 options past the frame", long_ihl, Passed),
+        (
+            "IPv6 TCP header cut after 10 bytes",
+            full6[..14 + 40 + 10].to_vec(),
+            Passed,
+        ),
+        ("IPv6 extension header past the frame", long_ext, Passed),
+    ];
+    for (what, frame, want) in &cases {
+        assert_eq!(verdict_of(&h, frame), Some(*want), "{what}");
+    }
+    assert!(h.datapath.clients().unwrap().is_empty());
 }
 
 #[test]
@@ -393,72 +477,130 @@ fn garbage_frames_pass_without_error() {
     assert!(judged > 1000, "most frames were judged: {judged}");
 }
 
+/// A frame shape for the truncation test: the frame, where its IP header
+/// starts and how long its fixed part is, and where its TCP header starts
+/// (None: past an extension chain longer than the parser follows).
+struct Shape {
+    frame: Vec<u8>,
+    l3: usize,
+    ip_fixed: usize,
+    l4: Option<usize>,
+}
+
+impl Shape {
+    /// The verdict the README's rules give `len` bytes of the frame (no policy,
+    /// the TCP header to the watched port): the IP header cut short (the VLAN
+    /// tags before it too) is malformed; the TCP header out of reach is passed
+    /// (opaque); a whole TCP header to the API port is allowed, whatever of its
+    /// options and payload is cut.
+    fn expected(&self, len: usize) -> Verdict {
+        if len < self.l3 + self.ip_fixed {
+            Verdict::Malformed
+        } else if self.l4.is_none_or(|l4| len < l4 + 20) {
+            Verdict::Passed
+        } else {
+            Verdict::Allowed
+        }
+    }
+}
+
 #[test]
-fn every_truncation_of_every_shape_is_judged_without_error() {
+fn every_truncation_of_every_shape_gets_the_verdict_of_where_it_is_cut() {
     // Cut at every byte from the Ethernet header on, for frames of each shape the
-    // parser knows; with no policy, each is passed (or, short of an IP header,
-    // refused by BPF_PROG_TEST_RUN itself before the program runs).
+    // parser knows; each cut must get the verdict of the header it falls in
+    // (or, for an untagged IP frame short of its fixed IP header, be refused by
+    // BPF_PROG_TEST_RUN itself before the program runs).
     let mut with_opts = Tcp::data(API, GET);
     with_opts.options = vec![2, 4, 5, 180, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
     let mut ack = Tcp::data(API, b"");
     ack.flags = packet::ACK;
-    let shapes: Vec<Vec<u8>> = vec![
-        packet::v4(&Tcp::data(API, GET)),
-        packet::v4(&with_opts),
-        packet::v4(&ack),
-        packet::ethernet(
-            &[],
-            ETH_P_IP,
-            &packet::ipv4(
-                CLIENT4,
-                packet::SERVER4,
-                &[1; 40],
-                packet::IPPROTO_TCP,
-                &Tcp::data(API, GET).bytes(),
-            ),
+    let tcp_at = |frame: &Vec<u8>, tcp: &Tcp| Some(frame.len() - tcp.bytes().len());
+    let v4 = |tcp: &Tcp| {
+        let frame = packet::v4(tcp);
+        Shape {
+            l4: tcp_at(&frame, tcp),
+            frame,
+            l3: 14,
+            ip_fixed: 20,
+        }
+    };
+    let get = Tcp::data(API, GET);
+    let ip_opts = packet::ethernet(
+        &[],
+        ETH_P_IP,
+        &packet::ipv4(
+            CLIENT4,
+            packet::SERVER4,
+            &[1; 40],
+            packet::IPPROTO_TCP,
+            &get.bytes(),
         ),
-        packet::ethernet(
-            &[ETH_P_8021AD, ETH_P_8021Q],
-            ETH_P_IPV6,
-            &packet::ipv6(
-                CLIENT6,
-                packet::SERVER6,
-                &[Ext::hop_by_hop(), Ext::dest_opts(3), Ext::fragment(0, true)],
-                packet::IPPROTO_TCP,
-                &Tcp::data(API, GET).bytes(),
-            ),
+    );
+    let qinq6 = packet::ethernet(
+        &[ETH_P_8021AD, ETH_P_8021Q],
+        ETH_P_IPV6,
+        &packet::ipv6(
+            CLIENT6,
+            packet::SERVER6,
+            &[Ext::hop_by_hop(), Ext::dest_opts(3), Ext::fragment(0, true)],
+            packet::IPPROTO_TCP,
+            &get.bytes(),
         ),
-        packet::ethernet(
-            &[],
-            ETH_P_IPV6,
-            &packet::ipv6(
-                CLIENT6,
-                packet::SERVER6,
-                &(0..7).map(|_| Ext::dest_opts(1)).collect::<Vec<_>>(),
-                packet::IPPROTO_TCP,
-                &Tcp::data(API, GET).bytes(),
-            ),
+    );
+    let long_chain = packet::ethernet(
+        &[],
+        ETH_P_IPV6,
+        &packet::ipv6(
+            CLIENT6,
+            packet::SERVER6,
+            &(0..7).map(|_| Ext::dest_opts(1)).collect::<Vec<_>>(),
+            packet::IPPROTO_TCP,
+            &get.bytes(),
         ),
+    );
+    let shapes = vec![
+        v4(&get),
+        v4(&with_opts),
+        v4(&ack),
+        Shape {
+            l4: tcp_at(&ip_opts, &get),
+            frame: ip_opts,
+            l3: 14,
+            ip_fixed: 20,
+        },
+        Shape {
+            l4: tcp_at(&qinq6, &get),
+            frame: qinq6,
+            l3: 22,
+            ip_fixed: 40,
+        },
+        Shape {
+            frame: long_chain,
+            l3: 14,
+            ip_fixed: 40,
+            l4: None,
+        },
     ];
     let h = harness();
-    let mut judged = 0;
-    for frame in &shapes {
+    let mut judged = [0usize; 3];
+    for shape in &shapes {
+        let frame = &shape.frame;
         for len in 14..=frame.len() {
-            match h.run(&frame[..len]) {
-                Ok(action) => {
-                    assert_eq!(action, TC_ACT_PIPE, "{len} bytes of {frame:02x?}");
-                    judged += 1;
+            let want = shape.expected(len);
+            match verdict_of(&h, &frame[..len]) {
+                Some(got) => {
+                    assert_eq!(got, want, "{len} bytes of {frame:02x?}");
+                    judged[want as usize] += 1;
                 }
-                // Only the kernel's own refusal of a frame too short for its
-                // ethertype's header is acceptable.
-                Err(e) => assert!(
-                    format!("{e:#}").contains("Invalid argument"),
-                    "{len}: {e:#}"
+                None => assert!(
+                    shape.l3 == 14 && want == Verdict::Malformed,
+                    "{len} bytes of {frame:02x?}: refused by the kernel, not judged {want:?}"
                 ),
             }
         }
     }
-    assert!(judged > 300, "{judged}");
+    // Every verdict was reached by some cut.
+    assert!(judged.iter().all(|&n| n > 0), "{judged:?}");
 }
 
 /// Drops `caps` from this thread's effective set (capabilities are per thread).

@@ -2,7 +2,11 @@
 //! kernel test-run tests, end-to-end suites), then a sweep proving that nothing the
 //! tests made outlived them.
 
-use std::{fs, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Result, bail};
 
@@ -23,8 +27,37 @@ const USERSPACE: [&str; 8] = [
 
 /// The prefix every harness-made namespace and directory carries (tests/src/lib.rs).
 const PREFIX: &str = "agt-";
-/// The ingress program's name as the kernel keeps it (16 bytes with the NUL).
-const PROG_NAME: &str = "api_guard_ingre";
+/// What every api-guard program's name starts with, as the kernel keeps it
+/// (ingress, sampler, reset, sock_ops: 15 bytes and the NUL).
+const PROG_PREFIX: &str = "api_guard_";
+/// The daemon's own defaults, which the tests must never touch: its lock
+/// directory, its pin dir, and the cgroup v2 mount it makes when it finds none.
+const HOST_LOCKS: &str = "/run/api-guard/locks";
+const HOST_PIN_DIR: &str = "/sys/fs/bpf/api-guard";
+const HOST_CGROUP2: &str = "/run/api-guard/cgroup2";
+
+/// A lock directory of the run's own (`API_GUARD_LOCK_DIR`, read by the daemon
+/// and the operator commands), so that no test takes a lock in the host's
+/// /run/api-guard/locks. Removed on drop.
+struct LockDir(PathBuf);
+
+impl LockDir {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{PREFIX}locks-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for LockDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
 
 pub fn test(filter: Option<&str>) -> Result<()> {
     check(
@@ -40,13 +73,19 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     )?;
     let bin = build(false)?;
 
+    let locks = LockDir::new()?;
     let mut cmd = cargo();
-    cmd.arg("test").args(USERSPACE).env("API_GUARD_BIN", &bin);
+    cmd.arg("test")
+        .args(USERSPACE)
+        .env("API_GUARD_BIN", &bin)
+        .env("API_GUARD_LOCK_DIR", locks.path());
     if let Some(f) = filter {
         cmd.arg(f);
     }
     without_leftovers("the tests", || check("cargo test", &mut cmd))?;
-    eprintln!("xtask: no namespace, mount, process or BPF program outlived the tests");
+    eprintln!(
+        "xtask: no namespace, mount, cgroup, process, pin, lock or BPF program outlived the tests"
+    );
     Ok(())
 }
 
@@ -100,9 +139,11 @@ fn build_runner() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
 /// the runner (tests/src/bin/bench.rs), which rewrites BENCHMARKS.md.
 pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     let (bin, runner) = build_runner()?;
+    let locks = LockDir::new()?;
     let mut cmd = std::process::Command::new(&runner);
     cmd.current_dir(crate::workspace())
         .env("API_GUARD_BIN", &bin)
+        .env("API_GUARD_LOCK_DIR", locks.path())
         // A partial or quick run must not replace the full report.
         .args([
             "--out",
@@ -124,8 +165,10 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
 /// `cargo xtask soak`: the bench runner's soak mode on release builds.
 pub fn soak(minutes: u64) -> Result<()> {
     let (bin, runner) = build_runner()?;
+    let locks = LockDir::new()?;
     let mut cmd = std::process::Command::new(runner);
     cmd.env("API_GUARD_BIN", &bin)
+        .env("API_GUARD_LOCK_DIR", locks.path())
         .args(["--soak", &(minutes.max(1) * 60).to_string()]);
     without_leftovers("the soak", || check("the soak", &mut cmd))
 }
@@ -156,9 +199,18 @@ pub fn fuzz(seconds: u64) -> Result<()> {
 }
 
 /// Namespaces, mounts, cgroups, processes and BPF programs that only the tests
-/// create.
+/// create, and the daemon's host-wide defaults (locks, pin dir, cgroup mount)
+/// that they must not create.
 fn leftovers() -> Vec<String> {
     let mut found = Vec::new();
+    for lock in fs::read_dir(HOST_LOCKS).into_iter().flatten().flatten() {
+        found.push(format!("lock {}", lock.path().display()));
+    }
+    for dir in [HOST_PIN_DIR, HOST_CGROUP2] {
+        if Path::new(dir).exists() {
+            found.push(format!("host directory {dir}"));
+        }
+    }
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             if let Some(name) = line
@@ -175,7 +227,7 @@ fn leftovers() -> Vec<String> {
             if let Some(dir) = line
                 .split_whitespace()
                 .nth(1)
-                .filter(|d| d.contains(PREFIX))
+                .filter(|d| d.contains(PREFIX) || d.starts_with("/run/api-guard"))
             {
                 found.push(format!("mount {dir}"));
             }
@@ -224,7 +276,7 @@ fn leftovers() -> Vec<String> {
         && let Ok(out) = Command::new(bpftool).args(["prog", "list"]).output()
     {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if line.contains(PROG_NAME) {
+            if line.contains(PROG_PREFIX) {
                 found.push(format!("BPF program {}", line.trim()));
             }
         }

@@ -35,6 +35,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use api_guard_tests::{
     PREFIX,
+    bpffs::LOCK_DIR_ENV,
     client::url,
     daemon::{Daemon, Stopped},
     netns::{Client, Netns},
@@ -234,6 +235,14 @@ enum Outcome {
 }
 
 fn main() -> ExitCode {
+    // Run by hand, the demo is a real deployment on this host: its daemon takes
+    // its lock where the operator commands it prints look (the test suite gives
+    // it a lock directory of its own instead).
+    if env::var_os(LOCK_DIR_ENV).is_none() {
+        // SAFETY: the first thing main does, before any thread exists, so
+        // nothing reads the environment meanwhile.
+        unsafe { env::set_var(LOCK_DIR_ENV, "/run/api-guard/locks") };
+    }
     let args = match parse_args(env::args().skip(1)) {
         Ok(Some(args)) => args,
         Ok(None) => {
