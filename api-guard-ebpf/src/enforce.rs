@@ -56,6 +56,13 @@ pub fn lists(cfg: &Config, key: &ClientKey, clock: &mut Clock) -> Option<Verdict
     None
 }
 
+/// Whether the client serves a `--block-for` block now.
+#[inline(always)]
+pub fn is_blocked(state: &ClientState, clock: &mut Clock) -> bool {
+    let until = atomic::read(&state.blocked_until_ns);
+    until != 0 && until > clock.now()
+}
+
 /// The per-client verdict and whether the connection can never be admitted.
 pub struct Judged {
     pub verdict: Verdict,
@@ -77,8 +84,7 @@ pub fn client(
         verdict: Verdict::Allowed,
         never: false,
     };
-    let blocked_until = atomic::read(&state.blocked_until_ns);
-    if blocked_until != 0 && blocked_until > clock.now() {
+    if is_blocked(state, clock) {
         j.verdict = Verdict::Blocked;
         return j;
     }

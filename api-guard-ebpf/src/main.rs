@@ -185,6 +185,24 @@ fn judge(ctx: &mut TcContext) -> i32 {
             &mut clock,
         );
     };
+    if !j.allowed && enforce::is_blocked(state, &mut clock) {
+        // Dropped whatever it carries: not worth the stream stage's scan.
+        let ev = Seen {
+            starts: classify::request_method(ctx, &pkt).is_some() as u32,
+            connection,
+        };
+        count::client(state, ev, &mut clock);
+        return finish(
+            ctx,
+            cfg,
+            &pkt,
+            ev,
+            Verdict::Blocked,
+            &Accounted::NOTHING,
+            false,
+            &mut clock,
+        );
+    }
     let acct = stream::account(ctx, &pkt, &source.addr);
     let ev = Seen {
         starts: acct.starts,

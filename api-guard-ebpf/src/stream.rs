@@ -269,8 +269,9 @@ fn scan(
         skb: ctx.skb.skb,
         sc,
     };
-    // Each round parses a byte or skips a body; a body needs a head of at least
-    // 16 bytes before it, so len + len / 8 + 4 rounds always reach the end.
+    // Each round parses at least a byte or skips a body; a body needs a head of
+    // at least 16 bytes before it, so len + len / 8 + 4 rounds always reach the
+    // end.
     let rounds = (to - from) + (to - from) / 8 + 4;
     // SAFETY: the callback gets `s`, which lives on this frame for the whole loop.
     unsafe { bpf_loop(rounds, scan_round as *mut c_void, (&raw mut s).cast(), 0) };
@@ -288,8 +289,8 @@ fn scan(
     }
 }
 
-/// One round of the scan: a body skipped at once, or one byte parsed (from a
-/// word read 8 bytes at a time). One step a round keeps the verifier's work
+/// One round of the scan: a body skipped at once, up to 8 bytes of a head line
+/// skimmed, or one byte parsed (from a word read 8 bytes at a time). One step a round keeps the verifier's work
 /// small: it checks the round, not every path through many bytes.
 extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Scan` that `scan` passed to bpf_loop.
@@ -323,7 +324,18 @@ extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
             return 1;
         }
     }
-    let b = sc.word[((c.pos - c.word_at) & 7) as usize];
+    let idx = (c.pos - c.word_at) & 7;
+    // Head bytes that only matter for where the line ends: up to 8 at once.
+    let avail = c.end - c.pos;
+    let k = sc.framing.skim(
+        u64::from_le_bytes(sc.word) >> (8 * idx),
+        if avail < 8 - idx { avail } else { 8 - idx },
+    );
+    if k > 0 {
+        c.pos += k;
+        return 0;
+    }
+    let b = sc.word[idx as usize];
     if sc.framing.step(b) {
         c.starts += 1;
         if c.first == NO_START {
