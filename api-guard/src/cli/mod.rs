@@ -264,7 +264,8 @@ pub struct RunArgs {
     pub fail_mode: FailMode,
 
     /// How long the daemon may be silent before --fail-mode open lets
-    /// everything through (at least 2s; the daemon beats every second).
+    /// everything through (at least 2s; the daemon beats four times a second
+    /// while its event loop turns).
     #[arg(long, value_name = "DURATION", default_value = "15s", help_heading = "Failure", value_parser = parse_heartbeat_timeout)]
     pub heartbeat_timeout: Duration,
 
