@@ -63,6 +63,13 @@ impl Datapath {
     }
 }
 
+/// Pins a link just made at `pin`, so it outlives the process.
+fn pin_new(link: aya::programs::links::FdLink, pin: &Path) -> Result<()> {
+    link.pin(pin)
+        .with_context(|| format!("cannot pin the link at {}", pin.display()))?;
+    Ok(())
+}
+
 fn remove_pin(pin: &Path) -> Result<()> {
     std::fs::remove_file(pin)
         .with_context(|| format!("cannot remove the stale pin {}", pin.display()))

@@ -6,7 +6,7 @@ use std::{os::fd::AsFd as _, path::Path};
 use anyhow::{Context as _, Result};
 use aya::programs::{CgroupAttachMode, SockOps, links::FdLink};
 
-use super::{Attached, pinned_target_is, remove_pin};
+use super::{Attached, pin_new, pinned_target_is, remove_pin};
 use crate::{
     failure::Failure,
     kernel::{
@@ -62,8 +62,7 @@ pub(super) fn attach(dp: &mut Datapath, cgroup: &Path, pin: Option<&Path>) -> Re
     if let Some(pin) = pin {
         let link = FdLink::try_from(prog.take_link(id)?)
             .context("the kernel has no cgroup bpf links (Linux 5.7 or newer)")?;
-        link.pin(pin)
-            .with_context(|| format!("cannot pin the link at {}", pin.display()))?;
+        pin_new(link, pin)?;
     }
     Ok(Attached::New)
 }

@@ -9,7 +9,7 @@ use aya::programs::{
     tc::SchedClassifierLink,
 };
 
-use super::{Attached, pinned_target_is, remove_pin};
+use super::{Attached, pin_new, pinned_target_is, remove_pin};
 use crate::{
     failure::Failure,
     kernel::{loader::Datapath, loader::ingress_mut, preflight, sys::LinkTarget},
@@ -43,8 +43,7 @@ pub(super) fn attach(dp: &mut Datapath, iface: &str, pin: Option<&Path>) -> Resu
     if let Some(pin) = pin {
         let link = FdLink::try_from(prog.take_link(id)?)
             .context("the kernel has no tcx links (api-guard needs Linux 6.6 or newer)")?;
-        link.pin(pin)
-            .with_context(|| format!("cannot pin the link at {}", pin.display()))?;
+        pin_new(link, pin)?;
     }
     Ok(Attached::New)
 }
