@@ -225,12 +225,7 @@ impl Config {
 }
 
 #[cfg(feature = "user")]
-mod user {
-    // SAFETY: `#[repr(C)]` u64 fields, no padding.
-    unsafe impl aya::Pod for super::Limit {}
-    // SAFETY: `#[repr(C)]`: 2 Limits, 4 u64, 4 u32 — no padding.
-    unsafe impl aya::Pod for super::Config {}
-}
+mod user;
 
 #[cfg(test)]
 mod tests {

@@ -98,36 +98,7 @@ pub const fn index(kind: Kind, verdict: Verdict) -> u32 {
 }
 
 #[cfg(feature = "user")]
-mod user {
-    use super::{Kind, Verdict};
-
-    impl Kind {
-        /// The label value the metrics and reports use.
-        pub const fn name(self) -> &'static str {
-            match self {
-                Kind::Packets => "packets",
-                Kind::Requests => "requests",
-                Kind::Connections => "connections",
-            }
-        }
-    }
-
-    impl Verdict {
-        pub const fn name(self) -> &'static str {
-            match self {
-                Verdict::Allowed => "allowed",
-                Verdict::Passed => "passed",
-                Verdict::Malformed => "malformed",
-                Verdict::RateLimited => "rate_limited",
-                Verdict::Blocked => "blocked",
-                Verdict::Denied => "denied",
-                Verdict::ConnLimited => "conn_limited",
-                Verdict::WouldDrop => "would_drop",
-                Verdict::FailedOpen => "failed_open",
-            }
-        }
-    }
-}
+mod user;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,8 @@
 //! Definitions shared by the kernel programs (`api-guard-ebpf`) and the daemon
 //! (`api-guard`). Everything here is `no_std` and `#[repr(C)]` so both sides read the
-//! same bytes; each module ends with what userspace adds under the `user` feature.
+//! same bytes. What userspace adds (under the `user` feature: `aya::Pod`, names,
+//! conversions) sits beside each module in `<module>/user.rs`, so the kernel's
+//! view of a module is one file and the user view another.
 #![no_std]
 
 pub mod checksum;

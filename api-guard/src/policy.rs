@@ -1,13 +1,16 @@
-//! The policy flags of `api-guard run`, checked and turned into what the kernel
-//! reads: the `CONFIG` entry, the allow and deny lists and the per-network limits.
+//! The policy flags of `api-guard run`, checked and compiled into what the
+//! kernel reads: the `CONFIG` entry, the allow and deny lists and the
+//! per-network limits ([`PolicyTables`]). Pure: plain values in, plain values out.
 
 use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use api_guard_common::{
     config::{Config, Limit, flags},
-    network::{NetKey, V4_MAPPED_BITS},
+    network::V4_MAPPED_BITS,
 };
 use ipnet::IpNet;
+
+use crate::kernel::{LpmKey, PolicyTables};
 
 /// A network given on the command line; a bare address is a /32 or /128.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +56,7 @@ impl fmt::Display for Network {
 
 impl Network {
     /// The LPM-trie key: IPv4 as IPv4-mapped IPv6, like the kernel's client keys.
-    pub fn lpm_key(&self) -> (u32, NetKey) {
+    pub fn lpm_key(&self) -> LpmKey {
         match self.0 {
             IpNet::V4(n) => (
                 V4_MAPPED_BITS + u32::from(n.prefix_len()),
@@ -204,8 +207,20 @@ impl Policy {
         }
     }
 
+    /// Everything the policy maps hold: the lists, the per-network limits and
+    /// the `CONFIG` entry (`netns_cookie` scopes the connection counting).
+    pub fn tables(&self, netns_cookie: u64) -> PolicyTables {
+        let keys = |nets: &[Network]| nets.iter().map(Network::lpm_key).collect();
+        PolicyTables {
+            allow: keys(&self.allow),
+            deny: keys(&self.deny),
+            limits: self.overrides(),
+            config: self.config(netns_cookie),
+        }
+    }
+
     /// The per-network limits as LPM entries.
-    pub fn overrides(&self) -> Vec<((u32, NetKey), Limit)> {
+    pub fn overrides(&self) -> Vec<(LpmKey, Limit)> {
         self.limits
             .iter()
             .map(|l| {

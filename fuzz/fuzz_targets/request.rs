@@ -3,11 +3,9 @@
 
 use libfuzzer_sys::fuzz_target;
 
-// The parser itself, compiled here from the daemon's own source file: the daemon
-// crate needs the eBPF toolchain to build, which a fuzz build does not.
-#[path = "../../api-guard/src/request.rs"]
-#[allow(dead_code)]
-mod request;
+// The daemon's own parser, from its library built without the kernel programs
+// (no eBPF toolchain needed).
+use api_guard::pipeline::http as request;
 
 /// A credential planted ahead of the fuzzed bytes.
 const SECRET: &[u8] = b"pl4nted-s3cret";

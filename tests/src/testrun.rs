@@ -2,9 +2,8 @@
 //! reading back verdicts and map state through the daemon's own map access.
 
 use anyhow::Result;
-use api_guard::maps::KernelMaps as _;
 use api_guard::{
-    loader::{Datapath, LoadOptions},
+    kernel::{Datapath, KernelMaps as _, LoadOptions},
     policy::Policy,
 };
 use aya::programs::{TestRun, TestRunOptions};
@@ -35,7 +34,7 @@ impl Harness {
     /// a fresh heartbeat, as the daemon would leave it.
     pub fn with_policy(ports: &[u16], policy: &Policy) -> Result<Self> {
         let mut h = Self::new(ports)?;
-        h.datapath.apply_policy(policy, 0)?;
+        h.datapath.apply_policy(&policy.tables(0))?;
         h.datapath.beat(api_guard::clock::monotonic_ns())?;
         Ok(h)
     }

@@ -3,7 +3,7 @@
 //! counters, with no second attachment; `detach` clears that state.
 
 use anyhow::Result;
-use api_guard::{maps::KernelMaps as _, pins::Pinned};
+use api_guard::kernel::{KernelMaps as _, pins::Pinned};
 use api_guard_common::client::ClientState;
 use api_guard_tests::{
     client::{answered, exhaust_conn_burst},

@@ -1,7 +1,7 @@
 //! The enforce stage through BPF_PROG_TEST_RUN: limits, blocks, lists, per-network
 //! limits, IPv6 buckets and dry run, with policies built from real flags.
 
-use api_guard::maps::KernelMaps as _;
+use api_guard::kernel::KernelMaps as _;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     thread,
@@ -206,7 +206,9 @@ fn dry_run_drops_nothing_and_counts_what_it_would() {
 fn live_policy_changes_apply_to_the_next_packet() {
     let mut h = harness(&["--rate", "1", "--burst", "1"]);
     assert_eq!(requests(&h, CLIENT4, 3), 1);
-    h.datapath.apply_policy(&policy(&[]).unwrap(), 0).unwrap();
+    h.datapath
+        .apply_policy(&policy(&[]).unwrap().tables(0))
+        .unwrap();
     assert_eq!(requests(&h, CLIENT4, 3), 3);
 }
 

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use api_guard::{loader::LoadOptions, maps::KernelMaps as _};
+use api_guard::kernel::{KernelMaps as _, LoadOptions};
 use api_guard_common::counters::{Event, Kind, Verdict};
 use api_guard_tests::{
     packet::{self, Tcp},
@@ -28,8 +28,9 @@ fn a_million_spoofed_sources_leave_the_map_bounded_and_the_legitimate_client_ser
     .unwrap();
     h.datapath
         .apply_policy(
-            &policy(&["--rate", "1000", "--burst", "1000", "--conn-rate", "1000"]).unwrap(),
-            0,
+            &policy(&["--rate", "1000", "--burst", "1000", "--conn-rate", "1000"])
+                .unwrap()
+                .tables(0),
         )
         .unwrap();
     let legit: IpAddr = Ipv4Addr::new(198, 18, 0, 2).into();
@@ -54,7 +55,7 @@ fn a_million_spoofed_sources_leave_the_map_bounded_and_the_legitimate_client_ser
     let tracked = clients.len() as u64;
     // The batch walk and the entry-by-entry one read the same table (nothing
     // runs the program between them).
-    let key = |c: &api_guard::maps::Client| (c.addr, c.state.requests, c.state.connections);
+    let key = |c: &api_guard::kernel::Client| (c.addr, c.state.requests, c.state.connections);
     let mut batch: Vec<_> = clients.iter().map(key).collect();
     let mut one_by_one: Vec<_> = h
         .datapath

@@ -3,7 +3,7 @@
 //! segmentation; a segment with more starts than the burst is reset; the bucket
 //! is safe on two CPUs at once; and eviction cannot lift a block.
 
-use api_guard::maps::KernelMaps as _;
+use api_guard::kernel::maps::KernelMaps as _;
 use std::{
     net::{IpAddr, Ipv4Addr},
     sync::{Arc, Barrier},
@@ -243,7 +243,7 @@ fn two_cpus_hitting_idle_clients_at_once_never_refuse_them() {
 
 #[test]
 fn a_spoofed_flood_cannot_lift_a_block_by_evicting_it() {
-    use api_guard::loader::LoadOptions;
+    use api_guard::kernel::loader::LoadOptions;
     let mut h = Harness::load(
         &LoadOptions {
             max_clients: 64,
@@ -253,7 +253,7 @@ fn a_spoofed_flood_cannot_lift_a_block_by_evicting_it() {
     )
     .unwrap();
     let p = policy(&["--rate", "1", "--burst", "2", "--block-for", "1h"]).unwrap();
-    h.datapath.apply_policy(&p, 0).unwrap();
+    h.datapath.apply_policy(&p.tables(0)).unwrap();
     let victim_of_its_own_abuse: IpAddr = CLIENT4.into();
     let get = packet::from(victim_of_its_own_abuse, &Tcp::data(API, GET));
     let passed = (0..5)

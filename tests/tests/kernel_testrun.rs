@@ -1,7 +1,7 @@
 //! The ingress classifier fed crafted frames through BPF_PROG_TEST_RUN: verdicts,
 //! per-client state and counters, read from the real kernel maps.
 
-use api_guard::maps::KernelMaps as _;
+use api_guard::kernel::KernelMaps as _;
 use std::net::IpAddr;
 
 use api_guard_common::counters::{Kind, VERDICTS, Verdict};
@@ -403,7 +403,7 @@ fn a_new_stream_that_cannot_start_a_request_is_not_counted() {
 
 #[test]
 fn a_full_client_map_evicts_the_least_recent_and_counts_it() {
-    use api_guard::loader::LoadOptions;
+    use api_guard::kernel::LoadOptions;
     use api_guard_common::counters::Event;
     let h = Harness::load(
         &LoadOptions {
@@ -640,7 +640,7 @@ fn drop_caps(caps: &[u32]) -> anyhow::Result<()> {
 fn load_without(caps: &'static [u32]) -> anyhow::Result<()> {
     std::thread::spawn(move || -> anyhow::Result<()> {
         drop_caps(caps)?;
-        api_guard::loader::Datapath::load(&api_guard::loader::LoadOptions::default())?;
+        api_guard::kernel::Datapath::load(&api_guard::kernel::LoadOptions::default())?;
         Ok(())
     })
     .join()

@@ -9,20 +9,22 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use api_guard::{
-    access_log::AccessLog,
-    cli::RequireAuth,
-    loader::LoadOptions,
-    maps::KernelMaps as _,
-    metrics::Metrics,
-    request,
-    sampler::{Sampler, SamplerConfig},
+    daemon::{Flow, FlowConfig},
+    detect::auth::AuthCheck,
+    kernel::{Datapath, KernelMaps as _, LoadOptions},
+    pipeline::http as request,
+    sinks::{
+        access_log::AccessLog,
+        metrics::{KernelCollector, Metrics},
+    },
+    sources::Sources,
 };
 use api_guard_common::sample::{SampleHeader, Source};
 use api_guard_tests::{
@@ -294,7 +296,9 @@ fn k1() -> Result<Section> {
         b"POST /v1/upload HTTP/1.1\r\nHost: api\r\nContent-Length: 1000000000000\r\n\r\n";
     let pipelined = GET.repeat(10);
     let body = vec![b'x'; 1400];
-    let stream_cases: Vec<(&str, Option<&[u8]>, &[u8])> = vec![
+    // (case, a head sent first, the payload of every measured segment)
+    type StreamCase<'a> = (&'a str, Option<&'a [u8]>, &'a [u8]);
+    let stream_cases: Vec<StreamCase> = vec![
         ("in order: one request a segment", None, GET),
         (
             "in order: 10 pipelined requests in one segment",
@@ -895,26 +899,48 @@ fn profile_pipeline() -> Option<String> {
     (!top.is_empty()).then(|| top.join(", "))
 }
 
-/// The daemon's sampler as K4 measures it: credential check on, access log to
-/// /dev/null, metrics against a loaded (unattached) datapath.
-fn bench_sampler() -> Result<Sampler> {
-    let datapath = Arc::new(Mutex::new(api_guard::loader::Datapath::load(
-        &LoadOptions::default(),
-    )?));
-    let metrics = Arc::new(Metrics::new(datapath.clone(), 1)?);
-    Ok(Sampler::new(
-        SamplerConfig {
+/// The daemon's sample flow as K4 measures it, from ring record bytes: decode,
+/// credential check on, access log to /dev/null, metrics against a loaded
+/// (unattached) datapath.
+struct BenchFlow {
+    sources: Sources,
+    flow: Flow,
+    _datapath: Datapath,
+}
+
+impl BenchFlow {
+    fn handle(&mut self, record: &[u8]) -> Result<()> {
+        self.flow.handle(self.sources.decode(record))
+    }
+
+    fn flush(&mut self) {
+        self.flow.flush();
+    }
+}
+
+fn bench_sampler() -> Result<BenchFlow> {
+    let datapath = Datapath::load(&LoadOptions::default())?;
+    let metrics = Arc::new(Metrics::new(
+        datapath.handles("opened for the metrics", &KernelCollector::MAPS)?,
+        1,
+    )?);
+    let flow = Flow::new(
+        FlowConfig {
             auth_headers: vec!["authorization".into(), "x-api-key".into()],
-            require_auth: RequireAuth::Log,
+            auth: AuthCheck::Log,
             auth_failures: 10,
-            block_for: None,
             ipv6_prefix: 64,
             ifnames: [(2u32, "eth0".to_string())].into(),
         },
         Some(AccessLog::open("/dev/null".as_ref())?),
         metrics,
-        datapath,
-    ))
+        None,
+    );
+    Ok(BenchFlow {
+        sources: Sources::kernel(),
+        flow,
+        _datapath: datapath,
+    })
 }
 
 /// The pipeline loop alone, for `perf record` (`--profile-pipeline`).
@@ -1076,7 +1102,8 @@ fn k5(o: &Options, rss_kb: &[f64]) -> Result<Section> {
             },
             &[API],
         )?;
-        h.datapath.apply_policy(&policy(&["--sample", "0"])?, 0)?;
+        h.datapath
+            .apply_policy(&policy(&["--sample", "0"])?.tables(0))?;
         // Fill the client map through the real path, one source at a time.
         let first = u32::from(Ipv4Addr::new(198, 19, 0, 0));
         for i in 0..size {

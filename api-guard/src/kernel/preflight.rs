@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Result;
 
-use crate::failure::{ExitCode, Failure};
+use crate::failure::Failure;
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
@@ -37,11 +37,7 @@ fn has_caps(caps: u64) -> bool {
 pub fn check_privileges() -> Result<()> {
     match effective_caps() {
         Some(caps) if has_caps(caps) => Ok(()),
-        _ => Err(Failure::new(
-            ExitCode::Privilege,
-            "api-guard needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) to load its kernel programs",
-        )
-        .into()),
+        _ => Err(Failure::Privilege.into()),
     }
 }
 
@@ -64,7 +60,7 @@ pub fn check_kernel(needs_sockops: bool) -> Result<()> {
 }
 
 fn environment(message: String) -> anyhow::Error {
-    Failure::new(ExitCode::Environment, message).into()
+    Failure::KernelLacks(message).into()
 }
 
 fn check_release(release: &str) -> Result<()> {
@@ -106,12 +102,7 @@ fn check_sockops(probe: Result<bool, String>) -> Result<()> {
 
 /// The index of a network interface, or a clear error naming it.
 pub fn interface_index(name: &str) -> Result<u32> {
-    let unknown = || {
-        Failure::new(
-            ExitCode::Environment,
-            format!("no network interface named {name:?}"),
-        )
-    };
+    let unknown = || Failure::NoInterface(name.to_owned());
     let c_name = CString::new(name).map_err(|_| unknown())?;
     // SAFETY: c_name is a valid NUL-terminated string that outlives the call.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
@@ -150,7 +141,7 @@ impl Cgroup2 {
         // A fixed place, reused: daemons in different mount namespaces may each
         // mount there, and the directory is never removed under another's mount.
         let dir = PathBuf::from(PRIVATE_CGROUP2);
-        let fail = |what: String| Failure::new(ExitCode::Environment, what);
+        let fail = Failure::KernelLacks;
         fs::create_dir_all(&dir)
             .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
         let c_dir =
@@ -197,13 +188,8 @@ fn cgroup2_in(mounts: &str) -> Option<PathBuf> {
 
 /// Opens a cgroup directory for attaching, with a clear error.
 pub fn open_cgroup(dir: &Path) -> Result<fs::File> {
-    fs::File::open(dir).map_err(|e| {
-        Failure::new(
-            ExitCode::Environment,
-            format!("cannot open cgroup {}: {e}", dir.display()),
-        )
-        .into()
-    })
+    fs::File::open(dir)
+        .map_err(|e| Failure::Host(format!("cannot open cgroup {}: {e}", dir.display())).into())
 }
 
 /// The cookie of this process's network namespace (SO_NETNS_COOKIE, Linux 5.14+);
@@ -213,10 +199,9 @@ pub fn netns_cookie() -> Result<u64> {
     let sock = UdpSocket::bind("127.0.0.1:0")
         .or_else(|_| UdpSocket::bind("[::1]:0"))
         .map_err(|e| {
-            Failure::new(
-                ExitCode::Environment,
-                format!("cannot open a socket to read the network namespace: {e}"),
-            )
+            Failure::Host(format!(
+                "cannot open a socket to read the network namespace: {e}"
+            ))
         })?;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
@@ -232,13 +217,10 @@ pub fn netns_cookie() -> Result<u64> {
         )
     };
     if rc != 0 {
-        return Err(Failure::new(
-            ExitCode::Environment,
-            format!(
-                "cannot read the network namespace cookie (Linux 5.14+ needed): {}",
-                std::io::Error::last_os_error()
-            ),
-        )
+        return Err(Failure::KernelLacks(format!(
+            "cannot read the network namespace cookie (Linux 5.14+ needed): {}",
+            std::io::Error::last_os_error()
+        ))
         .into());
     }
     Ok(cookie)
@@ -247,6 +229,7 @@ pub fn netns_cookie() -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failure::ExitCode;
 
     #[test]
     fn capability_sets() {

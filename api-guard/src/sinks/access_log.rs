@@ -1,5 +1,5 @@
 //! The API access log: one JSON line per sampled request, field names from
-//! OpenTelemetry's semantic conventions. Buffered; the sampler flushes it every
+//! OpenTelemetry's semantic conventions. Buffered; the daemon flushes it every
 //! second and on shutdown, and reopens it on SIGHUP (logrotate's convention).
 
 use std::{
@@ -13,6 +13,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
+
+use crate::{
+    pipeline::http::{AuthScheme, Completeness, RequestHead},
+    sources::RequestSample,
+};
 
 /// One access log line. Credential values never get here: the request parser
 /// keeps only whether a credential was present and its scheme.
@@ -86,6 +91,60 @@ pub struct AccessRecord<'a> {
     pub payload_size: u32,
 }
 
+impl<'a> AccessRecord<'a> {
+    /// The line for a sampled request and what the parser made of it.
+    pub fn of(
+        sample: &RequestSample,
+        head: &'a RequestHead<'a>,
+        timestamp: humantime::Rfc3339Timestamp,
+        interface: Option<&'a str>,
+        auth_missing: bool,
+    ) -> Self {
+        AccessRecord {
+            timestamp,
+            client_address: sample.client,
+            client_port: sample.client_port,
+            server_address: head.host.as_deref().map(strip_port),
+            server_port: sample.server_port,
+            local_address: sample.server,
+            network_type: if sample.ipv6 { "ipv6" } else { "ipv4" },
+            protocol: "http",
+            protocol_version: match head.version {
+                Some(0) => Some("1.0"),
+                Some(1) => Some("1.1"),
+                _ => None,
+            },
+            method: head.method,
+            path: head.path,
+            query: head.query.as_deref(),
+            user_agent: head.user_agent.as_deref(),
+            body_size: head.content_length,
+            interface,
+            verdict: super::verdict_name(sample.verdict),
+            auth_present: head.auth != AuthScheme::None,
+            auth_scheme: head.auth.as_str(),
+            auth_header: head.auth_header,
+            auth_missing,
+            head: match head.completeness {
+                Completeness::Complete => "complete",
+                Completeness::Truncated => "truncated",
+            },
+            payload_size: sample.payload_len,
+        }
+    }
+}
+
+/// "api.example:8080" → "api.example"; "[2001:db8::1]:80" → "2001:db8::1".
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h,
+        _ => host,
+    }
+}
+
 /// Serializes through Display, straight into the output (no String in between).
 fn display<T: Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
@@ -150,4 +209,17 @@ fn open_target(target: &Target) -> Result<Box<dyn Write + Send>> {
                 .with_context(|| format!("cannot open the access log {}", path.display()))?,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lose_their_port() {
+        assert_eq!(strip_port("api.example:8080"), "api.example");
+        assert_eq!(strip_port("api.example"), "api.example");
+        assert_eq!(strip_port("[2001:db8::1]:80"), "2001:db8::1");
+        assert_eq!(strip_port("198.18.0.1"), "198.18.0.1");
+    }
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use api_guard_common::counters::{KINDS, Kind, VERDICTS, Verdict};
 use serde::Serialize;
 
-use crate::maps::{Client, Counters};
+use crate::kernel::{Client, Counters};
 
 #[derive(Serialize)]
 struct ClientLine<'a> {

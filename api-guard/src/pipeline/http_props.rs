@@ -3,9 +3,7 @@
 
 use proptest::prelude::*;
 
-use api_guard_common::sample::{HEADER_LEN, SampleHeader};
-
-use crate::request::{self, AuthScheme, REDACTED, redact_query};
+use super::http::{self as request, AuthScheme, REDACTED, redact_query};
 
 fn auth() -> Vec<String> {
     vec!["authorization".into(), "x-api-key".into()]
@@ -85,41 +83,5 @@ proptest! {
         prop_assert!(!redacted.contains(&secret), "{}", redacted);
         let needle = format!("={REDACTED}");
         prop_assert!(redacted.contains(&needle));
-    }
-
-    /// The ring-record split, the one length-driven step before the parser:
-    /// any bytes give a header and exactly `captured` bytes inside the record,
-    /// or nothing.
-    #[test]
-    fn any_record_splits_inside_itself_or_is_refused(
-        mut record in proptest::collection::vec(any::<u8>(), 0..200),
-        captured in 0u32..160,
-    ) {
-        // A `captured` near the record's length, so both answers come up.
-        let at = core::mem::offset_of!(SampleHeader, captured);
-        if let Some(field) = record.get_mut(at..at + 4) {
-            field.copy_from_slice(&captured.to_ne_bytes());
-        }
-        match SampleHeader::parse(&record) {
-            Some((hdr, data)) => {
-                prop_assert_eq!(hdr.captured, captured);
-                prop_assert_eq!(data, &record[HEADER_LEN..HEADER_LEN + captured as usize]);
-            }
-            None => prop_assert!(record.len() < HEADER_LEN + captured as usize),
-        }
-    }
-
-    #[test]
-    fn a_record_comes_back_whole(
-        data in proptest::collection::vec(any::<u8>(), 0..120),
-        trailing in proptest::collection::vec(any::<u8>(), 0..16),
-    ) {
-        let hdr = SampleHeader { captured: data.len() as u32, payload_len: 999, ..Default::default() };
-        let mut record = hdr.as_bytes().to_vec();
-        record.extend(&data);
-        record.extend(&trailing);
-        let (back, got) = SampleHeader::parse(&record).unwrap();
-        prop_assert_eq!(got, &data[..]);
-        prop_assert_eq!(back.payload_len, 999);
     }
 }

@@ -9,7 +9,16 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::policy::{Network, NetworkLimit, Policy};
+mod values;
+
+pub use values::*;
+
+use crate::{
+    detect::auth::AuthCheck,
+    failure::Failure,
+    kernel::layout::DEFAULT_PIN_DIR,
+    policy::{Network, NetworkLimit, Policy},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -149,7 +158,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct PinArgs {
     /// Directory on a BPF filesystem for the daemon's pinned maps.
-    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_PIN_DIR)]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
 }
 
@@ -255,7 +264,8 @@ pub struct RunArgs {
     pub fail_mode: FailMode,
 
     /// How long the daemon may be silent before --fail-mode open lets
-    /// everything through (at least 2s; the daemon beats every second).
+    /// everything through (at least 2s; the daemon beats four times a second
+    /// while its event loop turns).
     #[arg(long, value_name = "DURATION", default_value = "15s", help_heading = "Failure", value_parser = parse_heartbeat_timeout)]
     pub heartbeat_timeout: Duration,
 
@@ -364,19 +374,12 @@ pub fn command() -> clap::Command {
 }
 
 /// Parses the process's arguments (and environment). Help and version print
-/// as clap has them; bad usage exits 2 with one line on stderr, like every
-/// other error.
-pub fn parse() -> Cli {
-    match try_parse_from(std::env::args_os()) {
-        Ok(cli) => cli,
-        Err(e) => match usage_error_line(&e) {
-            Some(line) => {
-                eprintln!("api-guard: error: {line}");
-                std::process::exit(crate::failure::ExitCode::Usage as i32)
-            }
-            None => e.exit(),
-        },
-    }
+/// as clap has them (and exit); bad usage is a [`Failure::Usage`] of one line.
+pub fn parse() -> Result<Cli, Failure> {
+    try_parse_from(std::env::args_os()).map_err(|e| match usage_error_line(&e) {
+        Some(line) => Failure::Usage(line),
+        None => e.exit(),
+    })
 }
 
 /// A clap usage error squeezed to one line: its message and any tip, without
@@ -464,6 +467,17 @@ impl RunArgs {
     }
 }
 
+impl RequireAuth {
+    /// As the detectors take it.
+    pub fn check(self) -> AuthCheck {
+        match self {
+            RequireAuth::Off => AuthCheck::Off,
+            RequireAuth::Log => AuthCheck::Log,
+            RequireAuth::Block => AuthCheck::Block,
+        }
+    }
+}
+
 impl RunArgs {
     /// The credential header names, lower-cased (httparse keeps their case).
     pub fn auth_header_names(&self) -> Vec<String> {
@@ -476,73 +490,6 @@ impl RunArgs {
                 .collect()
         }
     }
-}
-
-/// An HTTP header name (RFC 9110 token), so that a typo such as
-/// "Authorization:" cannot make every credential look missing.
-pub fn parse_header_name(s: &str) -> Result<String, String> {
-    // "Authorization, X-Api-Key" from the environment: items may be spaced.
-    let s = s.trim();
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if !s.is_empty() && s.bytes().all(token) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "{s:?} is not an HTTP header name (e.g. Authorization, X-Api-Key)"
-        ))
-    }
-}
-
-/// A fraction from 0 to 1.
-pub fn parse_ratio(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!(
-            "{s:?} is not a ratio from 0 to 1 (e.g. 0.01 for 1%)"
-        )),
-    }
-}
-
-/// A ring buffer size: a power of two of at least one page.
-pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
-    match s.parse::<u32>() {
-        Ok(n) if n >= 4096 && n.is_power_of_two() => Ok(n),
-        _ => Err(format!(
-            "{s:?} must be a power of two of at least 4096 bytes (e.g. 4194304)"
-        )),
-    }
-}
-
-/// The heartbeat timeout: two beats at least, so one late beat never fails open.
-pub fn parse_heartbeat_timeout(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
-        d if d < Duration::from_secs(2) => Err("must be at least 2s".into()),
-        d => Ok(d),
-    }
-}
-
-/// A refresh interval: at least 100ms, so a view never spins on the client map.
-pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
-        d if d < Duration::from_millis(100) => Err("must be at least 100ms".into()),
-        d => Ok(d),
-    }
-}
-
-/// A duration with a unit that is not zero.
-pub fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
-        d if d.is_zero() => Err("must be longer than zero".into()),
-        d => Ok(d),
-    }
-}
-
-/// A duration with a unit ("30s", "5m", "1h 30m"), or a bare 0.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(s).map_err(|e| format!("{e} (use a unit, e.g. 30s, 5m, 1h)"))
 }
 
 #[cfg(test)]
@@ -692,14 +639,5 @@ mod tests {
     fn auth_headers_are_header_names() {
         let r = run(&["--iface", "a", "--port", "80", "--auth-header", "X-Api-Key"]).unwrap();
         assert_eq!(r.auth_header_names(), ["x-api-key"]);
-    }
-
-    #[test]
-    fn durations_need_a_unit() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("30").is_err());
-        assert!(parse_duration("soon").is_err());
     }
 }

@@ -5,7 +5,6 @@
 //! open the pins and find out from the lock whether a daemon is running.
 
 use std::{
-    collections::HashMap,
     ffi::CString,
     fs::{self, File, OpenOptions},
     os::{fd::AsRawFd, unix::fs::PermissionsExt},
@@ -13,67 +12,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use api_guard_common::maps as names;
 use aya::maps::{Map, MapData};
 
-use crate::{
-    failure::{ExitCode, Failure},
-    maps::MapSource,
+use super::{
+    layout::{PINNED, links, lock_dir, lock_path},
+    source::{MapSet, MapSource},
 };
-
-/// Where the loader pins (or finds) each map of `PINNED` in `dir`.
-pub fn pin_paths(dir: &Path) -> Vec<(&'static str, PathBuf)> {
-    PINNED.iter().map(|name| (*name, dir.join(name))).collect()
-}
-
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/api-guard";
-
-/// The maps pinned for operators and for the next daemon. The tail-call table is
-/// among them: the kernel empties a program array once no file holds it, which
-/// would leave the attached programs of a stopped daemon without their tails.
-pub const PINNED: [&str; 14] = [
-    names::PORTS,
-    names::CONFIG,
-    names::CLIENTS,
-    names::ALLOW,
-    names::DENY,
-    names::BLOCKS,
-    names::OVERRIDES,
-    names::COUNTERS,
-    names::EVENTS,
-    names::HEARTBEAT,
-    names::TAILS,
-    names::CONNS,
-    names::PENALTIES,
-    names::OPEN_CONNS,
-];
-
-/// Pinned links are named `link_*`.
-const LINK_PREFIX: &str = "link_";
-
-/// Where the ingress link on `iface` is pinned.
-pub fn ingress_link(dir: &Path, iface: &str) -> PathBuf {
-    dir.join(format!("{LINK_PREFIX}ingress_{iface}"))
-}
-
-/// Where the connection tracker's cgroup link is pinned.
-pub fn sockops_link(dir: &Path) -> PathBuf {
-    dir.join(format!("{LINK_PREFIX}sockops"))
-}
-
-/// The links pinned in `dir`.
-pub fn links(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut links: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(LINK_PREFIX))
-        .map(|e| e.path())
-        .collect();
-    links.sort();
-    links
-}
+use crate::failure::Failure;
 
 /// The links a daemon attached or took over, and what becomes of them when it
 /// exits, however it exits: `--fail-mode open` unpins every link (detaching the
@@ -148,41 +93,7 @@ pub fn remove_links(dir: &Path, keep: &[PathBuf]) -> Result<usize> {
     Ok(removed)
 }
 
-/// Where the locks live: /run is shared by every mount namespace on the host
-/// (bpffs cannot hold a plain file).
-const LOCK_DIR: &str = "/run/api-guard/locks";
-/// Names another lock directory (the test suite's own, say). The daemon and the
-/// operator commands acting on its pin dir must be given the same one.
-const LOCK_DIR_ENV: &str = "API_GUARD_LOCK_DIR";
-
-fn lock_dir() -> PathBuf {
-    std::env::var_os(LOCK_DIR_ENV)
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| PathBuf::from(LOCK_DIR), PathBuf::from)
-}
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-/// The lock of a pin dir, named after its normalised absolute path (so
-/// "/sys/fs/bpf/api-guard/" and "../bpf/api-guard" share one), with `%` and `/`
-/// escaped so no two paths share a name.
-fn lock_path(dir: &Path) -> PathBuf {
-    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut normal = PathBuf::new();
-    for c in absolute.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                normal.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => normal.push(other),
-        }
-    }
-    let escaped: String = normal
-        .to_string_lossy()
-        .replace('%', "%25")
-        .replace('/', "%2F");
-    lock_dir().join(format!("{escaped}.lock"))
-}
 
 /// Takes the lock non-blockingly; Ok(None) if another process holds it.
 fn try_lock(path: &Path) -> Result<Option<File>> {
@@ -224,7 +135,7 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
     if is_bpffs(parent) {
         return Ok(());
     }
-    let fail = |m: String| Failure::new(ExitCode::Environment, m);
+    let fail = Failure::PinDir;
     if parent == Path::new("/sys/fs/bpf") {
         // SAFETY: constant NUL-terminated strings.
         let rc = unsafe {
@@ -276,20 +187,9 @@ impl PinDir {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let lock = lock.ok_or_else(|| {
-            Failure::new(
-                ExitCode::Environment,
-                format!(
-                    "another api-guard is running with --pin-dir {}",
-                    dir.display()
-                ),
-            )
-        })?;
+        let lock = lock.ok_or_else(|| Failure::PinDirTaken(dir.to_path_buf()))?;
         let unusable = |e: std::io::Error| {
-            Failure::new(
-                ExitCode::Environment,
-                format!("cannot use the pin dir {}: {e}", dir.display()),
-            )
+            Failure::PinDir(format!("cannot use the pin dir {}: {e}", dir.display()))
         };
         fs::create_dir_all(dir).map_err(unusable)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(unusable)?;
@@ -325,15 +225,8 @@ impl PinDir {
 /// (which detaches the programs left enforcing) and its maps. Refuses while a
 /// daemon runs on the directory.
 pub fn detach(dir: &Path) -> Result<usize> {
-    let _lock = try_lock(&lock_path(dir))?.ok_or_else(|| {
-        Failure::new(
-            ExitCode::Environment,
-            format!(
-                "an api-guard daemon is running with --pin-dir {}: stop it first (it detaches when it stops)",
-                dir.display()
-            ),
-        )
-    })?;
+    let _lock =
+        try_lock(&lock_path(dir))?.ok_or_else(|| Failure::DaemonRunning(dir.to_path_buf()))?;
     let mut removed = remove_links(dir, &[])?;
     for name in PINNED {
         if fs::remove_file(dir.join(name)).is_ok() {
@@ -367,21 +260,11 @@ pub fn holder(dir: &Path) -> Holder {
 }
 
 /// A running daemon's maps, opened from their pins.
-pub struct Pinned {
-    maps: HashMap<&'static str, Map>,
-}
+pub struct Pinned(MapSet);
 
 impl Pinned {
     pub fn open(dir: &Path) -> Result<Self> {
-        let not_running = || {
-            Failure::new(
-                ExitCode::NotRunning,
-                format!(
-                    "no api-guard daemon is running with --pin-dir {}",
-                    dir.display()
-                ),
-            )
-        };
+        let not_running = || Failure::NotRunning(dir.to_path_buf());
         match holder(dir) {
             Holder::Daemon => {}
             // Programs still enforce: an operator must be able to see and lift
@@ -392,25 +275,21 @@ impl Pinned {
             ),
             Holder::Nobody => return Err(not_running().into()),
         }
-        let mut maps = HashMap::new();
+        let mut maps = std::collections::HashMap::new();
         for name in PINNED {
             let data = MapData::from_pin(dir.join(name)).map_err(|_| not_running())?;
             maps.insert(name, Map::from_map_data(data)?);
         }
-        Ok(Self { maps })
+        Ok(Self(MapSet::new("pinned", maps)))
     }
 }
 
 impl MapSource for Pinned {
     fn map(&self, name: &str) -> Result<&Map> {
-        self.maps
-            .get(name)
-            .with_context(|| format!("map {name} is not pinned"))
+        self.0.map(name)
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
-        self.maps
-            .get_mut(name)
-            .with_context(|| format!("map {name} is not pinned"))
+        self.0.map_mut(name)
     }
 }

@@ -1,4 +1,5 @@
-//! Typed access to the kernel's maps, by the names in `api_guard_common::maps`.
+//! Typed access to the kernel's maps, by the names in `api_guard_common::maps`,
+//! from any [`MapSource`].
 
 use std::net::IpAddr;
 
@@ -13,14 +14,25 @@ use api_guard_common::{
     ports,
 };
 use aya::maps::{
-    Array, HashMap, Map, MapData, PerCpuArray,
+    Array, HashMap, MapData, PerCpuArray,
     lpm_trie::{Key, LpmTrie},
 };
+use ipnet::IpNet;
 
-use crate::{
-    loader::Datapath,
-    policy::{Network, Policy},
-};
+use super::{source::MapSource, sys};
+
+/// A network as the LPM tries key it: (prefix length, IPv4-mapped address).
+pub type LpmKey = (u32, NetKey);
+
+/// What the policy maps hold: what `policy` compiles the flags into.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyTables {
+    pub allow: Vec<LpmKey>,
+    pub deny: Vec<LpmKey>,
+    /// Per-network request limits.
+    pub limits: Vec<(LpmKey, Limit)>,
+    pub config: Config,
+}
 
 /// One client as the kernel sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,27 +50,6 @@ pub struct Counters {
 impl Counters {
     pub fn get(&self, kind: Kind, verdict: Verdict) -> u64 {
         self.slots[counters::index(kind, verdict) as usize]
-    }
-}
-
-/// Where the maps come from: the daemon's own loaded programs ([`Datapath`]), or
-/// the pins a running daemon left for operator commands ([`crate::pins::Pinned`]).
-pub trait MapSource {
-    fn map(&self, name: &str) -> Result<&Map>;
-    fn map_mut(&mut self, name: &str) -> Result<&mut Map>;
-}
-
-impl MapSource for Datapath {
-    fn map(&self, name: &str) -> Result<&Map> {
-        self.ebpf()
-            .map(name)
-            .with_context(|| format!("map {name} missing"))
-    }
-
-    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
-        self.ebpf_mut()
-            .map_mut(name)
-            .with_context(|| format!("map {name} missing"))
     }
 }
 
@@ -97,15 +88,14 @@ pub trait KernelMaps: MapSource {
 
     /// Pushes a policy: lists and per-network limits first, then the config that
     /// switches them on. The allow and deny lists are replaced; per-network
-    /// limits and blocks (also set by operator commands) are kept and added to. `netns_cookie` scopes the connection tracker.
-    fn apply_policy(&mut self, policy: &Policy, netns_cookie: u64) -> Result<()> {
-        let keys = |nets: &[Network]| nets.iter().map(Network::lpm_key).collect::<Vec<_>>();
+    /// limits and blocks (also set by operator commands) are kept and added to.
+    fn apply_policy(&mut self, tables: &PolicyTables) -> Result<()> {
         self.clear_networks(names::ALLOW)?;
         self.clear_networks(names::DENY)?;
-        self.add_networks(names::ALLOW, &keys(&policy.allow))?;
-        self.add_networks(names::DENY, &keys(&policy.deny))?;
-        self.add_overrides(&policy.overrides())?;
-        let mut config = policy.config(netns_cookie);
+        self.add_networks(names::ALLOW, &tables.allow)?;
+        self.add_networks(names::DENY, &tables.deny)?;
+        self.add_overrides(&tables.limits)?;
+        let mut config = tables.config;
         // Limits and blocks adopted from an earlier daemon, or set by operator
         // commands, stay switched on.
         if !self.lpm_is_empty::<Limit>(names::OVERRIDES)? {
@@ -123,8 +113,8 @@ pub trait KernelMaps: MapSource {
     }
 
     /// Adds networks to the allow (`names::ALLOW`) or deny (`names::DENY`) list.
-    fn add_networks(&mut self, list: &str, nets: &[(u32, NetKey)]) -> Result<()> {
-        let entries: Vec<((u32, NetKey), u8)> = nets.iter().map(|&n| (n, 1)).collect();
+    fn add_networks(&mut self, list: &str, nets: &[LpmKey]) -> Result<()> {
+        let entries: Vec<(LpmKey, u8)> = nets.iter().map(|&n| (n, 1)).collect();
         self.add_lpm(list, &entries)
     }
 
@@ -142,11 +132,11 @@ pub trait KernelMaps: MapSource {
     }
 
     /// Adds per-network request limits.
-    fn add_overrides(&mut self, limits: &[((u32, NetKey), Limit)]) -> Result<()> {
+    fn add_overrides(&mut self, limits: &[(LpmKey, Limit)]) -> Result<()> {
         self.add_lpm(names::OVERRIDES, limits)
     }
 
-    fn add_lpm<V: aya::Pod>(&mut self, name: &str, entries: &[((u32, NetKey), V)]) -> Result<()> {
+    fn add_lpm<V: aya::Pod>(&mut self, name: &str, entries: &[(LpmKey, V)]) -> Result<()> {
         let mut map: LpmTrie<&mut MapData, NetKey, V> = LpmTrie::try_from(self.map_mut(name)?)?;
         for &((prefix, addr), value) in entries {
             map.insert(&Key::new(prefix, addr), value, 0)
@@ -162,7 +152,7 @@ pub trait KernelMaps: MapSource {
 
     /// Blocks a network until `until_ns` (CLOCK_MONOTONIC; u64::MAX: until
     /// unblocked), effective on the next packet.
-    fn block(&mut self, net: (u32, NetKey), until_ns: u64) -> Result<()> {
+    fn block(&mut self, net: LpmKey, until_ns: u64) -> Result<()> {
         self.add_lpm(names::BLOCKS, &[(net, until_ns)])?;
         let mut config = self.config()?;
         if !config.has(config_flags::HAS_BLOCKS) {
@@ -173,16 +163,16 @@ pub trait KernelMaps: MapSource {
     }
 
     /// Lifts a block; false if there was none for exactly this network.
-    fn unblock(&mut self, net: (u32, NetKey)) -> Result<bool> {
+    fn unblock(&mut self, net: LpmKey) -> Result<bool> {
         self.remove_lpm::<u64>(names::BLOCKS, net)
     }
 
     /// Removes a per-network limit; false if there was none for exactly it.
-    fn remove_override(&mut self, net: (u32, NetKey)) -> Result<bool> {
+    fn remove_override(&mut self, net: LpmKey) -> Result<bool> {
         self.remove_lpm::<Limit>(names::OVERRIDES, net)
     }
 
-    fn remove_lpm<V: aya::Pod>(&mut self, name: &str, net: (u32, NetKey)) -> Result<bool> {
+    fn remove_lpm<V: aya::Pod>(&mut self, name: &str, net: LpmKey) -> Result<bool> {
         // aya checks the value size even for a removal.
         let mut map: LpmTrie<&mut MapData, NetKey, V> = LpmTrie::try_from(self.map_mut(name)?)?;
         match map.remove(&Key::new(net.0, net.1)) {
@@ -194,7 +184,7 @@ pub trait KernelMaps: MapSource {
 
     /// Ends the `--block-for` blocks in force of every client whose bucket
     /// overlaps `net`; returns how many.
-    fn clear_client_blocks(&mut self, net: &Network, now_ns: u64) -> Result<usize> {
+    fn clear_client_blocks(&mut self, net: IpNet, now_ns: u64) -> Result<usize> {
         let prefix = self.config()?.ipv6_prefix as u8;
         let blocked: Vec<Client> = self
             .clients()?
@@ -217,7 +207,7 @@ pub trait KernelMaps: MapSource {
     /// Removes blocks whose deadline has passed; returns how many. An expired
     /// longer prefix would otherwise hide a broader block still in force.
     fn prune_blocks(&mut self, now_ns: u64) -> Result<usize> {
-        let expired: Vec<(u32, NetKey)> = self
+        let expired: Vec<LpmKey> = self
             .blocks()?
             .into_iter()
             .filter(|(_, _, until)| *until <= now_ns)
@@ -242,19 +232,46 @@ pub trait KernelMaps: MapSource {
 
     /// Every tracked client, in the map's order.
     fn clients(&self) -> Result<Vec<Client>> {
+        let mut out = Vec::new();
+        if self.walk_clients(|c| out.push(c))? {
+            Ok(out)
+        } else {
+            self.clients_one_by_one()
+        }
+    }
+
+    /// How many clients are tracked, and how many of them are blocked at
+    /// `now_ns`: a walk of the map that keeps nothing.
+    fn client_counts(&self, now_ns: u64) -> Result<(usize, usize)> {
+        let (mut tracked, mut blocked) = (0, 0);
+        let mut count = |c: Client| {
+            tracked += 1;
+            blocked += usize::from(c.state.blocked_until_ns > now_ns);
+        };
+        if !self.walk_clients(&mut count)? {
+            self.clients_one_by_one()?.into_iter().for_each(count);
+        }
+        Ok((tracked, blocked))
+    }
+
+    /// Hands every tracked client to `each` with batch lookups; false if the
+    /// kernel has none (before 5.6), and nothing was handed.
+    fn walk_clients(&self, mut each: impl FnMut(Client)) -> Result<bool> {
         let aya::maps::Map::LruHashMap(data) = self.map(names::CLIENTS)? else {
             anyhow::bail!("map CLIENTS is not an LRU hash");
         };
-        match lookup_batch::<ClientKey, ClientState>(data) {
-            Ok(entries) => Ok(entries
-                .into_iter()
-                .map(|(key, state)| Client {
+        let walked = sys::lookup_batch::<ClientKey, ClientState>(data, |keys, states| {
+            for (key, state) in keys.iter().zip(states) {
+                each(Client {
                     addr: key.ip(),
-                    state,
-                })
-                .collect()),
+                    state: *state,
+                });
+            }
+        });
+        match walked {
+            Ok(()) => Ok(true),
             // Kernels before 5.6 have no batch lookups.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.clients_one_by_one(),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
             Err(e) => Err(anyhow::Error::new(e).context("cannot read the client map")),
         }
     }
@@ -327,79 +344,6 @@ impl<T: MapSource> KernelMaps for T {}
 
 /// Whether a map error means "no such key" (aya reports ENOENT from a delete as
 /// a syscall error rather than `KeyNotFound`).
-/// Entries read per `BPF_MAP_LOOKUP_BATCH` call.
-const BATCH: u32 = 4096;
-
-/// Every entry of a hash map through `BPF_MAP_LOOKUP_BATCH`: one syscall per
-/// [`BATCH`] entries, where aya's iterator makes two per entry. Entries evicted
-/// meanwhile are simply not seen; none is seen twice.
-fn lookup_batch<K: aya::Pod, V: aya::Pod>(map: &MapData) -> std::io::Result<Vec<(K, V)>> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    // The kernel writes key_size and value_size bytes an entry: the buffers
-    // must be laid out exactly so.
-    let info = map.info().map_err(std::io::Error::other)?;
-    if (info.key_size() as usize, info.value_size() as usize)
-        != (std::mem::size_of::<K>(), std::mem::size_of::<V>())
-    {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the map's key or value size is not the type's",
-        ));
-    }
-    let fd = map.fd().as_fd().as_raw_fd();
-    let mut out = Vec::new();
-    let mut keys: Vec<K> = Vec::with_capacity(BATCH as usize);
-    let mut values: Vec<V> = Vec::with_capacity(BATCH as usize);
-    // The kernel's opaque position in the table (a bucket index for hashes).
-    let (mut token_in, mut token_out) = (0u64, 0u64);
-    let mut first = true;
-    loop {
-        // `union bpf_attr`'s batch member: in_batch, out_batch, keys, values,
-        // count, map_fd, elem_flags, flags; zero past it.
-        let mut attr = [0u64; 16];
-        attr[0] = if first {
-            0
-        } else {
-            &token_in as *const u64 as u64
-        };
-        attr[1] = &mut token_out as *mut u64 as u64;
-        attr[2] = keys.as_mut_ptr() as u64;
-        attr[3] = values.as_mut_ptr() as u64;
-        attr[4] = u64::from(BATCH) | ((fd as u32 as u64) << 32);
-        // SAFETY: attr is a zeroed bpf_attr that outlives the call; keys and
-        // values have room for BATCH entries of exactly the map's key and value
-        // sizes (checked above); the tokens hold the kernel's u32 or u64
-        // position.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
-        let err = (rc < 0).then(std::io::Error::last_os_error);
-        // The kernel wrote back how many entries it filled in, error or not.
-        let count = (attr[4] as u32).min(BATCH) as usize;
-        // SAFETY: the kernel initialised `count` keys and values.
-        unsafe {
-            keys.set_len(count);
-            values.set_len(count);
-        }
-        out.extend(keys.drain(..).zip(values.drain(..)));
-        match err {
-            None => {}
-            // The end of the table.
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
-            Some(e) => return Err(e),
-        }
-        token_in = token_out;
-        first = false;
-    }
-}
-
 fn not_found(e: &aya::maps::MapError) -> bool {
     match e {
         aya::maps::MapError::KeyNotFound => true,
@@ -410,12 +354,12 @@ fn not_found(e: &aya::maps::MapError) -> bool {
 
 /// Whether `net` and the bucket of the client key `addr` share addresses (an
 /// IPv6 key stands for its whole /prefix).
-fn overlaps(net: &Network, addr: IpAddr, ipv6_prefix: u8) -> bool {
+fn overlaps(net: IpNet, addr: IpAddr, ipv6_prefix: u8) -> bool {
     let bucket = match addr {
         IpAddr::V4(_) => ipnet::IpNet::from(addr),
         IpAddr::V6(v6) => {
             ipnet::Ipv6Net::new(v6, ipv6_prefix).map_or(ipnet::IpNet::from(addr), Into::into)
         }
     };
-    net.0.contains(&bucket.network()) || bucket.contains(&net.0.network())
+    net.contains(&bucket.network()) || bucket.contains(&net.network())
 }

@@ -1,18 +1,18 @@
-//! The `run` command: check, load, attach, then watch (sample pipeline, metrics,
-//! periodic summary) until SIGINT/SIGTERM; drain and flush, detach, report.
+//! The `run` command: check, load, attach, then watch until SIGINT/SIGTERM;
+//! drain and flush, detach, report. Its parts run side by side and share no
+//! lock: the heartbeat (a thread), the sample flow (`flow`: ring → stages →
+//! detectors → enforce / sinks), the metrics server, and the periodic walks of
+//! the client map (threads), each with map handles of its own.
 
-use std::{
-    collections::HashMap,
-    io,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+mod flow;
+
+pub use flow::{Flow, FlowConfig};
+
+use std::{collections::HashMap, io, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
-use api_guard_common::counters::Event;
-use aya::maps::{MapData, RingBuf};
+use api_guard_common::{counters::Event, maps as names};
 use tokio::{
-    io::unix::AsyncFd,
     net::TcpListener,
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -21,29 +21,41 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    access_log::AccessLog,
-    cli::{FailMode, RunArgs},
-    failure::{ExitCode, Failure},
-    loader::{Attached, Datapath, LoadOptions},
-    maps::KernelMaps,
-    metrics::{self, Metrics, TopClients},
-    pins::{Links, PinDir},
-    preflight::{self, Cgroup2},
-    report,
-    sampler::{Sampler, SamplerConfig},
+    cli::{FailMode, RequireAuth, RunArgs},
+    clock::monotonic_ns,
+    enforce::Enforcer,
+    failure::Failure,
+    kernel::{
+        Attached, Attachment, Datapath, KernelMaps, LoadOptions,
+        heartbeat::{Heartbeat, Pulse},
+        pins::{Links, PinDir},
+        preflight::{self, Cgroup2},
+    },
+    periodic::Periodic,
+    sinks::{
+        access_log::AccessLog,
+        metrics::{self, KernelCollector, Metrics, TopClients},
+        report,
+    },
+    sources::{Sources, ring::RingReader},
 };
 
-/// How often the daemon tells the kernel it is alive (`--heartbeat-timeout` is
-/// at least two of these).
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How often the heartbeat thread tells the kernel the daemon is alive, and
+/// how often the event loop shows it turns (`--heartbeat-timeout` is at least
+/// eight of these).
+const BEAT_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the top-clients gauge is recomputed.
 const TOP_CLIENTS_EVERY: Duration = Duration::from_secs(5);
 
+/// How long the event loop may go without turning before the heartbeat stops:
+/// half the timeout, so a stuck daemon fails open within 1.5 timeouts.
+fn stall_allowed(heartbeat_timeout: Duration) -> Duration {
+    (heartbeat_timeout / 2).max(Duration::from_secs(1))
+}
+
 pub async fn run(args: RunArgs) -> Result<()> {
-    let policy = args
-        .policy()
-        .map_err(|e| Failure::new(ExitCode::Usage, e))?;
+    let policy = args.policy().map_err(Failure::Usage)?;
     preflight::check_privileges()?;
     preflight::check_kernel(policy.max_conns.is_some())?;
     let mut ifnames = HashMap::new();
@@ -58,17 +70,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // What can fail without the kernel comes before anything is attached or an
     // earlier daemon's policy is touched.
     let log = match &args.access_log {
-        Some(path) => Some(
-            AccessLog::open(path)
-                .map_err(|e| Failure::new(ExitCode::Environment, format!("{e:#}")))?,
-        ),
+        Some(path) => Some(AccessLog::open(path).map_err(|e| Failure::Host(format!("{e:#}")))?),
         None => None,
     };
     let listener = TcpListener::bind(args.metrics_addr).await.map_err(|e| {
-        Failure::new(
-            ExitCode::Environment,
-            format!("cannot listen on {} for metrics: {e}", args.metrics_addr),
-        )
+        Failure::Host(format!(
+            "cannot listen on {} for metrics: {e}",
+            args.metrics_addr
+        ))
     })?;
     // Kept until exit: a cgroup hierarchy api-guard mounted itself is unmounted then.
     let tracker = match policy.max_conns {
@@ -101,21 +110,32 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     }
     datapath.watch_ports(&args.ports)?;
-    // Alive before anything attaches: a fail-open program never sees a stale beat.
-    datapath.beat(crate::clock::monotonic_ns())?;
+    // Alive before anything attaches (it beats once before it returns): a
+    // fail-open program never sees a stale beat. From here it beats on a thread
+    // of its own, through a handle of its own, while the event loop turns.
+    let pulse = Pulse::new();
+    let heartbeat = Heartbeat::start(
+        datapath.handle(names::HEARTBEAT)?,
+        BEAT_EVERY,
+        pulse.clone(),
+        stall_allowed(args.heartbeat_timeout),
+    )?;
     // From here every exit, an error included, settles the links by the fail mode.
     let mut links = Links::new(pins.dir(), args.fail_mode == FailMode::Closed);
     let mut cookie = 0;
     if let Some((root, netns)) = &tracker {
-        let pin = crate::pins::sockops_link(pins.dir());
-        let how = datapath.attach_sockops(root.path(), Some(&pin))?;
+        let what = Attachment::SockOps {
+            cgroup: root.path(),
+        };
+        let pin = what.pin(pins.dir());
+        let how = datapath.attach(what, Some(&pin))?;
         if how == Attached::TakenOver {
             info!("took over the pinned connection tracker link");
         }
         links.record(pin, how == Attached::New);
         cookie = *netns;
     }
-    datapath.apply_policy(&policy, cookie)?;
+    datapath.apply_policy(&policy.tables(cookie))?;
     debug!(
         rate = ?policy.rate,
         burst = ?policy.burst,
@@ -129,8 +149,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
     let ring = datapath.take_samples()?;
     for iface in &args.ifaces {
-        let pin = crate::pins::ingress_link(pins.dir(), iface);
-        let how = datapath.attach_ingress(iface, Some(&pin))?;
+        let what = Attachment::TcIngress { iface };
+        let pin = what.pin(pins.dir());
+        let how = datapath.attach(what, Some(&pin))?;
         debug!(%iface, how = ?how, pin = %pin.display(), "ingress attached");
         if how == Attached::TakenOver {
             info!(%iface, "took over the pinned ingress link");
@@ -147,26 +168,38 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     pins.restrict()?;
     let prog_id = datapath.ingress_id()?;
-    let datapath = Arc::new(Mutex::new(datapath));
-    let metrics = Arc::new(Metrics::new(datapath.clone(), max_clients)?);
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let sampler = Sampler::new(
-        SamplerConfig {
+    // Every task gets the maps it needs on handles of its own: none waits on a
+    // lock another holds, and the datapath stays here for the final report.
+    let metrics = Arc::new(Metrics::new(
+        datapath.handles("opened for the metrics", &KernelCollector::MAPS)?,
+        max_clients,
+    )?);
+    let enforcer = match args.require_auth {
+        RequireAuth::Block => Some(Enforcer::new(
+            datapath.handles("opened for enforcing", &Enforcer::MAPS)?,
+            policy.block_for,
+            policy.ipv6_prefix,
+        )),
+        _ => None,
+    };
+    let flow = Flow::new(
+        FlowConfig {
             auth_headers: args.auth_header_names(),
-            require_auth: args.require_auth,
+            auth: args.require_auth.check(),
             auth_failures: args.auth_failures,
-            block_for: policy.block_for,
             ipv6_prefix: policy.ipv6_prefix,
             ifnames,
         },
         log,
         metrics.clone(),
-        datapath.clone(),
+        enforcer,
     );
+    let reader = RingReader::new(ring, Sources::kernel())?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
     // Registered before ready, so a SIGHUP from then on never kills the daemon.
     let hup = signal(SignalKind::hangup())?;
-    let mut sampler_task = tokio::spawn(run_sampler(ring, sampler, hup, stop_rx.clone()));
+    let mut flow_task = tokio::spawn(run_flow(reader, flow, hup, stop_rx.clone()));
     let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone(), stop_rx));
     info!(
         ifaces = ?args.ifaces,
@@ -177,63 +210,72 @@ pub async fn run(args: RunArgs) -> Result<()> {
         "api-guard ready"
     );
 
-    let mut summary = (!args.report_every.is_zero()).then(|| ticker(args.report_every));
-    let mut top_tick = ticker(TOP_CLIENTS_EVERY);
-    // On the main loop, not a task of its own: a daemon whose loop is stuck
-    // must stop beating.
-    let mut heartbeat = ticker(HEARTBEAT_EVERY);
+    // Walks of the whole client map, each on a thread and handles of its own.
     let mut top = TopClients::new(args.top_clients);
+    let top_maps = datapath.handles("opened for the top clients", &[names::CLIENTS])?;
+    let gauge = metrics.top_clients.clone();
     // The first snapshot now, so rates exist after one period.
-    top.update(&*lock(&datapath)?, &metrics.top_clients)?;
-    let mut sampler_failed = None;
+    top.update(&top_maps, &gauge)?;
+    let top_clients = Periodic::start("top-clients", TOP_CLIENTS_EVERY, move || {
+        if let Err(e) = top.update(&top_maps, &gauge) {
+            warn!("cannot update the top clients: {e:#}");
+        }
+    })?;
+    let summary = match args.report_every.is_zero() {
+        true => None,
+        false => {
+            let maps =
+                datapath.handles("opened for the summary", &[names::CLIENTS, names::COUNTERS])?;
+            Some(Periodic::start(
+                "summary",
+                args.report_every,
+                move || match (maps.client_counts(monotonic_ns()), maps.counters()) {
+                    (Ok((clients, _)), Ok(counters)) => {
+                        info!("{}", report::summary(clients, &counters))
+                    }
+                    (Err(e), _) | (_, Err(e)) => warn!("cannot read the counters: {e:#}"),
+                },
+            )?)
+        }
+    };
+
+    // The event loop: it only waits, so it turns on time unless the daemon is
+    // stuck, and the heartbeat follows its pulse.
+    let mut turn = ticker(BEAT_EVERY);
+    let mut flow_failed = None;
     loop {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-            // The sampler only ends when told to: ending early is a failure.
-            done = &mut sampler_task => { sampler_failed = Some(done); break; }
-            _ = async { summary.as_mut().unwrap().tick().await }, if summary.is_some() => {
-                let dp = lock(&datapath)?;
-                match (dp.clients(), dp.counters()) {
-                    (Ok(clients), Ok(counters)) => info!("{}", report::summary(clients.len(), &counters)),
-                    (Err(e), _) | (_, Err(e)) => warn!("cannot read the counters: {e:#}"),
-                }
-            }
-            _ = heartbeat.tick() => {
-                if let Err(e) = lock(&datapath)?.beat(crate::clock::monotonic_ns()) {
-                    warn!("cannot write the heartbeat: {e:#}");
-                }
-            }
-            _ = top_tick.tick() => {
-                if let Err(e) = top.update(&*lock(&datapath)?, &metrics.top_clients) {
-                    warn!("cannot update the top clients: {e:#}");
-                }
-            }
+            // The flow only ends when told to: ending early is a failure.
+            done = &mut flow_task => { flow_failed = Some(done); break; }
+            _ = turn.tick() => pulse.turn(),
         }
     }
+    drop(summary);
+    drop(top_clients);
 
     // Drain the ring buffer and flush the log while the programs still run, then
     // read the final state and detach.
     let _ = stop_tx.send(true);
-    let sampler = match sampler_failed {
+    let flow = match flow_failed {
         Some(done) => done,
-        None => sampler_task.await,
+        None => flow_task.await,
     }
-    .context("the sampler task failed")?
+    .context("the sample task failed")?
     .context("the sample pipeline stopped")?;
     let _ = metrics_task.await;
     drop(metrics);
-    let dp = lock(&datapath)?;
     let final_state = report::Final {
-        clients: dp.clients()?,
-        clients_created: dp.event(Event::ClientsCreated)?,
-        counters: dp.counters()?,
-        samples: dp.event(Event::Sampled)?,
-        samples_lost: dp.event(Event::SamplesLost)?,
-        logged: sampler.lines_written(),
+        clients: datapath.clients()?,
+        clients_created: datapath.event(Event::ClientsCreated)?,
+        counters: datapath.counters()?,
+        samples: datapath.event(Event::Sampled)?,
+        samples_lost: datapath.event(Event::SamplesLost)?,
+        logged: flow.lines_written(),
     };
-    drop(dp);
-    drop(sampler);
+    drop(flow);
+    drop(heartbeat);
     drop(links);
     drop(datapath);
     match args.fail_mode {
@@ -260,60 +302,39 @@ fn ticker(every: Duration) -> tokio::time::Interval {
     t
 }
 
-fn lock(dp: &Mutex<Datapath>) -> Result<std::sync::MutexGuard<'_, Datapath>> {
-    dp.lock()
-        .map_err(|_| anyhow::anyhow!("the datapath lock is poisoned"))
-}
-
 /// Takes records off the ring buffer as they come; flushes the access log every
 /// second; reopens it on SIGHUP; drains what is left when told to stop.
-async fn run_sampler(
-    ring: RingBuf<MapData>,
-    mut sampler: Sampler,
+async fn run_flow(
+    mut reader: RingReader,
+    mut flow: Flow,
     mut hup: tokio::signal::unix::Signal,
     mut stop: watch::Receiver<bool>,
-) -> Result<Sampler> {
-    // SAFETY: the ring buffer owns its map fd, which stays open and the same for
-    // as long as the AsyncFd owns the ring buffer.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| anyhow::anyhow!("cannot watch the sample ring buffer: {e}"))?;
+) -> Result<Flow> {
     let mut flush = ticker(Duration::from_secs(1));
     loop {
         tokio::select! {
-            ready = ring.readable_mut() => {
-                let mut guard = ready?;
-                // A bounded batch, then back to the loop: a producer faster than
-                // the pipeline must not starve flushes, signals and stop.
-                if drain(guard.get_inner_mut(), &mut sampler, BATCH) < BATCH {
-                    guard.clear_ready();
-                }
-            }
-            _ = flush.tick() => sampler.flush(),
-            _ = hup.recv() => sampler.reopen(),
+            // A bounded batch, then back to the loop: a producer faster than
+            // the pipeline must not starve flushes, signals and stop.
+            read = reader.read(BATCH, |event| handle(&mut flow, event)) => { read?; }
+            _ = flush.tick() => flow.flush(),
+            _ = hup.recv() => flow.reopen(),
             _ = stop.changed() => break,
         }
     }
     // What the kernel wrote before the stop, bounded: the programs still run,
     // and a flood must not keep the daemon from stopping.
-    drain(ring.get_mut(), &mut sampler, FINAL_DRAIN);
-    sampler.flush();
-    Ok(sampler)
+    reader.drain(FINAL_DRAIN, |event| handle(&mut flow, event));
+    flow.flush();
+    Ok(flow)
 }
 
-/// Records handled per wake-up of the sampler.
+fn handle(flow: &mut Flow, event: Result<crate::sources::Event, crate::sources::DecodeError>) {
+    if let Err(e) = flow.handle(event) {
+        warn!("sample dropped: {e:#}");
+    }
+}
+
+/// Records handled per wake-up of the sample task.
 const BATCH: usize = 4096;
 /// Records handled at most after the stop.
 const FINAL_DRAIN: usize = 1 << 20;
-
-/// Handles up to `max` records; returns how many there were.
-fn drain(ring: &mut RingBuf<MapData>, sampler: &mut Sampler, max: usize) -> usize {
-    let mut n = 0;
-    while n < max {
-        let Some(record) = ring.next() else { break };
-        if let Err(e) = sampler.handle(&record) {
-            warn!("sample dropped: {e:#}");
-        }
-        n += 1;
-    }
-    n
-}

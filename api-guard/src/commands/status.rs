@@ -1,0 +1,109 @@
+//! `api-guard status`: a running daemon's policy, counters, clients and blocks.
+
+use std::{io::Write, path::Path};
+
+use anyhow::Result;
+use api_guard_common::{
+    config::{Limit, flags},
+    counters::{Event, KINDS, VERDICTS},
+};
+use serde_json::json;
+
+use super::{network_string, remaining_secs};
+use crate::{
+    clock::monotonic_ns,
+    kernel::{Client, KernelMaps, pins::Pinned},
+};
+
+/// `api-guard status`: the policy, the counters, the client table and blocks.
+pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()> {
+    let maps = Pinned::open(pin_dir)?;
+    let cfg = maps.config()?;
+    let counters = maps.counters()?;
+    let clients = maps.clients()?;
+    let now = monotonic_ns();
+    let blocked: Vec<&Client> = clients
+        .iter()
+        .filter(|c| c.state.blocked_until_ns > now)
+        .collect();
+    let nets: Vec<(String, Option<u64>)> = maps
+        .blocks()?
+        .into_iter()
+        .filter(|(_, _, until)| *until > now)
+        .map(|(prefix, addr, until)| (network_string(prefix, addr), remaining_secs(until, now)))
+        .collect();
+    // Read together, after the client walk: the age is the beat's, not the walk's.
+    let heartbeat_age = {
+        let beat = maps.last_beat()?;
+        monotonic_ns().saturating_sub(beat) as f64 / 1e9
+    };
+    let limit = |l: &Limit| match l.is_set() {
+        true => json!({"rate": 1_000_000_000 / l.interval_ns, "burst": l.burst_ns / l.interval_ns}),
+        false => json!(null),
+    };
+    let mut verdicts = serde_json::Map::new();
+    for kind in KINDS {
+        let by: serde_json::Map<String, serde_json::Value> = VERDICTS
+            .iter()
+            .map(|&v| (v.name().to_string(), counters.get(kind, v).into()))
+            .collect();
+        verdicts.insert(kind.name().into(), by.into());
+    }
+    let doc = json!({
+        "config": {
+            "requests": limit(&cfg.requests),
+            "connections": limit(&cfg.connections),
+            "block_for_secs": cfg.block_ns as f64 / 1e9,
+            "max_conns": cfg.max_conns,
+            "ipv6_prefix": cfg.ipv6_prefix,
+            "dry_run": cfg.has(flags::DRY_RUN),
+            "on_limit": if cfg.has(flags::ON_LIMIT_RESET) { "reset" } else { "drop" },
+            "sample_ratio": f64::from(cfg.sample_below) / f64::from(u32::MAX),
+            "fail_mode": if cfg.heartbeat_timeout_ns == 0 { "closed" } else { "open" },
+            "heartbeat_timeout_secs": cfg.heartbeat_timeout_ns as f64 / 1e9,
+        },
+        "heartbeat_age_secs": heartbeat_age,
+        "counters": verdicts,
+        "clients": {
+            "tracked": clients.len(),
+            "created": maps.event(Event::ClientsCreated)?,
+            "refused": maps.event(Event::ClientsRefused)?,
+        },
+        "samples": {"sampled": maps.event(Event::Sampled)?, "lost": maps.event(Event::SamplesLost)?},
+        "blocked_clients": blocked.iter().map(|c| json!({
+            "client": c.addr.to_string(),
+            "remaining_secs": remaining_secs(c.state.blocked_until_ns, now),
+        })).collect::<Vec<_>>(),
+        "blocked_networks": nets.iter().map(|(n, r)| json!({"network": n, "remaining_secs": r})).collect::<Vec<_>>(),
+    });
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        return Ok(());
+    }
+    writeln!(out, "policy: {}", doc["config"])?;
+    for kind in KINDS {
+        let line: Vec<String> = VERDICTS
+            .iter()
+            .map(|&v| (v.name(), counters.get(kind, v)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect();
+        writeln!(out, "{:<12} {}", kind.name(), line.join(" "))?;
+    }
+    writeln!(out, "clients tracked: {}", clients.len())?;
+    for c in &blocked {
+        writeln!(
+            out,
+            "blocked client {} ({}s left)",
+            c.addr,
+            remaining_secs(c.state.blocked_until_ns, now).unwrap_or(0)
+        )?;
+    }
+    for (n, r) in &nets {
+        match r {
+            Some(s) => writeln!(out, "blocked network {n} ({s}s left)")?,
+            None => writeln!(out, "blocked network {n} (until unblocked)")?,
+        }
+    }
+    Ok(())
+}

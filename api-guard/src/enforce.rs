@@ -1,0 +1,104 @@
+//! The one userspace writer of kernel verdicts: blocks and their expiry.
+//! Detectors' findings (`--require-auth block`) and the operator's `block` and
+//! `unblock` both come through here; nothing else in userspace writes the
+//! block list or a client's block. (The policy itself, limits and lists, is
+//! written once at start by the daemon and by `api-guard limit`.)
+
+use std::{net::IpAddr, time::Duration};
+
+use anyhow::Result;
+use api_guard_common::{client::ClientKey, maps as names};
+
+use crate::{
+    clock::monotonic_ns,
+    detect::Finding,
+    kernel::{KernelMaps, LpmKey, MapSet},
+    policy::Network,
+};
+
+/// The deadline of a block that lasts `duration` from now (CLOCK_MONOTONIC
+/// ns); `None`: until unblocked (`u64::MAX`, which no timed block reaches).
+pub fn deadline(duration: Option<Duration>) -> u64 {
+    match duration {
+        Some(d) => monotonic_ns()
+            .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .min(u64::MAX - 1),
+        None => u64::MAX,
+    }
+}
+
+/// Blocks `net` until `until_ns`, effective on the next packet.
+pub fn block(maps: &mut impl KernelMaps, net: LpmKey, until_ns: u64) -> Result<()> {
+    maps.block(net, until_ns)
+}
+
+/// Lifts the block on exactly `net`, and the automatic blocks of the clients
+/// inside it: (whether `net` itself was blocked, client blocks lifted).
+pub fn unblock(maps: &mut impl KernelMaps, net: &Network) -> Result<(bool, usize)> {
+    let listed = maps.unblock(net.lpm_key())?;
+    let clients = maps.clear_client_blocks(net.0, monotonic_ns())?;
+    Ok((listed, clients))
+}
+
+/// The daemon's enforcer: acts on findings, and removes expired blocks, through
+/// map handles of its own.
+pub struct Enforcer {
+    maps: MapSet,
+    block_for: Option<Duration>,
+    ipv6_prefix: u8,
+}
+
+impl Enforcer {
+    /// The maps it writes.
+    pub const MAPS: [&'static str; 2] = [names::BLOCKS, names::CONFIG];
+
+    pub fn new(maps: MapSet, block_for: Option<Duration>, ipv6_prefix: u8) -> Self {
+        Self {
+            maps,
+            block_for,
+            ipv6_prefix,
+        }
+    }
+
+    /// How long a finding's block lasts (None: findings block nothing).
+    pub fn block_for(&self) -> Option<Duration> {
+        self.block_for
+    }
+
+    /// Acts on a finding; true when it changed what the kernel does.
+    pub fn apply(&mut self, finding: &Finding) -> Result<bool> {
+        match *finding {
+            Finding::Block { client, .. } => self.block_client(client),
+        }
+    }
+
+    /// Blocks the client's bucket (the address, or its IPv6 prefix) for
+    /// --block-for, never shortening a block already there (an operator's, say).
+    fn block_client(&mut self, client: IpAddr) -> Result<bool> {
+        let Some(block_for) = self.block_for else {
+            return Ok(false);
+        };
+        let key = ClientKey::from(client).bucketed(u32::from(self.ipv6_prefix));
+        let prefix = if client.is_ipv4() {
+            128
+        } else {
+            u32::from(self.ipv6_prefix)
+        };
+        let until = deadline(Some(block_for));
+        if self
+            .maps
+            .blocks()?
+            .iter()
+            .any(|(p, a, u)| *p == prefix && *a == key.addr && *u >= until)
+        {
+            return Ok(false);
+        }
+        block(&mut self.maps, (prefix, key.addr), until)?;
+        Ok(true)
+    }
+
+    /// Removes blocks whose deadline has passed; returns how many.
+    pub fn expire(&mut self) -> Result<usize> {
+        self.maps.prune_blocks(monotonic_ns())
+    }
+}

@@ -1,0 +1,215 @@
+//! Loads the kernel programs and their maps (adopting pinned ones), and hands
+//! out what each part of the daemon needs: attachments (see `attach`), the
+//! sample ring, and map handles of their own for tasks that must not wait on
+//! each other.
+
+use std::os::fd::AsFd as _;
+
+use anyhow::{Context as _, Result};
+use api_guard_common::maps as names;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, ProgramArray, RingBuf},
+    programs::SchedClassifier,
+};
+
+use super::{
+    adopt, layout,
+    object::{
+        FLOOR_PROGRAM, INGRESS_PROGRAM, JUDGE_PROGRAM, OBJECT, RESET_PROGRAM, SAMPLE_PROGRAM,
+    },
+    ring::SampleRing,
+    source::{MapSet, MapSource},
+};
+use crate::failure::Failure;
+
+/// What the kernel side is sized with at load time.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub max_clients: u32,
+    /// Sample ring buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+    /// Pin the operators' maps here, or adopt the ones already pinned here.
+    pub pin_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_clients: names::DEFAULT_MAX_CLIENTS,
+            ring_bytes: api_guard_common::sample::DEFAULT_RING_BYTES,
+            pin_dir: None,
+        }
+    }
+}
+
+/// The loaded kernel programs and their maps.
+pub struct Datapath {
+    pub(super) ebpf: Ebpf,
+}
+
+impl Datapath {
+    /// Loads the maps and the ingress program into the kernel (not attached yet).
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        if OBJECT.is_empty() {
+            return Err(Failure::KernelLacks(
+                "this api-guard was built without its kernel programs (the `bpf` feature)".into(),
+            )
+            .into());
+        }
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::CLIENTS, opts.max_clients)
+            .map_max_entries(names::SAMPLES, opts.ring_bytes);
+        let pins = opts
+            .pin_dir
+            .as_deref()
+            .map(layout::pin_paths)
+            .unwrap_or_default();
+        for (name, path) in &pins {
+            // An existing pin is opened (adopted) rather than created.
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| {
+            // With its causes: "failed to create map" alone hides an EPERM.
+            Failure::KernelLacks(format!(
+                "cannot load the BPF programs (is BPF enabled in this kernel?): {:#}",
+                anyhow::Error::new(e)
+            ))
+        })?;
+        // Before any program is verified against the maps.
+        if let Some(dir) = &opts.pin_dir {
+            adopt::check(&ebpf, dir)?;
+        }
+        ingress_mut(&mut ebpf)?.load().map_err(|e| {
+            Failure::Rejected(format!("the kernel rejected the ingress program: {e:#}"))
+        })?;
+        load_tail(&mut ebpf, RESET_PROGRAM, names::TAIL_RESET)?;
+        load_tail(&mut ebpf, SAMPLE_PROGRAM, names::TAIL_SAMPLE)?;
+        load_tail(&mut ebpf, JUDGE_PROGRAM, names::TAIL_JUDGE)?;
+        let mut datapath = Self { ebpf };
+        // Never leave a new policy zeroed (a zero IPv6 prefix would lump every
+        // IPv6 client together): watch-only until the caller sets its own. An
+        // adopted policy stays until the caller replaces it.
+        use super::maps::KernelMaps as _;
+        if datapath.config()?.ipv6_prefix == 0 {
+            datapath.set_config(&api_guard_common::config::Config::unlimited())?;
+        }
+        Ok(datapath)
+    }
+
+    /// Takes the sample ring buffer out, for the sample task to own.
+    pub fn take_samples(&mut self) -> Result<SampleRing> {
+        let map = self
+            .ebpf
+            .take_map(names::SAMPLES)
+            .context("map SAMPLES missing (or already taken)")?;
+        Ok(SampleRing::new(RingBuf::try_from(map)?))
+    }
+
+    /// Handles of its own to the maps `wanted`, for one task: each on a new
+    /// file descriptor, so the task reads and writes them without a lock shared
+    /// with any other task (the kernel serialises each map update itself).
+    pub fn handles(&self, what: &'static str, wanted: &[&'static str]) -> Result<MapSet> {
+        let mut maps = std::collections::HashMap::new();
+        for &name in wanted {
+            maps.insert(name, self.handle(name)?);
+        }
+        Ok(MapSet::new(what, maps))
+    }
+
+    /// A new handle to the map `name`.
+    pub fn handle(&self, name: &str) -> Result<Map> {
+        let data = match self.map(name)? {
+            Map::Array(d)
+            | Map::HashMap(d)
+            | Map::LruHashMap(d)
+            | Map::LpmTrie(d)
+            | Map::PerCpuArray(d)
+            | Map::PerCpuHashMap(d)
+            | Map::ProgramArray(d)
+            | Map::RingBuf(d) => d,
+            _ => anyhow::bail!("map {name} is of a kind api-guard does not share"),
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .with_context(|| format!("cannot open map {name} again"))?;
+        Ok(Map::from_map_data(MapData::from_fd(fd)?)?)
+    }
+
+    /// How many clients the client map holds (an adopted map keeps its size).
+    pub fn client_capacity(&self) -> Result<u32> {
+        let aya::maps::Map::LruHashMap(data) = self.map(names::CLIENTS)? else {
+            anyhow::bail!("map CLIENTS is not an LRU hash");
+        };
+        Ok(data.info()?.max_entries())
+    }
+
+    /// The ingress program, for BPF_PROG_TEST_RUN.
+    pub fn ingress(&self) -> Result<&SchedClassifier> {
+        self.ebpf
+            .program(INGRESS_PROGRAM)
+            .context("the ingress program is missing from the object")?
+            .try_into()
+            .context("the ingress program is not a classifier")
+    }
+
+    /// Loads the do-nothing classifier that benchmarks measure the floor with.
+    pub fn floor(&mut self) -> Result<&SchedClassifier> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(FLOOR_PROGRAM)
+            .context("the floor program is missing from the object")?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        Ok(prog)
+    }
+
+    /// The kernel's id of the ingress program (for `bpftool prog show id N`).
+    pub fn ingress_id(&self) -> Result<u32> {
+        Ok(self.ingress()?.info()?.id())
+    }
+}
+
+impl MapSource for Datapath {
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing"))
+    }
+}
+
+/// Loads a classifier that the ingress program tail-calls and puts it in its slot.
+fn load_tail(ebpf: &mut Ebpf, name: &str, slot: u32) -> Result<()> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} is missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a classifier"))?;
+    prog.load()
+        .map_err(|e| Failure::Rejected(format!("the kernel rejected program {name}: {e:#}")))?;
+    let fd = prog.fd()?.try_clone()?;
+    let mut tails: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(ebpf.map_mut(names::TAILS).context("map TAILS missing")?)?;
+    tails
+        .set(slot, &fd, 0)
+        .with_context(|| format!("cannot install {name}"))?;
+    Ok(())
+}
+
+pub(super) fn ingress_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    ebpf.program_mut(INGRESS_PROGRAM)
+        .context("the ingress program is missing from the object")?
+        .try_into()
+        .context("the ingress program is not a classifier")
+}

@@ -1,0 +1,27 @@
+//! The kernel programs this daemon embeds, and their names in the object.
+//!
+//! build.rs builds `api-guard-ebpf` into OUT_DIR with the `bpf` feature (on by
+//! default). Without it the crate builds with no eBPF toolchain, for its pure
+//! logic (the fuzz target, property tests), and [`OBJECT`] is empty: loading
+//! fails with one line saying so.
+
+/// The kernel programs, built by build.rs from `api-guard-ebpf`.
+#[cfg(feature = "bpf")]
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/api-guard"));
+/// Built without the `bpf` feature: no kernel programs.
+#[cfg(not(feature = "bpf"))]
+pub static OBJECT: &[u8] = &[];
+
+/// The TC ingress classifier's name in the object.
+pub const INGRESS_PROGRAM: &str = "api_guard_ingress";
+/// The reset rewriter, tail-called by the ingress program.
+pub const RESET_PROGRAM: &str = "api_guard_reset";
+/// The sampler, tail-called by the ingress program.
+pub const SAMPLE_PROGRAM: &str = "api_guard_sample";
+/// Tail-called by the ingress program for every packet to a watched port that
+/// the lists did not drop: per-client state, the stream stage, limits, counts.
+pub const JUDGE_PROGRAM: &str = "api_guard_judge";
+/// A classifier that does nothing: the floor benchmarks compare against.
+pub const FLOOR_PROGRAM: &str = "api_guard_floor";
+/// The connection tracker's name in the object.
+pub const SOCKOPS_PROGRAM: &str = "api_guard_sockops";

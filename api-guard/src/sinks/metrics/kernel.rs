@@ -1,0 +1,192 @@
+//! The kernel's counters and maps, read when Prometheus scrapes, through map
+//! handles of the metrics' own: a scrape waits on no other task, and no other
+//! task (the heartbeat least of all) waits on a scrape.
+
+use std::sync::Mutex;
+
+use anyhow::Result;
+use api_guard_common::{
+    counters::{Event, KINDS, Kind, VERDICTS},
+    maps::{self as names, NETWORK_SLOTS},
+};
+use prometheus::{
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    core::{Collector, Desc},
+    proto::MetricFamily,
+};
+use tracing::warn;
+
+use crate::{
+    clock::monotonic_ns,
+    kernel::{KernelMaps, MapSet},
+};
+
+/// Reads the kernel's counters and maps when Prometheus scrapes.
+pub struct KernelCollector {
+    /// Held for a whole scrape: two scrapes never interleave their refreshes.
+    maps: Mutex<MapSet>,
+    max_clients: u32,
+    by_kind: Vec<(Kind, IntCounterVec)>,
+    samples: IntCounter,
+    samples_lost: IntCounter,
+    refused: IntCounter,
+    evicted: IntCounter,
+    tracked: IntGauge,
+    blocked: IntGauge,
+    capacity: IntGaugeVec,
+    descs: Vec<Desc>,
+}
+
+impl KernelCollector {
+    /// The maps a scrape reads.
+    pub const MAPS: [&'static str; 4] = [
+        names::COUNTERS,
+        names::EVENTS,
+        names::CLIENTS,
+        names::BLOCKS,
+    ];
+
+    pub fn new(maps: MapSet, max_clients: u32) -> Result<Self> {
+        let by_kind = KINDS
+            .iter()
+            .map(|&k| {
+                let name = format!("api_guard_{}_total", k.name());
+                let help = format!("{} to the API ports by the kernel's verdict", k.name());
+                Ok((k, IntCounterVec::new(Opts::new(name, help), &["verdict"])?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let samples = IntCounter::new(
+            "api_guard_samples_total",
+            "Request heads sampled into the ring buffer",
+        )?;
+        let samples_lost = IntCounter::new(
+            "api_guard_samples_lost_total",
+            "Samples lost because the ring buffer was full",
+        )?;
+        let evicted = IntCounter::new(
+            "api_guard_clients_evicted_total",
+            "Clients evicted from the full client map (least recently seen first)",
+        )?;
+        let refused = IntCounter::new(
+            "api_guard_clients_refused_total",
+            "Packets passed without per-client limits because the full client map refused a new client",
+        )?;
+        let tracked = IntGauge::new(
+            "api_guard_tracked_clients",
+            "Clients in the kernel's client map",
+        )?;
+        let blocked = IntGauge::new(
+            "api_guard_blocked_clients",
+            "Clients and networks blocked now",
+        )?;
+        let capacity = IntGaugeVec::new(
+            Opts::new("api_guard_map_capacity", "Entries each map holds at most"),
+            &["map"],
+        )?;
+        let mut descs = Vec::new();
+        for (_, v) in &by_kind {
+            descs.extend(v.desc().into_iter().cloned());
+        }
+        for c in [&samples, &samples_lost, &evicted, &refused] {
+            descs.extend(c.desc().into_iter().cloned());
+        }
+        for g in [&tracked, &blocked] {
+            descs.extend(g.desc().into_iter().cloned());
+        }
+        descs.extend(capacity.desc().into_iter().cloned());
+        Ok(Self {
+            maps: Mutex::new(maps),
+            max_clients,
+            by_kind,
+            samples,
+            samples_lost,
+            evicted,
+            refused,
+            tracked,
+            blocked,
+            capacity,
+            descs,
+        })
+    }
+
+    fn refresh(&self, dp: &MapSet) -> Result<()> {
+        let counters = dp.counters()?;
+        for (kind, vec) in &self.by_kind {
+            vec.reset();
+            for v in VERDICTS {
+                vec.with_label_values(&[v.name()])
+                    .inc_by(counters.get(*kind, v));
+            }
+        }
+        set_counter(&self.samples, dp.event(Event::Sampled)?);
+        set_counter(&self.samples_lost, dp.event(Event::SamplesLost)?);
+        set_counter(&self.refused, dp.event(Event::ClientsRefused)?);
+        let now = monotonic_ns();
+        // Counted as the map is walked: nothing of a million clients is kept.
+        let (tracked, blocked_clients) = dp.client_counts(now)?;
+        set_counter(
+            &self.evicted,
+            dp.event(Event::ClientsCreated)?
+                .saturating_sub(tracked as u64),
+        );
+        self.tracked.set(tracked as i64);
+        let blocked_nets = dp
+            .blocks()?
+            .iter()
+            .filter(|(_, _, until)| *until > now)
+            .count();
+        self.blocked.set((blocked_clients + blocked_nets) as i64);
+        self.capacity
+            .with_label_values(&["clients"])
+            .set(i64::from(self.max_clients));
+        for map in ["allow", "deny", "limits", "blocks"] {
+            self.capacity
+                .with_label_values(&[map])
+                .set(i64::from(NETWORK_SLOTS));
+        }
+        Ok(())
+    }
+}
+
+/// Moves a counter up to `value`, never down: a derived count (evictions are
+/// created − tracked, read in two steps) may dip for a moment, and a dip would
+/// read as a counter reset to Prometheus.
+fn set_counter(c: &IntCounter, value: u64) {
+    let now = c.get();
+    if value > now {
+        c.inc_by(value - now);
+    }
+}
+
+impl Collector for KernelCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok(dp) = self.maps.lock() else {
+            return Vec::new();
+        };
+        if let Err(e) = self.refresh(&dp) {
+            warn!("cannot read the kernel's counters: {e:#}");
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (_, v) in &self.by_kind {
+            out.extend(v.collect());
+        }
+        for c in [
+            &self.samples,
+            &self.samples_lost,
+            &self.evicted,
+            &self.refused,
+        ] {
+            out.extend(c.collect());
+        }
+        for g in [&self.tracked, &self.blocked] {
+            out.extend(g.collect());
+        }
+        out.extend(self.capacity.collect());
+        out
+    }
+}
