@@ -249,7 +249,12 @@ pub trait KernelMaps: MapSource {
             blocked += usize::from(c.state.blocked_until_ns > now_ns);
         };
         if !self.walk_clients(&mut count)? {
-            self.clients_one_by_one()?.into_iter().for_each(count);
+            let all = self.clients_one_by_one()?;
+            let blocked = all
+                .iter()
+                .filter(|c| c.state.blocked_until_ns > now_ns)
+                .count();
+            return Ok((all.len(), blocked));
         }
         Ok((tracked, blocked))
     }
