@@ -28,8 +28,33 @@ pub fn deadline(duration: Option<Duration>) -> u64 {
 }
 
 /// Blocks `net` until `until_ns`, effective on the next packet.
+///
+/// The kernel's trie answers with the longest matching prefix only, so a
+/// narrower block that ends first would hide a broader one still in force. The
+/// invariant kept here: a block never ends before any block that contains it.
+/// So `net` lasts at least as long as the broader blocks around it, and the
+/// narrower blocks inside it at least as long as `net`.
 pub fn block(maps: &mut impl KernelMaps, net: LpmKey, until_ns: u64) -> Result<()> {
-    maps.block(net, until_ns)
+    let blocks = maps.blocks()?;
+    let until = blocks
+        .iter()
+        .filter(|(p, a, _)| contains((*p, *a), net))
+        .map(|(_, _, u)| *u)
+        .fold(until_ns, u64::max);
+    maps.block(net, until)?;
+    for (p, a, u) in blocks {
+        if (p, a) != net && contains(net, (p, a)) && u < until {
+            maps.block((p, a), until)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether network `outer` holds all of `inner`.
+fn contains(outer: LpmKey, inner: LpmKey) -> bool {
+    let mut masked = inner.1;
+    api_guard_common::network::mask(&mut masked, outer.0);
+    outer.0 <= inner.0 && masked == outer.1
 }
 
 /// Lifts the block on exactly `net`, and the automatic blocks of the clients
@@ -46,17 +71,28 @@ pub struct Enforcer {
     maps: MapSet,
     block_for: Option<Duration>,
     ipv6_prefix: u8,
+    /// The blocks this daemon's findings made, with their deadlines: at most
+    /// [`FINDING_BLOCKS`], so spoofed findings cannot fill the block list.
+    made: std::collections::HashMap<LpmKey, u64>,
+    /// Findings not acted on because `made` was full.
+    pub refused: u64,
 }
+
+/// Blocks that findings may hold at once: half the block list, the other half
+/// is the operators'.
+pub const FINDING_BLOCKS: usize = (api_guard_common::maps::NETWORK_SLOTS / 2) as usize;
 
 impl Enforcer {
     /// The maps it writes.
-    pub const MAPS: [&'static str; 2] = [names::BLOCKS, names::CONFIG];
+    pub const MAPS: [&'static str; 3] = [names::BLOCKS, names::CONFIG, names::PENALTIES];
 
     pub fn new(maps: MapSet, block_for: Option<Duration>, ipv6_prefix: u8) -> Self {
         Self {
             maps,
             block_for,
             ipv6_prefix,
+            made: std::collections::HashMap::new(),
+            refused: 0,
         }
     }
 
@@ -93,12 +129,26 @@ impl Enforcer {
         {
             return Ok(false);
         }
+        let now = monotonic_ns();
+        self.made.retain(|_, u| *u > now);
+        if self.made.len() >= FINDING_BLOCKS && !self.made.contains_key(&(prefix, key.addr)) {
+            self.refused += 1;
+            tracing::warn!(
+                client = %client,
+                "not blocked: findings already hold {FINDING_BLOCKS} blocks (the rest of the block list is kept for operators)"
+            );
+            return Ok(false);
+        }
         block(&mut self.maps, (prefix, key.addr), until)?;
+        self.made.insert((prefix, key.addr), until);
         Ok(true)
     }
 
-    /// Removes blocks whose deadline has passed; returns how many.
+    /// Removes blocks whose deadline has passed, and penalties that say
+    /// nothing any more; returns how many blocks.
     pub fn expire(&mut self) -> Result<usize> {
-        self.maps.prune_blocks(monotonic_ns())
+        let now = monotonic_ns();
+        self.maps.prune_penalties(now)?;
+        self.maps.prune_blocks(now)
     }
 }

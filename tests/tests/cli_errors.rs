@@ -58,6 +58,21 @@ fn unknown_interface_is_one_line_and_exit_4() {
 }
 
 #[test]
+fn an_interface_without_ethernet_headers_is_refused_not_left_unguarded() {
+    // A tun device (WireGuard and ipip are alike: frames start at the IP
+    // header), made inside the case's own namespace.
+    let bin = binary();
+    let script = format!(
+        "ip tuntap add dev agt-tun0 mode tun && ip link set agt-tun0 up && exec {} run --iface agt-tun0 --port 8080",
+        bin.display()
+    );
+    let out = in_netns("sh", |cmd| {
+        cmd.args(["-c", &script]);
+    });
+    assert_fails(&out, 4, "interface agt-tun0 has no Ethernet header");
+}
+
+#[test]
 fn ports_out_of_range_exit_2() {
     for port in ["0", "65536", "http"] {
         let out = api_guard(&["run", "--iface", "lo", "--port", port]);

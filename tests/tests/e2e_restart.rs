@@ -234,7 +234,7 @@ fn detach_clears_the_state_of_a_stopped_daemon_only() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 11 pins (links and maps)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 14 pins (links and maps)"));
     assert!(!pin_dir.exists());
     drop(bpffs);
     Ok(())

@@ -207,7 +207,12 @@ fn act(enforcer: Option<&mut Enforcer>, metrics: &Metrics, finding: &Finding) {
         debug!(client = %client, "finding not acted on: {}", reason.describe());
         return;
     };
-    match enforcer.apply(finding) {
+    let refused = enforcer.refused;
+    let applied = enforcer.apply(finding);
+    if enforcer.refused > refused {
+        metrics.auth_blocks_refused.inc();
+    }
+    match applied {
         Ok(true) => {
             metrics.auth_blocks.inc();
             let for_secs = enforcer.block_for().map_or(0, |d: Duration| d.as_secs());

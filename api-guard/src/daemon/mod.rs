@@ -61,6 +61,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut ifnames = HashMap::new();
     for iface in &args.ifaces {
         ifnames.insert(preflight::interface_index(iface)?, iface.clone());
+        preflight::check_link_layer(iface)?;
     }
     // Claim the pin dir before loading anything: two daemons must not share one.
     let pins = PinDir::claim(&args.pins.pin_dir)?;
@@ -174,14 +175,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         datapath.handles("opened for the metrics", &KernelCollector::MAPS)?,
         max_clients,
     )?);
-    let enforcer = match args.require_auth {
-        RequireAuth::Block => Some(Enforcer::new(
-            datapath.handles("opened for enforcing", &Enforcer::MAPS)?,
-            policy.block_for,
-            policy.ipv6_prefix,
-        )),
-        _ => None,
-    };
+    // Always there: expired blocks and penalties are pruned whatever the flags.
+    // It acts on findings only under --require-auth block.
+    let enforcer = Some(Enforcer::new(
+        datapath.handles("opened for enforcing", &Enforcer::MAPS)?,
+        policy
+            .block_for
+            .filter(|_| args.require_auth == RequireAuth::Block),
+        policy.ipv6_prefix,
+    ));
     let flow = Flow::new(
         FlowConfig {
             auth_headers: args.auth_header_names(),

@@ -12,7 +12,7 @@ use crate::failure::Failure;
 
 /// Key and value sizes of the pinned maps, as this build lays them out.
 fn expected_sizes(name: &str) -> Option<(usize, usize)> {
-    use api_guard_common::{client, config, counters, network::NetKey};
+    use api_guard_common::{client, config, conn, counters, network::NetKey};
     use std::mem::size_of;
     let lpm_key = size_of::<u32>() + size_of::<NetKey>();
     Some(match name {
@@ -28,6 +28,9 @@ fn expected_sizes(name: &str) -> Option<(usize, usize)> {
         names::COUNTERS => (4, size_of::<counters::CounterBlock>()),
         names::EVENTS => (4, size_of::<counters::EventBlock>()),
         names::HEARTBEAT => (4, 8),
+        names::CONNS => (size_of::<conn::ConnKey>(), size_of::<conn::ConnState>()),
+        names::PENALTIES => (size_of::<client::ClientKey>(), size_of::<client::Penalty>()),
+        names::OPEN_CONNS => (size_of::<client::ClientKey>(), 8),
         _ => return None,
     })
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use anyhow::{Context as _, Result};
 use api_guard_common::{
-    client::{ClientKey, ClientState},
+    client::{ClientKey, ClientState, Penalty},
     config::flags as config_flags,
     config::{Config, Limit},
     counters::{self, Event, Kind, Verdict},
@@ -153,7 +153,22 @@ pub trait KernelMaps: MapSource {
     /// Blocks a network until `until_ns` (CLOCK_MONOTONIC; u64::MAX: until
     /// unblocked), effective on the next packet.
     fn block(&mut self, net: LpmKey, until_ns: u64) -> Result<()> {
-        self.add_lpm(names::BLOCKS, &[(net, until_ns)])?;
+        self.add_lpm(names::BLOCKS, &[(net, until_ns)])
+            .map_err(|e| {
+                if e.chain().any(|c| {
+                    c.downcast_ref::<aya::maps::MapError>().is_some_and(|m| {
+                        matches!(m, aya::maps::MapError::SyscallError(s)
+                        if s.io_error.raw_os_error() == Some(libc::E2BIG))
+                    })
+                }) {
+                    anyhow::anyhow!(
+                        "the block list is full ({} networks); lift some with `api-guard unblock`",
+                        api_guard_common::maps::NETWORK_SLOTS
+                    )
+                } else {
+                    e
+                }
+            })?;
         let mut config = self.config()?;
         if !config.has(config_flags::HAS_BLOCKS) {
             config.flags |= config_flags::HAS_BLOCKS;
@@ -201,7 +216,43 @@ pub trait KernelMaps: MapSource {
                 map.insert(key, state, 0)?;
             }
         }
+        // And the copies that outlive eviction, or the block would come back with
+        // the client's next entry.
+        let mut penalties: HashMap<&mut MapData, ClientKey, Penalty> =
+            HashMap::try_from(self.map_mut(names::PENALTIES)?)?;
+        let lifted: Vec<(ClientKey, Penalty)> = penalties
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(k, p)| p.blocked_until_ns > now_ns && overlaps(net, k.ip(), prefix))
+            .collect();
+        for (key, mut p) in lifted {
+            p.blocked_until_ns = 0;
+            penalties.insert(key, p, 0)?;
+        }
         Ok(blocked.len())
+    }
+
+    /// Removes penalties that say nothing any more (their block over, their
+    /// buckets out of debt); returns how many. The kernel only drops one when
+    /// it restores its client, so this keeps the table from filling with the
+    /// past.
+    fn prune_penalties(&mut self, now_ns: u64) -> Result<usize> {
+        let mut map: HashMap<&mut MapData, ClientKey, Penalty> =
+            HashMap::try_from(self.map_mut(names::PENALTIES)?)?;
+        let stale: Vec<ClientKey> = map
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, p)| !p.in_force(now_ns))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            match map.remove(k) {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(stale.len())
     }
 
     /// Removes blocks whose deadline has passed; returns how many. An expired

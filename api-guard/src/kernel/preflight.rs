@@ -112,6 +112,49 @@ pub fn interface_index(name: &str) -> Result<u32> {
     Ok(index)
 }
 
+/// Refuses an interface whose frames do not start with an Ethernet header
+/// (tun, WireGuard, ipip, GRE...): the parser reads from the Ethernet header,
+/// so it would pass their traffic unjudged. Loopback has one at TC.
+pub fn check_link_layer(name: &str) -> Result<()> {
+    const ARPHRD_ETHER: u16 = 1;
+    const ARPHRD_LOOPBACK: u16 = 772;
+    // SAFETY: a plain socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(environment(format!(
+            "cannot open a socket to read {name}'s link type: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: an all-zero ifreq is valid; the name is copied in below, NUL-terminated.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq for SIOCGIFHWADDR; `fd` is open.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `fd` was opened above and is not used after this.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(environment(format!(
+            "cannot read {name}'s link type: {err}"
+        )));
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hardware-address member of the union.
+    let family = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
+    if family != ARPHRD_ETHER && family != ARPHRD_LOOPBACK {
+        return Err(environment(format!(
+            "interface {name} has no Ethernet header (link type {family}: tun, WireGuard, ipip or the like); api-guard parses frames from their Ethernet header and would leave its traffic unguarded, so it refuses it"
+        )));
+    }
+    Ok(())
+}
+
 /// Where api-guard mounts cgroup v2 when none is visible.
 const PRIVATE_CGROUP2: &str = "/run/api-guard/cgroup2";
 
@@ -301,5 +344,6 @@ mod tests {
         let err = interface_index("no-such-if0").unwrap_err();
         assert_eq!(crate::failure::exit_code(&err), ExitCode::Environment);
         assert!(interface_index("bad\0name").is_err());
+        check_link_layer("lo").unwrap();
     }
 }

@@ -21,6 +21,30 @@ use crate::{
     kernel::{KernelMaps, MapSet},
 };
 
+/// Event counters of the stream stage and the eviction-proof tables.
+const STREAM_EVENTS: [(Event, &str, &str); 4] = [
+    (
+        Event::StreamsUntrusted,
+        "api_guard_streams_untrusted_total",
+        "Segments accounted without trusted framing (picked up mid-way, out of order, or retransmitted bytes the server has not taken): bodies not skipped, erring high",
+    ),
+    (
+        Event::ConnectionsReset,
+        "api_guard_connections_reset_total",
+        "Connections reset because one segment held more request starts than the burst",
+    ),
+    (
+        Event::PenaltiesFull,
+        "api_guard_penalties_full_total",
+        "Blocks or bucket debts the full penalty table could not keep (eviction can lift those)",
+    ),
+    (
+        Event::OpenConnsFull,
+        "api_guard_open_conns_full_total",
+        "Clients whose open connections could not be counted for --max-conns (the table was full)",
+    ),
+];
+
 /// Reads the kernel's counters and maps when Prometheus scrapes.
 pub struct KernelCollector {
     /// Held for a whole scrape: two scrapes never interleave their refreshes.
@@ -30,6 +54,8 @@ pub struct KernelCollector {
     samples: IntCounter,
     samples_lost: IntCounter,
     refused: IntCounter,
+    /// The stream stage's and the penalty table's event counters.
+    stream_events: Vec<(Event, IntCounter)>,
     evicted: IntCounter,
     tracked: IntGauge,
     blocked: IntGauge,
@@ -71,6 +97,10 @@ impl KernelCollector {
             "api_guard_clients_refused_total",
             "Packets passed without per-client limits because the full client map refused a new client",
         )?;
+        let stream_events = STREAM_EVENTS
+            .iter()
+            .map(|&(e, name, help)| Ok((e, IntCounter::new(name, help)?)))
+            .collect::<Result<Vec<_>>>()?;
         let tracked = IntGauge::new(
             "api_guard_tracked_clients",
             "Clients in the kernel's client map",
@@ -87,7 +117,10 @@ impl KernelCollector {
         for (_, v) in &by_kind {
             descs.extend(v.desc().into_iter().cloned());
         }
-        for c in [&samples, &samples_lost, &evicted, &refused] {
+        for c in [&samples, &samples_lost, &evicted, &refused]
+            .into_iter()
+            .chain(stream_events.iter().map(|(_, c)| c))
+        {
             descs.extend(c.desc().into_iter().cloned());
         }
         for g in [&tracked, &blocked] {
@@ -102,6 +135,7 @@ impl KernelCollector {
             samples_lost,
             evicted,
             refused,
+            stream_events,
             tracked,
             blocked,
             capacity,
@@ -121,6 +155,9 @@ impl KernelCollector {
         set_counter(&self.samples, dp.event(Event::Sampled)?);
         set_counter(&self.samples_lost, dp.event(Event::SamplesLost)?);
         set_counter(&self.refused, dp.event(Event::ClientsRefused)?);
+        for (e, c) in &self.stream_events {
+            set_counter(c, dp.event(*e)?);
+        }
         let now = monotonic_ns();
         // Counted as the map is walked: nothing of a million clients is kept.
         let (tracked, blocked_clients) = dp.client_counts(now)?;
@@ -180,7 +217,10 @@ impl Collector for KernelCollector {
             &self.samples_lost,
             &self.evicted,
             &self.refused,
-        ] {
+        ]
+        .into_iter()
+        .chain(self.stream_events.iter().map(|(_, c)| c))
+        {
             out.extend(c.collect());
         }
         for g in [&self.tracked, &self.blocked] {

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub unauthenticated: IntCounter,
     /// Clients blocked by --require-auth block.
     pub auth_blocks: IntCounter,
+    /// Findings not acted on: findings already held their share of the block list.
+    pub auth_blocks_refused: IntCounter,
     /// Request rate of the busiest clients.
     pub top_clients: GaugeVec,
     /// `sampled` children by (method, scheme), resolved once: a label lookup per
@@ -65,6 +67,10 @@ impl Metrics {
             "api_guard_auth_blocks_total",
             "Clients blocked for requests without credentials",
         )?;
+        let auth_blocks_refused = IntCounter::new(
+            "api_guard_auth_blocks_refused_total",
+            "Clients not blocked for missing credentials because findings already held half the block list (the rest is the operators')",
+        )?;
         let top_clients = GaugeVec::new(
             Opts::new(
                 "api_guard_top_client_requests_per_second",
@@ -87,6 +93,7 @@ impl Metrics {
         registry.register(Box::new(parse_errors.clone()))?;
         registry.register(Box::new(unauthenticated.clone()))?;
         registry.register(Box::new(auth_blocks.clone()))?;
+        registry.register(Box::new(auth_blocks_refused.clone()))?;
         registry.register(Box::new(top_clients.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(KernelCollector::new(kernel_maps, max_clients)?))?;
@@ -102,6 +109,7 @@ impl Metrics {
             parse_errors,
             unauthenticated,
             auth_blocks,
+            auth_blocks_refused,
             top_clients,
         })
     }
