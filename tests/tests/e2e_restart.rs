@@ -189,10 +189,13 @@ fn restart_keeps_state(sig: libc::c_int) -> Result<()> {
     assert_eq!(answered(s.client(0), 1)?, 0, "still blocked");
     // Client 1's buckets refill at 1/s: full again a second after its request.
     std::thread::sleep(Duration::from_millis(1100).saturating_sub(spent.elapsed()));
+    // The operator's limit on its network was not in the new daemon's flags:
+    // the flags state the policy exactly, so it no longer applies (it would
+    // admit 2 of the 5).
     assert_eq!(
         answered(s.client(1), 5)?,
-        2,
-        "the operator's limit carried over"
+        5,
+        "the operator's limit outlived the daemon it was given to"
     );
     Ok(())
 }

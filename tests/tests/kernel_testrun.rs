@@ -242,6 +242,18 @@ fn bytes_past_the_ip_length_are_not_payload() {
 }
 
 #[test]
+fn a_port_no_longer_named_stops_being_watched() {
+    // What a restart with fewer --port flags does to the adopted PORTS map.
+    let mut h = Harness::new(&[API, OTHER]).expect("load the kernel programs");
+    feed(&h, &[packet::v4(&Tcp::data(OTHER, GET))]);
+    assert_eq!(requests(&h, CLIENT4), Some(1));
+    h.datapath.watch_ports(&[API]).unwrap();
+    feed(&h, &[packet::v4(&Tcp::data(OTHER, GET))]);
+    assert_eq!(requests(&h, CLIENT4), Some(1), "port {OTHER} still counted");
+    assert_eq!(counter(&h, Kind::Packets, Verdict::Passed), 1);
+}
+
+#[test]
 fn non_ip_frames_are_passed() {
     let h = harness();
     feed(

@@ -55,9 +55,18 @@ impl Counters {
 
 /// Typed access to the kernel's maps, from any [`MapSource`].
 pub trait KernelMaps: MapSource {
-    /// Marks these ports as watched (and leaves the others as they are).
+    /// Watches exactly these ports.
     fn watch_ports(&mut self, watched: &[u16]) -> Result<()> {
         let mut map: Array<&mut MapData, u8> = Array::try_from(self.map_mut(names::PORTS)?)?;
+        // Exactly these: a port an earlier daemon watched (adopted pins) and the
+        // flags no longer name stops being watched.
+        for port in 0..names::PORT_SLOTS {
+            let want = u16::try_from(port).is_ok_and(|p| watched.contains(&p));
+            if !want && map.get(&port, 0).is_ok_and(|f| f != 0) {
+                map.set(port, 0, 0)
+                    .with_context(|| format!("cannot stop watching port {port}"))?;
+            }
+        }
         for &port in watched {
             map.set(u32::from(port), ports::WATCHED, 0)
                 .with_context(|| format!("cannot watch port {port}"))?;
@@ -87,18 +96,18 @@ pub trait KernelMaps: MapSource {
     }
 
     /// Pushes a policy: lists and per-network limits first, then the config that
-    /// switches them on. The allow and deny lists are replaced; per-network
-    /// limits and blocks (also set by operator commands) are kept and added to.
+    /// switches them on. The allow and deny lists and the per-network limits are
+    /// replaced: the flags state them exactly (a limit an operator added to an
+    /// earlier daemon ends with it). Blocks are kept, and expire on their own.
     fn apply_policy(&mut self, tables: &PolicyTables) -> Result<()> {
         self.clear_networks(names::ALLOW)?;
         self.clear_networks(names::DENY)?;
+        self.clear_lpm::<Limit>(names::OVERRIDES)?;
         self.add_networks(names::ALLOW, &tables.allow)?;
         self.add_networks(names::DENY, &tables.deny)?;
         self.add_overrides(&tables.limits)?;
         let mut config = tables.config;
-        // Limits and blocks adopted from an earlier daemon, or set by operator
-        // commands, stay switched on.
-        if !self.lpm_is_empty::<Limit>(names::OVERRIDES)? {
+        if !tables.limits.is_empty() {
             config.flags |= config_flags::HAS_OVERRIDES;
         }
         if !self.lpm_is_empty::<u64>(names::BLOCKS)? {
@@ -121,12 +130,16 @@ pub trait KernelMaps: MapSource {
     /// Empties the allow or deny list (the flags own them: a restart with other
     /// flags replaces them).
     fn clear_networks(&mut self, list: &str) -> Result<()> {
+        self.clear_lpm::<u8>(list)
+    }
+
+    fn clear_lpm<V: aya::Pod>(&mut self, name: &str) -> Result<()> {
         let keys: Vec<Key<NetKey>> = {
-            let map: LpmTrie<&MapData, NetKey, u8> = LpmTrie::try_from(self.map(list)?)?;
+            let map: LpmTrie<&MapData, NetKey, V> = LpmTrie::try_from(self.map(name)?)?;
             map.keys().collect::<Result<_, _>>()?
         };
         for k in keys {
-            self.remove_lpm::<u8>(list, (k.prefix_len(), k.data()))?;
+            self.remove_lpm::<V>(name, (k.prefix_len(), k.data()))?;
         }
         Ok(())
     }
