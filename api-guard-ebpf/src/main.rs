@@ -130,10 +130,7 @@ fn try_ingress(ctx: &mut TcContext) -> i32 {
     // per-connection state: their requests are told by their first bytes only.
     let list = enforce::lists(cfg, &source, &mut clock);
     if let Some(v @ (Verdict::Denied | Verdict::Blocked)) = list {
-        let ev = Seen {
-            starts: classify::request_method(ctx, &pkt).is_some() as u32,
-            connection,
-        };
+        let ev = first_bytes_only(ctx, &pkt, connection);
         return finish(
             ctx,
             cfg,
@@ -187,10 +184,7 @@ fn judge(ctx: &mut TcContext) -> i32 {
     };
     if !j.allowed && enforce::is_blocked(state, &mut clock) {
         // Dropped whatever it carries: not worth the stream stage's scan.
-        let ev = Seen {
-            starts: classify::request_method(ctx, &pkt).is_some() as u32,
-            connection,
-        };
+        let ev = first_bytes_only(ctx, &pkt, connection);
         count::client(state, ev, &mut clock);
         return finish(
             ctx,
@@ -227,6 +221,16 @@ fn judge(ctx: &mut TcContext) -> i32 {
         judged.never,
         &mut clock,
     )
+}
+
+/// What a packet dropped before the stream stage carries: its requests told by
+/// its first bytes only (a method token), not worth a scan.
+#[inline(always)]
+fn first_bytes_only(ctx: &TcContext, pkt: &TcpPacket, connection: bool) -> Seen {
+    Seen {
+        starts: classify::request_method(ctx, pkt).is_some() as u32,
+        connection,
+    }
 }
 
 /// Counts the verdict (and why a drop was let through), keeps the stream's

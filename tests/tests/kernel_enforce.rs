@@ -283,23 +283,27 @@ fn on_limit_reset_works_for_ipv6() {
     );
 }
 
+/// An IPv4 fragment from `src` at `offset` (8-byte units) carrying `body`, more
+/// fragments to come.
+fn fragment4(src: Ipv4Addr, offset: u16, body: &[u8]) -> Vec<u8> {
+    use api_guard_tests::packet::{ETH_P_IP, IPPROTO_TCP, SERVER4};
+    let mut ip = packet::ipv4(src, SERVER4, &[], IPPROTO_TCP, body);
+    ip[6..8].copy_from_slice(&(0x2000 | offset).to_be_bytes()); // MF + offset
+    // Fix the header checksum after the edit.
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let check =
+        api_guard_common::checksum::finish(api_guard_common::checksum::add_words(0, &ip[..20]));
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    packet::ethernet(&[], ETH_P_IP, &ip)
+}
+
 #[test]
 fn fragments_cannot_slip_past_a_deny_or_a_block() {
-    use api_guard_tests::packet::{ETH_P_IP, ETH_P_IPV6, Ext, IPPROTO_TCP, SERVER4, SERVER6};
+    use api_guard_tests::packet::{ETH_P_IPV6, Ext, IPPROTO_TCP, SERVER6};
     let h = harness(&["--deny", "198.18.66.0/24", "--deny", "2001:db8:66::/48"]);
     let denied4 = Ipv4Addr::new(198, 18, 66, 1);
     let other4 = Ipv4Addr::new(198, 18, 67, 1);
     let tcp = Tcp::data(API, GET).bytes();
-    let fragment4 = |src: Ipv4Addr, offset: u16, body: &[u8]| {
-        let mut ip = packet::ipv4(src, SERVER4, &[], IPPROTO_TCP, body);
-        ip[6..8].copy_from_slice(&(0x2000 | offset).to_be_bytes()); // MF + offset
-        // Fix the header checksum after the edit.
-        ip[10..12].copy_from_slice(&[0, 0]);
-        let check =
-            api_guard_common::checksum::finish(api_guard_common::checksum::add_words(0, &ip[..20]));
-        ip[10..12].copy_from_slice(&check.to_be_bytes());
-        packet::ethernet(&[], ETH_P_IP, &ip)
-    };
     // A later fragment, and a first fragment too short to hold the TCP header.
     assert_eq!(
         h.run(&fragment4(denied4, 3, &tcp[20..])).unwrap(),
@@ -342,17 +346,7 @@ fn fragments_cannot_slip_past_a_deny_or_a_block() {
 
 #[test]
 fn fragments_from_a_client_blocked_by_block_for_or_over_its_limit_are_dropped() {
-    use api_guard_tests::packet::{ETH_P_IP, IPPROTO_TCP, SERVER4};
     let tcp = Tcp::data(API, GET).bytes();
-    let fragment4 = |src: Ipv4Addr, offset: u16, body: &[u8]| {
-        let mut ip = packet::ipv4(src, SERVER4, &[], IPPROTO_TCP, body);
-        ip[6..8].copy_from_slice(&(0x2000 | offset).to_be_bytes()); // MF + offset
-        ip[10..12].copy_from_slice(&[0, 0]);
-        let check =
-            api_guard_common::checksum::finish(api_guard_common::checksum::add_words(0, &ip[..20]));
-        ip[10..12].copy_from_slice(&check.to_be_bytes());
-        packet::ethernet(&[], ETH_P_IP, &ip)
-    };
     let tiny_first = |src| fragment4(src, 0, &tcp[..8]);
     let later = |src| fragment4(src, 3, &tcp[20..]);
 
