@@ -460,3 +460,36 @@ fn fail_open_lets_drops_through_once_the_heartbeat_is_stale() {
     assert_eq!(requests(&h, denied, 2), 0);
     assert_eq!(counter(&h, Kind::Requests, Verdict::FailedOpen), 0);
 }
+
+#[test]
+fn an_expired_narrower_block_never_hides_a_live_broader_one() {
+    use api_guard::{clock::monotonic_ns, enforce};
+    let mut h = harness(&[]);
+    let net = Ipv4Addr::new(198, 18, 0, 0);
+    let inside = v4(9);
+    let key = |a: Ipv4Addr, p: u32| {
+        let k = api_guard_common::client::ClientKey::v4(a.octets());
+        (96 + p, k.addr)
+    };
+    let hour = monotonic_ns() + 3_600_000_000_000;
+    // The broader block first, then a narrower one that has already run out:
+    // the trie answers with the narrower, so it must last as long as the broader.
+    enforce::block(&mut h.datapath, key(net, 24), hour).unwrap();
+    enforce::block(&mut h.datapath, key(Ipv4Addr::new(198, 18, 0, 9), 32), 1).unwrap();
+    assert_eq!(requests(&h, inside, 1), 0, "the /24 block was hidden");
+    // And the other way round: a broader block raises the narrower inside it.
+    let mut h = harness(&[]);
+    enforce::block(
+        &mut h.datapath,
+        key(Ipv4Addr::new(198, 18, 0, 9), 32),
+        monotonic_ns() + 1,
+    )
+    .unwrap();
+    enforce::block(&mut h.datapath, key(net, 24), hour).unwrap();
+    let blocks = h.datapath.blocks().unwrap();
+    assert!(
+        blocks.iter().all(|(_, _, until)| *until == hour),
+        "{blocks:?}"
+    );
+    assert_eq!(requests(&h, inside, 1), 0);
+}
