@@ -70,7 +70,8 @@ pub struct Judged {
     pub never: bool,
 }
 
-/// The per-client verdict: a block in force, then connection limits for a new
+/// The per-client verdict of a client not blocked (the judge asks
+/// [`is_blocked`] first, before the stream stage): connection limits for a new
 /// connection, then the request limit for the segment's request starts.
 #[inline(always)]
 pub fn client(
@@ -84,10 +85,6 @@ pub fn client(
         verdict: Verdict::Allowed,
         never: false,
     };
-    if is_blocked(state, clock) {
-        j.verdict = Verdict::Blocked;
-        return j;
-    }
     if ev.connection {
         if cfg.max_conns != 0 && open_conns(key) >= cfg.max_conns {
             j.verdict = Verdict::ConnLimited;

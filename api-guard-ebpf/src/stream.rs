@@ -102,7 +102,10 @@ impl Accounted {
         if self.keep == KEEP_FORGET {
             let _ = CONNS.remove(&sc.key);
         } else {
-            // An LRU map: a full one evicts its least recently seen connection.
+            // An insert, not a write in place: it swaps the whole element, so a
+            // CPU reading the connection at once never sees half of two states
+            // (a torn framing could skip a body's worth of requests). An LRU
+            // map: a full one evicts its least recently seen connection.
             let _ = CONNS.insert(&sc.key, &sc.next, 0);
         }
     }
@@ -171,13 +174,15 @@ pub fn account(ctx: &TcContext, pkt: &TcpPacket, client: &[u8; 16]) -> Accounted
         return out;
     }
 
-    let server = server_next(ctx, pkt, key);
+    // The server's socket is asked only where it decides something: for a
+    // connection seen for the first time, and for bytes seen before. A segment
+    // in order, the common case, needs no lookup.
     let mut state = match conn(key) {
         Some(s) => s,
         None => ConnState {
             // Picked up at the server's first byte, or mid-way (missed SYN, an
             // evicted entry, a daemon started on live connections).
-            framing: match server {
+            framing: match server_next(ctx, pkt, key) {
                 Some((rcv_nxt, 0)) if rcv_nxt == seq => Framing::start(),
                 _ => {
                     count::event(Event::StreamsUntrusted);
@@ -199,8 +204,13 @@ pub fn account(ctx: &TcContext, pkt: &TcpPacket, client: &[u8; 16]) -> Accounted
         } else {
             len
         };
+        let server = if state.flags & CONN_SUSPECT == 0 {
+            server_next(ctx, pkt, key)
+        } else {
+            None
+        };
         let from = match server {
-            Some((rcv_nxt, _)) if state.flags & CONN_SUSPECT == 0 => {
+            Some((rcv_nxt, _)) => {
                 let have = rcv_nxt.wrapping_sub(seq) as i32;
                 if have <= 0 { 0 } else { have as u32 }
             }

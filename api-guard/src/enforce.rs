@@ -74,6 +74,7 @@ pub struct Enforcer {
     /// The blocks this daemon's findings made, with their deadlines: at most
     /// [`FINDING_BLOCKS`], so spoofed findings cannot fill the block list.
     made: std::collections::HashMap<LpmKey, u64>,
+    cap: usize,
     /// Findings not acted on because `made` was full.
     pub refused: u64,
 }
@@ -87,11 +88,22 @@ impl Enforcer {
     pub const MAPS: [&'static str; 3] = [names::BLOCKS, names::CONFIG, names::PENALTIES];
 
     pub fn new(maps: MapSet, block_for: Option<Duration>, ipv6_prefix: u8) -> Self {
+        Self::with_finding_blocks(maps, block_for, ipv6_prefix, FINDING_BLOCKS)
+    }
+
+    /// One whose findings may hold at most `cap` blocks (tests use a small one).
+    pub fn with_finding_blocks(
+        maps: MapSet,
+        block_for: Option<Duration>,
+        ipv6_prefix: u8,
+        cap: usize,
+    ) -> Self {
         Self {
             maps,
             block_for,
             ipv6_prefix,
             made: std::collections::HashMap::new(),
+            cap,
             refused: 0,
         }
     }
@@ -131,11 +143,12 @@ impl Enforcer {
         }
         let now = monotonic_ns();
         self.made.retain(|_, u| *u > now);
-        if self.made.len() >= FINDING_BLOCKS && !self.made.contains_key(&(prefix, key.addr)) {
+        if self.made.len() >= self.cap && !self.made.contains_key(&(prefix, key.addr)) {
             self.refused += 1;
             tracing::warn!(
                 client = %client,
-                "not blocked: findings already hold {FINDING_BLOCKS} blocks (the rest of the block list is kept for operators)"
+                "not blocked: findings already hold {} blocks (the rest of the block list is kept for operators)",
+                self.cap
             );
             return Ok(false);
         }

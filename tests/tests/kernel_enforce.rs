@@ -493,3 +493,57 @@ fn an_expired_narrower_block_never_hides_a_live_broader_one() {
     );
     assert_eq!(requests(&h, inside, 1), 0);
 }
+
+#[test]
+fn spoofed_findings_cannot_fill_the_block_list_and_a_full_list_is_a_clear_error() {
+    use api_guard::{
+        clock::monotonic_ns,
+        detect::{Finding, Reason},
+        enforce::{self, Enforcer},
+        kernel::KernelMaps as _,
+    };
+    let mut h = harness(&[]);
+    let handles = h
+        .datapath
+        .handles("the test's enforcer", &Enforcer::MAPS)
+        .unwrap();
+    // Findings may hold 3 blocks here; 5 spoofed sources are found out.
+    let mut enforcer =
+        Enforcer::with_finding_blocks(handles, Some(Duration::from_secs(3600)), 64, 3);
+    let acted = (1..=5)
+        .filter(|i| {
+            enforcer
+                .apply(&Finding::Block {
+                    client: v4(100 + i),
+                    reason: Reason::NoCredentials,
+                })
+                .unwrap()
+        })
+        .count();
+    assert_eq!(acted, 3);
+    assert_eq!(enforcer.refused, 2);
+    assert_eq!(h.datapath.blocks().unwrap().len(), 3);
+    assert_eq!(requests(&h, v4(101), 1), 0, "a finding's block holds");
+    assert_eq!(requests(&h, v4(105), 1), 1, "past the cap, not blocked");
+
+    // The operator's share stays usable until the whole list is full; then the
+    // block is refused with a clear error, not a raw errno.
+    let until = monotonic_ns() + 3_600_000_000_000;
+    let slots = api_guard_common::maps::NETWORK_SLOTS;
+    let mut filled = 3;
+    for i in 0..slots {
+        let mut addr = api_guard_common::client::ClientKey::v4([10, 0, 0, 0]).addr;
+        addr[13..16].copy_from_slice(&i.to_be_bytes()[1..]);
+        if h.datapath.block((128, addr), until).is_err() {
+            break;
+        }
+        filled += 1;
+    }
+    assert_eq!(filled, slots, "the list holds {slots}");
+    let one_more = api_guard_common::client::ClientKey::v4([198, 51, 100, 1]).addr;
+    let err = enforce::block(&mut h.datapath, (128, one_more), until).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("the block list is full"),
+        "{err:#}"
+    );
+}

@@ -366,6 +366,23 @@ fn non_first_fragments_are_passed() {
     assert_eq!(counter(&h, Kind::Packets, Verdict::Passed), 2);
 }
 
+/// A SYN from source port `sport`, then `payload` as the stream's first bytes,
+/// over IPv6 or IPv4.
+fn open_and_send(h: &Harness, ipv6: bool, sport: u16, payload: &[u8]) {
+    let syn = Tcp {
+        sport,
+        seq: 1000,
+        ..Tcp::syn(API)
+    };
+    let data = Tcp {
+        sport,
+        seq: 1001,
+        ..Tcp::data(API, payload)
+    };
+    let frame = if ipv6 { packet::v6 } else { packet::v4 };
+    feed(h, &[frame(&syn), frame(&data)]);
+}
+
 #[test]
 fn a_new_stream_that_cannot_start_a_request_is_not_counted() {
     // After the SYN, the stream's first byte tells HTTP from TLS: a ClientHello
@@ -376,41 +393,19 @@ fn a_new_stream_that_cannot_start_a_request_is_not_counted() {
         (40002, b"\x80\x01"),
         (40003, b" GET / HTTP/1.1\r\n\r\n"),
     ] {
-        let syn = Tcp {
-            sport: port,
-            seq: 1000,
-            ..Tcp::syn(API)
-        };
-        let data = Tcp {
-            sport: port,
-            seq: 1001,
-            ..Tcp::data(API, first)
-        };
-        feed(&h, &[packet::v6(&syn), packet::v6(&data)]);
+        open_and_send(&h, true, port, first);
     }
     assert_eq!(requests(&h, CLIENT6), Some(0));
     // Any method token starts a request, known or not: the server reads it.
-    for (i, m) in [
+    let methods = [
         "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "PROPFIND",
         "get",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let port = 41000 + i as u16;
-        let syn = Tcp {
-            sport: port,
-            seq: 7,
-            ..Tcp::syn(API)
-        };
-        let data = Tcp {
-            sport: port,
-            seq: 8,
-            ..Tcp::data(API, format!("{m} / HTTP/1.1\r\n\r\n").as_bytes())
-        };
-        feed(&h, &[packet::v4(&syn), packet::v4(&data)]);
+    ];
+    for (i, m) in methods.iter().enumerate() {
+        let head = format!("{m} / HTTP/1.1\r\n\r\n");
+        open_and_send(&h, false, 41000 + i as u16, head.as_bytes());
     }
-    assert_eq!(requests(&h, CLIENT4), Some(11));
+    assert_eq!(requests(&h, CLIENT4), Some(methods.len() as u64));
 }
 
 #[test]

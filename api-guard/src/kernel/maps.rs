@@ -171,7 +171,7 @@ pub trait KernelMaps: MapSource {
                 if e.chain().any(|c| {
                     c.downcast_ref::<aya::maps::MapError>().is_some_and(|m| {
                         matches!(m, aya::maps::MapError::SyscallError(s)
-                        if s.io_error.raw_os_error() == Some(libc::E2BIG))
+                        if matches!(s.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)))
                     })
                 }) {
                     anyhow::anyhow!(
