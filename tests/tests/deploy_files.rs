@@ -316,12 +316,13 @@ fn each_capability_of_the_unit_is_needed() -> Result<()> {
     // Without CAP_SYS_ADMIN the daemon cannot mount cgroup v2 itself: with
     // none in sight (unmounted in the daemon's own mount namespace, which `ip
     // netns exec` made) --max-conns fails with exit 4. That is why the unit
-    // relies on systemd's mounts.
+    // relies on systemd's mounts. /run is a tmpfs of that mount namespace, so
+    // the mount point the daemon makes there never reaches the host's /run.
     let bpffs = BpfFs::mount()?;
     let mut wrapper: Vec<String> = [
         "sh",
         "-c",
-        "awk '$3 == \"cgroup2\" { print $2 }' /proc/mounts | while read -r m; do umount -l \"$m\"; done; exec \"$@\"",
+        "mount -t tmpfs agt-run /run && awk '$3 == \"cgroup2\" { print $2 }' /proc/mounts | while read -r m; do umount -l \"$m\"; done; exec \"$@\"",
         "sh",
     ]
     .map(String::from)
