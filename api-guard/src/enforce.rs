@@ -165,3 +165,5 @@ impl Enforcer {
         self.maps.prune_blocks(now)
     }
 }
+
+pub mod fleet;

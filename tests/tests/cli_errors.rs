@@ -297,3 +297,54 @@ fn a_pin_dir_off_bpffs_is_one_line_and_exit_4() {
     // It names no mount over the parent (/proc here).
     assert!(!String::from_utf8_lossy(&out.stderr).contains("bpf /proc"));
 }
+
+#[test]
+fn bad_fleet_flags_exit_2_with_the_reason() {
+    let base = ["run", "--iface", "lo", "--port", "8080"];
+    for (flags, needle) in [
+        (&["--fleet", "http://198.18.0.1:6379"][..], "redis://"),
+        (&["--fleet", "redis://198.18.0.1:http"], "is not a port"),
+        (&["--fleet", "redis://198.18.0.1:6379/x"], "database number"),
+        (&["--fleet-rate", "10"], "--fleet"),
+        (
+            &["--fleet", "redis://198.18.0.1", "--fleet-rate", "0"],
+            "rate must be",
+        ),
+        (
+            &["--fleet", "redis://198.18.0.1", "--fleet-rate", "10"],
+            "--fleet-hosts",
+        ),
+        (
+            &[
+                "--fleet",
+                "redis://198.18.0.1",
+                "--fleet-rate",
+                "100:10",
+                "--fleet-hosts",
+                "3",
+            ],
+            "shorter than --fleet-sync",
+        ),
+        (
+            &["--fleet", "redis://198.18.0.1", "--fleet-sync", "1ms"],
+            "at least 50ms",
+        ),
+        (
+            &["--fleet", "redis://198.18.0.1", "--fleet-name", "a b"],
+            "fleet name",
+        ),
+        (
+            &["--fleet", "redis://198.18.0.1", "--fleet-hosts", "0"],
+            "--fleet-hosts",
+        ),
+        (
+            &["--fleet", "redis://198.18.0.1", "--fleet-fallback", "maybe"],
+            "--fleet-fallback",
+        ),
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(flags);
+        let out = api_guard(&args);
+        assert_fails(&out, 2, needle);
+    }
+}

@@ -21,6 +21,8 @@ fn packages(llvm: u32) -> Vec<(String, PathBuf)> {
         ),
         ("zlib1g-dev".into(), "/usr/include/zlib.h".into()),
         ("libzstd-dev".into(), "/usr/include/zstd.h".into()),
+        // The Redis client's TLS (rediss://) links the system OpenSSL.
+        ("libssl-dev".into(), "/usr/include/openssl/ssl.h".into()),
     ];
     // Tools: present if found on PATH or in the sbin directories.
     for (pkg, bin) in [
@@ -33,6 +35,9 @@ fn packages(llvm: u32) -> Vec<(String, PathBuf)> {
         ("prometheus", "promtool"),
         ("systemd", "systemd-analyze"),
         ("python3", "python3"),
+        ("pkg-config", "pkg-config"),
+        // The fleet tests' shared store (e2e_fleet).
+        ("redis-server", "redis-server"),
     ] {
         list.push((
             pkg.into(),

@@ -9,8 +9,10 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+mod fleet;
 mod values;
 
+pub use fleet::*;
 pub use values::*;
 
 use crate::{
@@ -325,6 +327,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub pins: PinArgs,
 
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+
     /// cgroup v2 directory for the connection tracker (--max-conns; unused without
     /// it, so one environment file serves both) [default: the
     /// cgroup v2 root, found in /proc/self/mounts].
@@ -444,7 +449,7 @@ pub enum OnLimit {
 impl RunArgs {
     /// The policy flags, validated together.
     pub fn policy(&self) -> Result<Policy, String> {
-        let policy = Policy {
+        let mut policy = Policy {
             rate: self.rate,
             burst: self.burst,
             conn_rate: self.conn_rate,
@@ -462,6 +467,11 @@ impl RunArgs {
             auth_blocks: self.require_auth == RequireAuth::Block,
             fail_open_after: (self.fail_mode == FailMode::Open).then_some(self.heartbeat_timeout),
         };
+        // --fleet-rate: the kernel starts at the fallback's limit, which the
+        // fleet task raises once Redis answers.
+        if let Some((rate, burst)) = self.fleet()?.and_then(|f| f.fallback) {
+            (policy.rate, policy.burst) = (Some(rate), Some(burst));
+        }
         policy.validate()?;
         Ok(policy)
     }

@@ -4,6 +4,7 @@
 //! detectors → enforce / sinks), the metrics server, and the periodic walks of
 //! the client map (threads), each with map handles of its own.
 
+mod fleet;
 mod flow;
 
 pub use flow::{Flow, FlowConfig};
@@ -74,6 +75,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Some(path) => Some(AccessLog::open(path).map_err(|e| Failure::Host(format!("{e:#}")))?),
         None => None,
     };
+    if let Some(fleet) = args.fleet().map_err(Failure::Usage)? {
+        crate::sinks::fleet::check_url(&fleet.url).map_err(|e| Failure::Usage(format!("{e:#}")))?;
+    }
     let listener = TcpListener::bind(args.metrics_addr).await.map_err(|e| {
         Failure::Host(format!(
             "cannot listen on {} for metrics: {e}",
@@ -197,6 +201,23 @@ pub async fn run(args: RunArgs) -> Result<()> {
         enforcer,
     );
     let reader = RingReader::new(ring, Sources::kernel())?;
+    // --fleet: a thread of its own with handles of its own; Redis never
+    // stands between a packet, the heartbeat or the event loop and its work.
+    let fleet = match args.fleet().map_err(Failure::Usage)? {
+        Some(config) => Some(fleet::FleetTask::start(
+            config,
+            datapath.handles("opened for the fleet sync", &[names::CLIENTS])?,
+            crate::enforce::fleet::FleetEnforcer::new(
+                datapath.handles(
+                    "opened for the fleet's verdicts",
+                    &crate::enforce::fleet::FleetEnforcer::MAPS,
+                )?,
+                policy.ipv6_prefix,
+            ),
+            metrics.fleet()?,
+        )?),
+        None => None,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Registered before ready, so a SIGHUP from then on never kills the daemon.
@@ -254,6 +275,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             _ = turn.tick() => pulse.turn(),
         }
     }
+    drop(fleet);
     drop(summary);
     drop(top_clients);
 

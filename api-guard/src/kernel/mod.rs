@@ -14,7 +14,8 @@
 //! - `preflight`: privileges and kernel features, checked before loading;
 //! - `ring`: the sample ring buffer's records;
 //! - `heartbeat`: the thread that tells the kernel the daemon lives;
-//! - `sys`: raw bpf(2) calls aya 0.14 lacks.
+//! - `sys`: raw bpf(2) calls aya 0.14 lacks;
+//! - `usage`: the client map's identity, for the fleet sync.
 
 pub mod adopt;
 pub mod attach;
@@ -28,6 +29,7 @@ pub mod preflight;
 pub mod ring;
 pub mod source;
 mod sys;
+pub mod usage;
 
 pub use attach::{Attached, Attachment};
 pub use loader::{Datapath, LoadOptions};

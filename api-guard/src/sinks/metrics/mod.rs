@@ -4,10 +4,12 @@
 //! top-clients gauge (`top`), which holds at most `--top-clients` clients.
 //! `serve` answers scrapes, a bounded number at a time.
 
+mod fleet;
 mod kernel;
 mod serve;
 mod top;
 
+pub use fleet::FleetMetrics;
 pub use kernel::KernelCollector;
 pub use serve::{SCRAPE_TIMEOUT, serve};
 pub use top::{TopClients, top_k};
