@@ -65,30 +65,35 @@ impl FleetTask {
             requests: u64::from(r.burst),
             window: r.window(),
         });
-        // Made inside the runtime (the connection manager needs one); an
-        // unusable URL is an error before anything starts.
-        let store = runtime.block_on(async {
-            FleetStore::new(
-                &config.url,
-                &config.name,
-                instance,
-                budget,
-                sync_timeout(config.sync),
-            )
-        })?;
         let (stop, stopped) = oneshot::channel();
-        let mut sync = FleetSync {
-            config,
-            store,
-            clients,
-            enforcer,
-            metrics,
-            tracker: UsageTracker::default(),
-            up: None,
-        };
+        let timeout = sync_timeout(config.sync);
         let thread = thread::Builder::new()
             .name("fleet".into())
-            .spawn(move || runtime.block_on(sync.run(stopped)))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // Made inside the runtime: the connection manager needs
+                    // one. The URL was checked before anything was attached.
+                    let store =
+                        match FleetStore::new(&config.url, &config.name, instance, budget, timeout)
+                        {
+                            Ok(store) => store,
+                            Err(e) => {
+                                warn!("fleet: {e:#}; no fleet sync");
+                                return;
+                            }
+                        };
+                    let mut sync = FleetSync {
+                        config,
+                        store,
+                        clients,
+                        enforcer,
+                        metrics,
+                        tracker: UsageTracker::default(),
+                        up: None,
+                    };
+                    sync.run(stopped).await
+                })
+            })
             .context("cannot start the fleet thread")?;
         Ok(Self {
             stop: Some(stop),
