@@ -7,6 +7,7 @@
 mod fleet;
 mod flow;
 
+pub use fleet::FleetTask;
 pub use flow::{Flow, FlowConfig};
 
 use std::{collections::HashMap, io, sync::Arc, time::Duration};

@@ -26,6 +26,11 @@ use redis::{
 /// large sync is cut into calls that other clients' commands can come between.
 const CLIENTS_PER_CALL: usize = 500;
 
+/// Entries of each fleet set (over-limit clients, blocks) one sync reads at
+/// most: twice what the fleet may write to the block list, so a Redis full of
+/// entries cannot make a sync's answer grow without bound.
+const VERDICTS_PER_SET: usize = 2 * (api_guard_common::maps::NETWORK_SLOTS / 4) as usize;
+
 /// What one sync sends.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outbox {
@@ -133,7 +138,9 @@ impl FleetStore {
             }
         }
         let mut call = self.exchange.prepare_invoke();
-        call.arg(&self.prefix).arg(out.publish.len());
+        call.arg(&self.prefix)
+            .arg(VERDICTS_PER_SET)
+            .arg(out.publish.len());
         for (net, left) in &out.publish {
             let ms = left.map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
             call.arg(net.to_string()).arg(ms);

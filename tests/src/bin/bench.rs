@@ -16,8 +16,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use api_guard::{
-    daemon::{Flow, FlowConfig},
+    cli::{FleetConfig, FleetRate},
+    daemon::{FleetTask, Flow, FlowConfig},
     detect::auth::AuthCheck,
+    enforce::fleet::FleetEnforcer,
     kernel::{Datapath, KernelMaps as _, LoadOptions},
     pipeline::http as request,
     sinks::{
@@ -31,9 +33,10 @@ use api_guard_tests::{
     bpffs::BpfFs,
     client::{parse_wrk, url, wrk},
     daemon::Daemon,
-    netns::{Client, Topology},
+    netns::{Client, Netns, Topology},
     nginx::Nginx,
     packet::{self, Tcp},
+    redis::Redis,
     scenario::API,
     testrun::{Harness, policy},
 };
@@ -113,7 +116,7 @@ fn options() -> Result<Options> {
                         .collect(),
                 )
             }
-            other => bail!("unknown argument {other:?} (--quick, --out PATH, --only K1,K2,...)"),
+            other => bail!("unknown argument {other:?} (--quick, --out PATH, --only K1,K2,...,K6)"),
         }
     }
     Ok(o)
@@ -149,6 +152,9 @@ fn main() -> Result<()> {
     }
     if wanted("K5") {
         sections.push(k5(&o, &rss_kb)?);
+    }
+    if wanted("K6") {
+        sections.push(k6(&o)?);
     }
     let report = render(&o, &sections)?;
     print!("{report}");
@@ -1201,6 +1207,229 @@ fn k5(o: &Options, rss_kb: &[f64]) -> Result<Section> {
 }
 
 // ------------------------------------------------------------ report ----------
+
+// ---------------------------------------------------------------- K6 ----------
+
+/// CPU seconds (user + system) of this process's thread named `name`.
+fn thread_cpu_secs(name: &str) -> f64 {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    for t in tasks.flatten() {
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            // SAFETY: sysconf has no memory-safety preconditions.
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+            return (ticks(11) + ticks(12)) / hz;
+        }
+    }
+    0.0
+}
+
+/// Redis's command calls so far (scripts' inner commands included) and its
+/// CPU seconds.
+fn redis_totals(redis: &Redis, ns: &Netns) -> Result<(f64, f64)> {
+    let stats = redis.cli(ns, &["INFO", "commandstats"])?;
+    let calls: f64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum();
+    let cpu = redis.cli(ns, &["INFO", "cpu"])?;
+    let secs: f64 = cpu
+        .lines()
+        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum();
+    Ok((calls, secs))
+}
+
+/// One fleet host with `n` active clients: what a synced client costs the
+/// daemon's fleet thread and Redis. Every round, each client sends one more
+/// request (BPF_PROG_TEST_RUN on the real program), so every sync carries all
+/// of them. Returns (µs of fleet-thread CPU per synced client, Redis commands
+/// per synced client, µs of Redis CPU per synced client, mean sync ms, failed
+/// syncs).
+fn fleet_run(
+    store: &Netns,
+    redis: &Redis,
+    n: usize,
+    rounds: usize,
+) -> Result<(f64, f64, f64, f64, f64)> {
+    let h = Harness::load(
+        &LoadOptions {
+            max_clients: 1 << 17,
+            ..Default::default()
+        },
+        &[API],
+    )?;
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 1));
+    let addrs: Vec<IpAddr> = (0..n as u32)
+        .map(|i| Ipv4Addr::from(base + i).into())
+        .collect();
+    let bump = |round: usize| -> Result<()> {
+        let tcp = Tcp {
+            seq: 1 + (round * GET.len()) as u32,
+            ..Tcp::data(API, GET)
+        };
+        for a in &addrs {
+            h.run(&packet::from(*a, &tcp))?;
+        }
+        Ok(())
+    };
+    bump(0)?;
+    let metrics = Metrics::new(
+        h.datapath
+            .handles("bench metrics", &KernelCollector::MAPS)?,
+        1 << 17,
+    )?;
+    let fm = metrics.fleet()?;
+    let config = FleetConfig {
+        url: format!("redis://127.0.0.1:{}", api_guard_tests::redis::PORT),
+        name: format!("bench-{n}-{}", std::process::id()),
+        // High enough that no bench client is ever over it.
+        rate: Some(FleetRate {
+            rate: 1_000_000_000,
+            burst: 1_000_000_000,
+        }),
+        sync: Duration::from_millis(250),
+        normal: Some((1_000_000_000, 1_000_000_000)),
+        fallback: Some((1_000_000_000, 1_000_000_000)),
+    };
+    let clients = h
+        .datapath
+        .handles("bench fleet", &[api_guard_common::maps::CLIENTS])?;
+    let enforcer = FleetEnforcer::new(
+        h.datapath
+            .handles("bench fleet verdicts", &FleetEnforcer::MAPS)?,
+        64,
+    );
+    // The fleet thread starts inside the store's namespace (a thread keeps the
+    // namespace of the thread that made it), where Redis is on loopback.
+    let task = store.within(|| FleetTask::start(config, clients, enforcer, fm.clone()))??;
+    let synced = || fm.clients_synced.get() as f64;
+    let wait = |at_least: f64| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while synced() < at_least {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the fleet never synced {at_least} clients"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    };
+    wait(n as f64)?;
+    let (s0, cpu0, (calls0, rcpu0)) = (
+        synced(),
+        thread_cpu_secs("fleet"),
+        redis_totals(redis, store)?,
+    );
+    let (count0, sum0, err0) = (
+        fm.sync_seconds.get_sample_count() as f64,
+        fm.sync_seconds.get_sample_sum(),
+        fm.sync_errors.get() as f64,
+    );
+    for r in 1..=rounds {
+        bump(r)?;
+        wait(((r + 1) * n) as f64)?;
+    }
+    let (s1, cpu1, (calls1, rcpu1)) = (
+        synced(),
+        thread_cpu_secs("fleet"),
+        redis_totals(redis, store)?,
+    );
+    let (count1, sum1, err1) = (
+        fm.sync_seconds.get_sample_count() as f64,
+        fm.sync_seconds.get_sample_sum(),
+        fm.sync_errors.get() as f64,
+    );
+    drop(task);
+    let per = s1 - s0;
+    Ok((
+        (cpu1 - cpu0) * 1e6 / per,
+        (calls1 - calls0) / per,
+        (rcpu1 - rcpu0) * 1e6 / per,
+        (sum1 - sum0) * 1e3 / (count1 - count0).max(1.0),
+        err1 - err0,
+    ))
+}
+
+fn k6(o: &Options) -> Result<Section> {
+    let sizes: &[usize] = if o.quick {
+        &[10_000]
+    } else {
+        &[10_000, 100_000]
+    };
+    let rounds = if o.quick { 3 } else { 6 };
+    let store = Netns::new("bench-store")?;
+    let redis = Redis::start(&store)?;
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for &n in sizes {
+        let mut runs = Vec::new();
+        for _ in 0..if o.quick { 1 } else { 3 } {
+            runs.push(fleet_run(&store, &redis, n, rounds)?);
+        }
+        let stat =
+            |f: fn(&(f64, f64, f64, f64, f64)) -> f64| Stat::of(runs.iter().map(f).collect());
+        let (cpu, ops, rcpu, sync, errs) = (
+            stat(|r| r.0),
+            stat(|r| r.1),
+            stat(|r| r.2),
+            stat(|r| r.3),
+            stat(|r| r.4),
+        );
+        // Every client active every 250 ms sync.
+        let per_sec = n as f64 / 0.25;
+        rows.push(Row {
+            case: format!("{n} clients active every sync (250 ms)"),
+            figures: vec![
+                (
+                    "fleet thread CPU per synced client (µs)".into(),
+                    cpu.show(2),
+                ),
+                (
+                    "daemon CPU (cores)".into(),
+                    format!("{:.2}", cpu.median * per_sec / 1e6),
+                ),
+                ("Redis commands per synced client".into(), ops.show(2)),
+                (
+                    "Redis ops/s per host".into(),
+                    format!("{:.0}", ops.median * per_sec),
+                ),
+                ("Redis CPU per synced client (µs)".into(), rcpu.show(2)),
+                (
+                    "Redis CPU per host (cores)".into(),
+                    format!("{:.2}", rcpu.median * per_sec / 1e6),
+                ),
+                ("mean sync (ms)".into(), sync.show(1)),
+                ("failed syncs".into(), errs.show(0)),
+            ],
+            target: None,
+        });
+    }
+    notes.push(
+        "Each run loads the real kernel program with its own maps, makes every client send one more request per round (BPF_PROG_TEST_RUN), and lets the real fleet thread sync with a real redis-server in a namespace. Costs are per synced client (a client whose count moved since the last sync), so the per-second figures assume every client active every 250 ms sync, the worst case; the cores follow from them. The overshoot against the README's formula is measured by `tests/tests/e2e_fleet.rs` (three hosts, nginx's access logs as the judge), not here.".into(),
+    );
+    Ok(Section {
+        title: "K6. Fleet sync cost per host".into(),
+        about: "What `--fleet` costs one host per synced client: the fleet thread's CPU (client map walk, pipeline) and Redis's commands and CPU (the Lua scripts' HGET, HSET, INCRBY, PEXPIRE).".into(),
+        rows,
+        notes,
+    })
+}
 
 fn machine() -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
