@@ -33,6 +33,7 @@ fn packages(llvm: u32) -> Vec<(String, PathBuf)> {
         ("prometheus", "promtool"),
         ("systemd", "systemd-analyze"),
         ("python3", "python3"),
+        ("openssl", "openssl"),
     ] {
         list.push((
             pkg.into(),

@@ -14,10 +14,12 @@
 //! - `preflight`: privileges and kernel features, checked before loading;
 //! - `ring`: the sample ring buffer's records;
 //! - `heartbeat`: the thread that tells the kernel the daemon lives;
-//! - `sys`: raw bpf(2) calls aya 0.14 lacks.
+//! - `sys`: raw bpf(2) calls aya 0.14 lacks;
+//! - `btf`: struct field offsets from the kernel's BTF (for the TLS programs).
 
 pub mod adopt;
 pub mod attach;
+pub mod btf;
 pub mod heartbeat;
 pub mod layout;
 pub mod loader;
