@@ -116,6 +116,9 @@ pub const TLS_VERDICTS: &str = "TLS_VERDICTS";
 pub const TLS_OFFSETS: &str = "TLS_OFFSETS";
 pub const TLS_EVENTS: &str = "TLS_EVENTS";
 pub const TLS_SCRATCH: &str = "TLS_SCRATCH";
+/// `SSL*`s whose handshake was seen: their plaintext is followed from its
+/// first byte (trusted framing).
+pub const TLS_FRESH: &str = "TLS_FRESH";
 
 /// Processes the uprobes serve at once (the daemon fills it).
 pub const PID_SLOTS: u32 = 4096;

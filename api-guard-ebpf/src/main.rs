@@ -98,6 +98,13 @@ pub fn api_guard_ssl_read_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Entry of `SSL_do_handshake`: a connection followed from its first byte.
+#[uprobe]
+pub fn api_guard_ssl_handshake(ctx: ProbeContext) -> u32 {
+    tls::handshake(&ctx);
+    0
+}
+
 /// Return of `SSL_read`: the plaintext is read, counted and charged.
 #[uretprobe]
 pub fn api_guard_ssl_read_ret(ctx: RetProbeContext) -> u32 {

@@ -56,6 +56,11 @@ static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(CALL_S
 #[map(name = "TLS_SSL_CONNS")]
 static TLS_SSL_CONNS: LruHashMap<SslKey, ConnKey> = LruHashMap::with_max_entries(SSL_SLOTS, 0);
 
+/// `SSL*`s whose handshake this program saw (`SSL_do_handshake`): their first
+/// plaintext is the stream's first byte.
+#[map(name = "TLS_FRESH")]
+static TLS_FRESH: LruHashMap<SslKey, u8> = LruHashMap::with_max_entries(SSL_SLOTS, 0);
+
 /// Where the request parser stands in each TLS connection's plaintext.
 #[map(name = "TLS_STREAMS")]
 static TLS_STREAMS: LruHashMap<ConnKey, TlsStream> = LruHashMap::with_max_entries(SSL_SLOTS, 0);
@@ -138,6 +143,23 @@ pub fn enter(ctx: &ProbeContext, kind: u32) {
     let _ = TLS_CALLS.insert(&id, &call, 0);
 }
 
+/// Entry of `SSL_do_handshake` (`SSL *ssl`): a connection whose plaintext
+/// will be seen from its first byte.
+#[inline(always)]
+pub fn handshake(ctx: &ProbeContext) {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if TLS_PIDS.get_ptr(&tgid).is_none() {
+        return;
+    }
+    let key = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: ctx.arg::<u64>(0).unwrap_or(0),
+    };
+    let _ = TLS_FRESH.insert(&key, &1, 0);
+}
+
 /// `tcp_recvmsg`/`tcp_sendmsg` (`struct sock *sk, ...`): the socket of the SSL
 /// call this thread is in, if any.
 #[inline(always)]
@@ -209,7 +231,14 @@ pub fn read_return(ctx: &RetProbeContext, ex: bool) {
         *flags |= ports::TLS;
     }
     event(TlsEvent::Reads);
-    sc.stream = stream_of(&sc.key);
+    sc.stream = stream_of(
+        &sc.key,
+        &SslKey {
+            tgid: (id >> 32) as u32,
+            _pad: 0,
+            ssl: call.ssl,
+        },
+    );
     let len = if n > MAX_SCAN as u64 {
         MAX_SCAN
     } else {
@@ -334,17 +363,23 @@ fn sock_conn(sk: u64, key: &mut ConnKey) -> Result<(), ()> {
     Ok(())
 }
 
-/// The connection's parser: kept, or new. A stream the TC path saw from its
-/// first byte (a trusted start that turned opaque at the ClientHello) starts
-/// at its first request; one picked up later (the daemon started on open
-/// connections, an evicted entry) is untrusted, erring high.
+/// The connection's parser: kept, or new. A stream whose handshake was seen,
+/// or that the TC path saw from its first byte (a trusted start that turned
+/// opaque at the ClientHello), starts at its first request; one picked up
+/// later (the daemon started on open connections, an evicted entry) is
+/// untrusted, erring high.
 #[inline(always)]
-fn stream_of(key: &ConnKey) -> TlsStream {
+fn stream_of(key: &ConnKey, ssl: &SslKey) -> TlsStream {
     // SAFETY: live map values, copied out at once.
     if let Some(s) = TLS_STREAMS.get_ptr(key).map(|s| unsafe { *s }) {
         return s;
     }
-    let fresh = CONNS
+    let handshake = TLS_FRESH.get_ptr(ssl).is_some();
+    if handshake {
+        let _ = TLS_FRESH.remove(ssl);
+    }
+    let fresh = handshake
+        || CONNS
         .get_ptr(key)
         .map(
             |c| unsafe { (*c).framing.mode } == MODE_OPAQUE && unsafe { (*c).framing.is_trusted() },

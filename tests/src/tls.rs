@@ -29,6 +29,11 @@ pub struct TlsNginx {
 impl TlsNginx {
     /// nginx with TLS on `port` (IPv4 and IPv6).
     pub fn start(ns: &Netns, port: u16) -> Result<Self> {
+        Self::start_with(ns, port, false)
+    }
+
+    /// With `http2`, nginx offers HTTP/2 by ALPN.
+    pub fn start_with(ns: &Netns, port: u16, http2: bool) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
         let d = dir.path();
         let out = Command::new("openssl")
@@ -56,7 +61,7 @@ impl TlsNginx {
         }
         fs::create_dir_all(d.join("www"))?;
         fs::write(d.join("www/ok.txt"), "ok\n")?;
-        fs::write(d.join("nginx.conf"), config(d, port))?;
+        fs::write(d.join("nginx.conf"), config(d, port, http2))?;
         let child = ns
             .command(&binary())
             .arg("-c")
@@ -174,8 +179,9 @@ fn binary() -> String {
         .to_string()
 }
 
-fn config(dir: &std::path::Path, port: u16) -> String {
+fn config(dir: &std::path::Path, port: u16, http2: bool) -> String {
     let d = dir.display();
+    let h2 = if http2 { " http2" } else { "" };
     format!(
         r#"# Written by the api-guard test harness.
 daemon off;
@@ -197,8 +203,8 @@ http {{
     scgi_temp_path {d}/scgi;
     keepalive_requests 100000;
     server {{
-        listen {port} ssl;
-        listen [::]:{port} ssl;
+        listen {port} ssl{h2};
+        listen [::]:{port} ssl{h2};
         ssl_certificate {d}/cert.pem;
         ssl_certificate_key {d}/key.pem;
         location / {{

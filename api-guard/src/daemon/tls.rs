@@ -17,7 +17,7 @@ use std::{
 use api_guard_common::tls::TlsEvent;
 use tracing::{info, warn};
 
-use crate::kernel::{Datapath, btf::VMLINUX};
+use crate::kernel::{Datapath, KernelMaps as _, btf::VMLINUX};
 
 /// What was found for one listening process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub struct TlsWatch {
     followed: HashSet<u32>,
     /// What was last logged per (port, pid).
     reported: BTreeMap<(u16, u32), Found>,
+    /// Ports whose listeners could not be found in /proc (logged once).
+    hidden: HashSet<u16>,
     h2_logged: bool,
 }
 
@@ -56,6 +58,7 @@ impl TlsWatch {
             failed: HashMap::new(),
             followed: HashSet::new(),
             reported: BTreeMap::new(),
+            hidden: HashSet::new(),
             h2_logged: false,
         })
     }
@@ -65,6 +68,20 @@ impl TlsWatch {
     pub fn rescan(&mut self, dp: &mut Datapath) {
         let listeners = listening_inodes(&self.ports);
         let serving = processes_holding(&listeners);
+        // A port listened on by no process this daemon can see (their /proc
+        // entries need ptrace access: CAP_SYS_PTRACE for other users' and
+        // more privileged processes).
+        for &port in listeners.values() {
+            let seen = serving.values().any(|ports| ports.contains(&port));
+            if !seen && self.hidden.insert(port) {
+                warn!(
+                    port,
+                    "TLS: the processes listening on this port cannot be read in /proc (the daemon needs CAP_SYS_PTRACE for other users' processes): its TLS requests are not seen"
+                );
+            } else if seen {
+                self.hidden.remove(&port);
+            }
+        }
         let mut follow = HashSet::new();
         for (&pid, ports) in &serving {
             let found = match tls_library(pid) {

@@ -397,6 +397,14 @@ pub trait KernelMaps: MapSource {
         Ok(slots[event as usize])
     }
 
+    /// The TLS programs' event counters (`api_guard_common::tls::TlsEvent`),
+    /// summed over CPUs.
+    fn tls_events(&self) -> Result<api_guard_common::tls::TlsEventBlock> {
+        let mut slots = [0u64; api_guard_common::tls::TLS_EVENT_SLOTS as usize];
+        self.sum_per_cpu(api_guard_common::tls::TLS_EVENTS, &mut slots)?;
+        Ok(slots)
+    }
+
     fn sum_per_cpu<const N: usize>(&self, name: &str, totals: &mut [u64; N]) -> Result<()> {
         // One entry per map: a block of N counters per CPU.
         let map: PerCpuArray<&MapData, [u64; N]> = PerCpuArray::try_from(self.map(name)?)?;

@@ -20,7 +20,8 @@ use aya::{
 use crate::kernel::{btf, loader::Datapath};
 
 /// Entry and return programs, by the library function they follow.
-const UPROBES: [(&str, &str, bool); 8] = [
+const UPROBES: [(&str, &str, bool); 9] = [
+    ("SSL_do_handshake", "api_guard_ssl_handshake", false),
     ("SSL_read", "api_guard_ssl_read_enter", false),
     ("SSL_read", "api_guard_ssl_read_ret", true),
     ("SSL_read_ex", "api_guard_ssl_read_enter", false),
@@ -38,7 +39,8 @@ const TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// The uprobe programs, in the order of [`UPROBES`] without repeats.
-pub const UPROBE_PROGRAMS: [&str; 5] = [
+pub const UPROBE_PROGRAMS: [&str; 6] = [
+    "api_guard_ssl_handshake",
     "api_guard_ssl_read_enter",
     "api_guard_ssl_read_ret",
     "api_guard_ssl_read_ex_ret",
@@ -118,22 +120,5 @@ impl Datapath {
                 .with_context(|| format!("cannot follow process {pid}"))?;
         }
         Ok(())
-    }
-
-    /// The TLS event counters, summed over CPUs.
-    pub fn tls_events(&self) -> Result<[u64; names::TLS_EVENT_SLOTS as usize]> {
-        let map: aya::maps::PerCpuArray<&MapData, [u64; names::TLS_EVENT_SLOTS as usize]> =
-            aya::maps::PerCpuArray::try_from(
-                self.ebpf
-                    .map(names::TLS_EVENTS)
-                    .context("map TLS_EVENTS missing")?,
-            )?;
-        let mut sum = [0u64; names::TLS_EVENT_SLOTS as usize];
-        for cpu in map.get(&0, 0)?.iter() {
-            for (s, v) in sum.iter_mut().zip(cpu.iter()) {
-                *s += v;
-            }
-        }
-        Ok(sum)
     }
 }
