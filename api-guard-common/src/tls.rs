@@ -120,6 +120,36 @@ pub const TLS_SCRATCH: &str = "TLS_SCRATCH";
 /// first byte (trusted framing).
 pub const TLS_FRESH: &str = "TLS_FRESH";
 
+/// What `--tls auto` found for one listening process of a watched port, for
+/// `api-guard status` (`TLS_STATUS`, written by the daemon, pinned; the
+/// programs never read it).
+pub const TLS_STATUS: &str = "TLS_STATUS";
+/// Entries in `TLS_STATUS` (port, process).
+pub const STATUS_SLOTS: u32 = 1024;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsStatusKey {
+    pub port: u16,
+    pub _pad: u16,
+    pub pid: u32,
+}
+
+/// `TlsStatus::state`.
+pub const STATUS_FOLLOWED: u32 = 1;
+pub const STATUS_NOT_SEEN: u32 = 2;
+
+/// The text is the library followed, or why the process's TLS is not seen.
+pub const STATUS_TEXT: usize = 248;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsStatus {
+    pub state: u32,
+    pub len: u32,
+    pub text: [u8; STATUS_TEXT],
+}
+
 /// Processes the uprobes serve at once (the daemon fills it).
 pub const PID_SLOTS: u32 = 4096;
 /// Threads inside an SSL call at once.
@@ -148,5 +178,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<TlsCall>(), 40);
         assert_eq!(core::mem::size_of::<TlsStream>(), 24);
         assert_eq!(core::mem::size_of::<SockOffsets>(), 32);
+        assert_eq!(core::mem::size_of::<TlsStatusKey>(), 8);
+        assert_eq!(core::mem::size_of::<TlsStatus>(), 256);
     }
 }

@@ -19,8 +19,8 @@ use api_guard_common::{
     stream::{Framing, MODE_BODY, MODE_OPAQUE},
     tls::{
         AF_INET, AF_INET6, CALL_READ, CALL_SLOTS, CALL_WRITE, ConnVerdict, PID_SLOTS,
-        SOURCE_TLS_READ, SSL_SLOTS, STREAM_H2, SockOffsets, SslKey, TLS_EVENT_SLOTS, TlsCall,
-        TlsEvent, TlsStream, VERDICT_SLOTS,
+        SOURCE_TLS_READ, SSL_SLOTS, STATUS_SLOTS, STREAM_H2, SockOffsets, SslKey, TLS_EVENT_SLOTS,
+        TlsCall, TlsEvent, TlsStatus, TlsStatusKey, TlsStream, VERDICT_SLOTS,
     },
 };
 use aya_ebpf::{
@@ -78,6 +78,11 @@ static TLS_OFFSETS: Array<SockOffsets> = Array::with_max_entries(1, 0);
 #[map(name = "TLS_EVENTS")]
 static TLS_EVENTS: PerCpuArray<[u64; TLS_EVENT_SLOTS as usize]> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// What the daemon found per (port, process), for `api-guard status`: written
+/// by the daemon, pinned, never read here.
+#[map(name = "TLS_STATUS")]
+static TLS_STATUS: HashMap<TlsStatusKey, TlsStatus> = HashMap::with_max_entries(STATUS_SLOTS, 0);
 
 /// Per-CPU space of the uprobe programs: the connection key and the scan.
 #[map(name = "TLS_SCRATCH")]

@@ -393,6 +393,48 @@ fn a_server_without_libssl_is_reported_as_not_seen() -> Result<()> {
             .lines()
             .any(|l| l.contains(&format!("pid={pid}")) && l.contains("not seen")))
     })?;
+    // `api-guard status` says the same per port: nginx's worker followed
+    // through libssl, the plain server not seen.
+    let out = std::process::Command::new(api_guard_tests::daemon::binary())
+        .args(["status", "--json", "--pin-dir"])
+        .arg(s.bpffs.pin_dir())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let port = |p: u16| {
+        doc["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["port"] == p)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let tls = port(PORT);
+    let workers = s.nginx.workers();
+    ensure!(
+        tls["processes"].as_array().into_iter().flatten().any(|p| {
+            p["tls_followed"] == true
+                && workers.iter().any(|w| p["pid"] == *w)
+                && p["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("libssl.so"))
+        }),
+        "nginx's worker is not shown followed: {doc}"
+    );
+    let plain = port(PLAIN);
+    ensure!(
+        plain["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["pid"] == pid && p["tls_followed"] == false),
+        "the plain server is not shown as not seen: {doc}"
+    );
     Ok(())
 }
 

@@ -68,18 +68,20 @@ impl TlsWatch {
     pub fn rescan(&mut self, dp: &mut Datapath) {
         let listeners = listening_inodes(&self.ports);
         let serving = processes_holding(&listeners);
+        let mut changed = false;
         // A port listened on by no process this daemon can see (their /proc
         // entries need ptrace access: CAP_SYS_PTRACE for other users' and
         // more privileged processes).
         for &port in listeners.values() {
             let seen = serving.values().any(|ports| ports.contains(&port));
             if !seen && self.hidden.insert(port) {
+                changed = true;
                 warn!(
                     port,
                     "TLS: the processes listening on this port cannot be read in /proc (the daemon needs CAP_SYS_PTRACE for other users' processes): its TLS requests are not seen"
                 );
-            } else if seen {
-                self.hidden.remove(&port);
+            } else if seen && self.hidden.remove(&port) {
+                changed = true;
             }
         }
         let mut follow = HashSet::new();
@@ -124,11 +126,41 @@ impl TlsWatch {
                         ),
                     }
                     self.reported.insert((port, pid), found.clone());
+                    changed = true;
                 }
             }
         }
+        let before = self.reported.len();
         self.reported
             .retain(|(_, pid), _| serving.contains_key(pid));
+        if self.reported.len() != before || changed {
+            let mut entries: Vec<(u16, u32, bool, String)> = self
+                .reported
+                .iter()
+                .map(|(&(port, pid), found)| match found {
+                    Found::Followed { library } => (
+                        port,
+                        pid,
+                        true,
+                        format!("{} ({})", library.display(), comm(pid)),
+                    ),
+                    Found::NotSeen { why } => {
+                        (port, pid, false, format!("{} ({})", why, comm(pid)))
+                    }
+                })
+                .collect();
+            for &port in &self.hidden {
+                entries.push((
+                    port,
+                    0,
+                    false,
+                    "its listening processes cannot be read in /proc (CAP_SYS_PTRACE)".into(),
+                ));
+            }
+            if let Err(e) = dp.set_tls_status(&entries) {
+                warn!("cannot record the TLS status for `api-guard status`: {e:#}");
+            }
+        }
         if follow != self.followed {
             match dp.tls_follow(&follow) {
                 Ok(()) => self.followed = follow,

@@ -39,6 +39,9 @@ use api_guard_tests::{
 };
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 
+#[path = "bench/k6.rs"]
+mod k6;
+
 /// Runs per figure.
 const RUNS: usize = 5;
 
@@ -149,6 +152,9 @@ fn main() -> Result<()> {
     }
     if wanted("K5") {
         sections.push(k5(&o, &rss_kb)?);
+    }
+    if wanted("K6") {
+        sections.push(k6::k6(&o)?);
     }
     let report = render(&o, &sections)?;
     print!("{report}");
