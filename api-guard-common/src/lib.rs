@@ -16,3 +16,4 @@ pub mod network;
 pub mod ports;
 pub mod sample;
 pub mod stream;
+pub mod tls;

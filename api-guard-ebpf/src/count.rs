@@ -100,3 +100,12 @@ pub fn client(state: &mut ClientState, ev: Seen, clock: &mut Clock) {
         state.last_seen_ns = clock.now();
     }
 }
+
+/// Counts `n` requests under `v` (the TLS plaintext's, which no packet carries).
+#[inline(always)]
+pub fn requests(n: u32, v: Verdict) {
+    if let Some(block) = COUNTERS.get_ptr_mut(0) {
+        // SAFETY: as in `verdict`.
+        unsafe { (*block)[counters::index(Kind::Requests, v) as usize] += n as u64 };
+    }
+}

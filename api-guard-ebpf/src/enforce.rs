@@ -228,3 +228,13 @@ pub fn opaque(cfg: &Config, key: &ClientKey, clock: &mut Clock) -> Option<Verdic
     }
     None
 }
+
+/// Whether the client's request bucket would refuse a request now (a peek:
+/// nothing is taken). A new connection to a TLS port from such a client would
+/// carry a request that cannot be unread.
+#[inline(always)]
+pub fn bucket_empty(cfg: &Config, key: &ClientKey, state: &ClientState, clock: &mut Clock) -> bool {
+    let limit = request_limit(cfg, key);
+    limit.is_set()
+        && atomic::read(&state.request_tat_ns) + limit.interval_ns > clock.now() + limit.burst_ns
+}

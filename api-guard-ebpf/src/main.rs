@@ -20,16 +20,18 @@ mod sample;
 mod sockops;
 mod stream;
 mod tail;
+mod tls;
 
 use api_guard_common::{
     config::{Config, flags},
     counters::{Event, Kind, Verdict},
     maps::{TAIL_RESET, TAIL_SAMPLE},
+    ports,
 };
 use aya_ebpf::{
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
-    macros::{classifier, sock_ops},
-    programs::{SockOpsContext, TcContext},
+    macros::{classifier, raw_tracepoint, sock_ops, uprobe, uretprobe},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, SockOpsContext, TcContext},
 };
 
 use crate::{
@@ -87,6 +89,65 @@ pub fn api_guard_sample(mut ctx: TcContext) -> i32 {
 #[classifier]
 pub fn api_guard_floor(_ctx: TcContext) -> i32 {
     TC_ACT_PIPE
+}
+
+/// Entry of libssl's `SSL_read` and `SSL_read_ex` (tls.rs).
+#[uprobe]
+pub fn api_guard_ssl_read_enter(ctx: ProbeContext) -> u32 {
+    tls::enter(&ctx, api_guard_common::tls::CALL_READ);
+    0
+}
+
+/// Entry of `SSL_do_handshake`: a connection followed from its first byte.
+#[uprobe]
+pub fn api_guard_ssl_handshake(ctx: ProbeContext) -> u32 {
+    tls::handshake(&ctx);
+    0
+}
+
+/// Return of `SSL_read`: the plaintext is read, counted and charged.
+#[uretprobe]
+pub fn api_guard_ssl_read_ret(ctx: RetProbeContext) -> u32 {
+    tls::read_return(&ctx, false);
+    0
+}
+
+/// Return of `SSL_read_ex`.
+#[uretprobe]
+pub fn api_guard_ssl_read_ex_ret(ctx: RetProbeContext) -> u32 {
+    tls::read_return(&ctx, true);
+    0
+}
+
+/// Entry of `SSL_write` and `SSL_write_ex`.
+#[uprobe]
+pub fn api_guard_ssl_write_enter(ctx: ProbeContext) -> u32 {
+    tls::enter(&ctx, api_guard_common::tls::CALL_WRITE);
+    0
+}
+
+/// Return of `SSL_write` and `SSL_write_ex`: the `SSL*` tied to its connection.
+#[uretprobe]
+pub fn api_guard_ssl_write_ret(_ctx: RetProbeContext) -> u32 {
+    tls::write_return();
+    0
+}
+
+/// The socket layer's `sock_recv_length` tracepoint (`struct sock *sk, int
+/// ret, int flags`, from `sock_recvmsg`) during an `SSL_read`: the call's
+/// socket. A raw tracepoint: it needs neither kprobes (not in every kernel)
+/// nor tracefs.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn api_guard_sock_recv(ctx: RawTracePointContext) -> i32 {
+    tls::saw_sock(ctx.arg::<u64>(0), api_guard_common::tls::CALL_READ);
+    0
+}
+
+/// `sock_send_length` during an `SSL_write`.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn api_guard_sock_send(ctx: RawTracePointContext) -> i32 {
+    tls::saw_sock(ctx.arg::<u64>(0), api_guard_common::tls::CALL_WRITE);
+    0
 }
 
 #[sock_ops]
@@ -163,10 +224,17 @@ fn judge(ctx: &mut TcContext) -> i32 {
     let key = source.bucketed(cfg.ipv6_prefix);
     let connection = classify::is_connection_start(&pkt);
     let mut clock = Clock::new();
+    // A TLS port's requests are counted by the libssl uprobes (tls.rs), which
+    // leave their verdicts for the connection's next packet.
+    let tls_port = classify::port_flags(&pkt) & ports::TLS != 0;
     let Some(state) = count::state(&key, &mut clock) else {
         // The client map refused the entry: fail open, but count it.
         count::event(Event::ClientsRefused);
-        let acct = stream::account(ctx, &pkt, &source.addr);
+        let acct = if tls_port {
+            Accounted::NOTHING
+        } else {
+            stream::account(ctx, &pkt, &source.addr)
+        };
         let ev = Seen {
             starts: acct.starts,
             connection,
@@ -197,7 +265,11 @@ fn judge(ctx: &mut TcContext) -> i32 {
             &mut clock,
         );
     }
-    let acct = stream::account(ctx, &pkt, &source.addr);
+    let (acct, tls_verdict) = if tls_port {
+        (Accounted::NOTHING, tls::packet(ctx, &pkt, &source.addr))
+    } else {
+        (stream::account(ctx, &pkt, &source.addr), None)
+    };
     let ev = Seen {
         starts: acct.starts,
         connection,
@@ -206,6 +278,18 @@ fn judge(ctx: &mut TcContext) -> i32 {
     let judged = if j.allowed {
         enforce::Judged {
             verdict: Verdict::Allowed,
+            never: false,
+        }
+    } else if let Some(verdict) = tls_verdict {
+        enforce::Judged {
+            verdict,
+            never: false,
+        }
+    } else if tls_port && connection && enforce::bucket_empty(cfg, &key, state, &mut clock) {
+        // Its request could not be unread: no new connection until the bucket
+        // would admit one.
+        enforce::Judged {
+            verdict: Verdict::ConnLimited,
             never: false,
         }
     } else {

@@ -358,7 +358,7 @@ extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
 
 /// The connection's key: client and server address and port.
 #[inline(always)]
-fn conn_key(
+pub(crate) fn conn_key(
     ctx: &TcContext,
     pkt: &TcpPacket,
     client: &[u8; 16],

@@ -22,6 +22,7 @@ pub mod redis;
 pub mod scenario;
 pub mod systemd;
 pub mod testrun;
+pub mod tls;
 
 /// Every namespace, directory and process name the harness makes starts with this,
 /// so that `cargo xtask test` can prove nothing outlived the suite.

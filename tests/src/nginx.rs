@@ -164,7 +164,7 @@ http {{
     )
 }
 
-fn parse_access_line(line: &str) -> Result<AccessLine> {
+pub(crate) fn parse_access_line(line: &str) -> Result<AccessLine> {
     let f: Vec<&str> = line.split(' ').collect();
     let [client, port, method, uri, status] = f[..] else {
         anyhow::bail!("unexpected access log line {line:?}");

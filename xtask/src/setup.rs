@@ -38,6 +38,7 @@ fn packages(llvm: u32) -> Vec<(String, PathBuf)> {
         ("pkg-config", "pkg-config"),
         // The fleet tests' shared store (e2e_fleet).
         ("redis-server", "redis-server"),
+        ("openssl", "openssl"),
     ] {
         list.push((
             pkg.into(),

@@ -324,6 +324,12 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub top_clients: u32,
 
+    /// Requests inside TLS that a process on this host terminates: auto finds
+    /// the processes listening on the watched ports and follows their libssl
+    /// (uprobes), off leaves TLS ports with connection-level protection.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = TlsMode::Auto, help_heading = "TLS")]
+    pub tls: TlsMode,
+
     #[command(flatten)]
     pub pins: PinArgs,
 
@@ -432,6 +438,12 @@ pub enum RequireAuth {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TlsMode {
+    Auto,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

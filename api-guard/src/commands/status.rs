@@ -6,6 +6,7 @@ use anyhow::Result;
 use api_guard_common::{
     config::{Limit, flags},
     counters::{Event, KINDS, VERDICTS},
+    ports,
 };
 use serde_json::json;
 
@@ -37,6 +38,27 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
         let beat = maps.last_beat()?;
         monotonic_ns().saturating_sub(beat) as f64 / 1e9
     };
+    let tls = maps.tls_status()?;
+    let ports: Vec<serde_json::Value> = maps
+        .port_flags()?
+        .into_iter()
+        .filter(|(_, f)| f & ports::WATCHED != 0)
+        .map(|(port, f)| {
+            let processes: Vec<serde_json::Value> = tls
+                .iter()
+                .filter(|(p, ..)| *p == port)
+                .map(|(_, pid, followed, text)| {
+                    json!({"pid": pid, "tls_followed": followed, "detail": text})
+                })
+                .collect();
+            json!({
+                "port": port,
+                // Set by the kernel once it tied an SSL_read to the port.
+                "tls_seen": f & ports::TLS != 0,
+                "processes": processes,
+            })
+        })
+        .collect();
     let limit = |l: &Limit| match l.is_set() {
         true => json!({"rate": 1_000_000_000 / l.interval_ns, "burst": l.burst_ns / l.interval_ns}),
         false => json!(null),
@@ -63,6 +85,7 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
             "heartbeat_timeout_secs": cfg.heartbeat_timeout_ns as f64 / 1e9,
         },
         "heartbeat_age_secs": heartbeat_age,
+        "ports": ports,
         "counters": verdicts,
         "clients": {
             "tracked": clients.len(),
@@ -89,6 +112,28 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
             .map(|(name, n)| format!("{name}={n}"))
             .collect();
         writeln!(out, "{:<12} {}", kind.name(), line.join(" "))?;
+    }
+    for p in &ports {
+        let port = &p["port"];
+        let kind = if p["tls_seen"] == true {
+            "TLS"
+        } else {
+            "plaintext or TLS not yet seen"
+        };
+        writeln!(out, "port {port}: {kind}")?;
+        for proc in p["processes"].as_array().into_iter().flatten() {
+            let how = if proc["tls_followed"] == true {
+                "followed"
+            } else {
+                "not seen"
+            };
+            writeln!(
+                out,
+                "  pid {}: TLS {how}: {}",
+                proc["pid"],
+                proc["detail"].as_str().unwrap_or("")
+            )?;
+        }
     }
     writeln!(out, "clients tracked: {}", clients.len())?;
     for c in &blocked {

@@ -86,7 +86,8 @@ impl Flow {
     pub fn handle(&mut self, event: Result<Event, DecodeError>) -> Result<()> {
         self.records += 1;
         match event {
-            Ok(Event::Request(sample)) => self.request(&sample),
+            Ok(Event::Request(sample)) => self.request(&sample, false),
+            Ok(Event::TlsRequest(sample)) => self.request(&sample, true),
             Err(e) => {
                 debug!("{e}");
                 self.metrics
@@ -98,7 +99,8 @@ impl Flow {
         }
     }
 
-    fn request(&mut self, sample: &RequestSample) -> Result<()> {
+    /// `tls`: the head came decrypted from the libssl uprobes.
+    fn request(&mut self, sample: &RequestSample, tls: bool) -> Result<()> {
         let client = sample.client;
         let head = match self.heads.parse(&sample.head) {
             Ok(head) => head,
@@ -160,6 +162,7 @@ impl Flow {
                 humantime::format_rfc3339_nanos(self.wall.at(sample.ts_ns)),
                 self.ifnames.get(&sample.ifindex).map(String::as_str),
                 missing,
+                tls,
             );
             log.write(&record)?;
         }

@@ -6,6 +6,7 @@
 
 mod fleet;
 mod flow;
+mod tls;
 
 pub use fleet::FleetTask;
 pub use flow::{Flow, FlowConfig};
@@ -23,7 +24,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    cli::{FailMode, RequireAuth, RunArgs},
+    cli::{FailMode, RequireAuth, RunArgs, TlsMode},
     clock::monotonic_ns,
     enforce::Enforcer,
     failure::Failure,
@@ -46,6 +47,9 @@ use crate::{
 /// how often the event loop shows it turns (`--heartbeat-timeout` is at least
 /// eight of these).
 const BEAT_EVERY: Duration = Duration::from_millis(250);
+
+/// How often `--tls auto` looks for new listeners, workers and libraries.
+const TLS_RESCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the top-clients gauge is recomputed.
 const TOP_CLIENTS_EVERY: Duration = Duration::from_secs(5);
@@ -173,6 +177,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         );
     }
     pins.restrict()?;
+    // TLS after the ingress: its verdicts are acted on by the TC judge.
+    let mut tls = match args.tls {
+        TlsMode::Auto => tls::TlsWatch::start(&mut datapath, &args.ports),
+        TlsMode::Off => None,
+    };
+    if let Some(tls) = &mut tls {
+        tls.rescan(&mut datapath);
+    }
     let prog_id = datapath.ingress_id()?;
     // Every task gets the maps it needs on handles of its own: none waits on a
     // lock another holds, and the datapath stays here for the final report.
@@ -266,6 +278,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // The event loop: it only waits, so it turns on time unless the daemon is
     // stuck, and the heartbeat follows its pulse.
     let mut turn = ticker(BEAT_EVERY);
+    let mut tls_scan = ticker(TLS_RESCAN_EVERY);
     let mut flow_failed = None;
     loop {
         tokio::select! {
@@ -274,6 +287,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
             // The flow only ends when told to: ending early is a failure.
             done = &mut flow_task => { flow_failed = Some(done); break; }
             _ = turn.tick() => pulse.turn(),
+            _ = tls_scan.tick(), if tls.is_some() => {
+                if let Some(tls) = &mut tls {
+                    tls.rescan(&mut datapath);
+                }
+            }
         }
     }
     drop(fleet);

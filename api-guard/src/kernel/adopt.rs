@@ -31,6 +31,10 @@ fn expected_sizes(name: &str) -> Option<(usize, usize)> {
         names::CONNS => (size_of::<conn::ConnKey>(), size_of::<conn::ConnState>()),
         names::PENALTIES => (size_of::<client::ClientKey>(), size_of::<client::Penalty>()),
         names::OPEN_CONNS => (size_of::<client::ClientKey>(), 8),
+        api_guard_common::tls::TLS_STATUS => (
+            size_of::<api_guard_common::tls::TlsStatusKey>(),
+            size_of::<api_guard_common::tls::TlsStatus>(),
+        ),
         _ => return None,
     })
 }

@@ -397,6 +397,92 @@ pub trait KernelMaps: MapSource {
         Ok(slots[event as usize])
     }
 
+    /// The TLS programs' event counters (`api_guard_common::tls::TlsEvent`),
+    /// summed over CPUs.
+    fn tls_events(&self) -> Result<api_guard_common::tls::TlsEventBlock> {
+        let mut slots = [0u64; api_guard_common::tls::TLS_EVENT_SLOTS as usize];
+        self.sum_per_cpu(api_guard_common::tls::TLS_EVENTS, &mut slots)?;
+        Ok(slots)
+    }
+
+    /// What `--tls auto` found per (port, process): (port, pid, followed,
+    /// the library or why not), by port and pid.
+    fn tls_status(&self) -> Result<Vec<(u16, u32, bool, String)>> {
+        use api_guard_common::tls::{STATUS_FOLLOWED, TLS_STATUS, TlsStatus, TlsStatusKey};
+        let map: HashMap<&MapData, TlsStatusKey, TlsStatus> =
+            HashMap::try_from(self.map(TLS_STATUS)?)?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, v) = entry?;
+            let text = v.text.get(..v.len as usize).unwrap_or(&v.text);
+            out.push((
+                k.port,
+                k.pid,
+                v.state == STATUS_FOLLOWED,
+                String::from_utf8_lossy(text).into_owned(),
+            ));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Replaces what `tls_status` reads.
+    fn set_tls_status(&mut self, entries: &[(u16, u32, bool, String)]) -> Result<()> {
+        use api_guard_common::tls::{
+            STATUS_FOLLOWED, STATUS_NOT_SEEN, STATUS_TEXT, TLS_STATUS, TlsStatus, TlsStatusKey,
+        };
+        let mut map: HashMap<&mut MapData, TlsStatusKey, TlsStatus> =
+            HashMap::try_from(self.map_mut(TLS_STATUS)?)?;
+        let keys: Vec<TlsStatusKey> = map.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            if !entries
+                .iter()
+                .any(|(p, pid, ..)| (*p, *pid) == (k.port, k.pid))
+            {
+                let _ = map.remove(&k);
+            }
+        }
+        for (port, pid, followed, text) in entries {
+            let mut v = TlsStatus {
+                state: if *followed {
+                    STATUS_FOLLOWED
+                } else {
+                    STATUS_NOT_SEEN
+                },
+                len: 0,
+                text: [0; STATUS_TEXT],
+            };
+            // Cut at a character boundary.
+            let mut n = text.len().min(STATUS_TEXT);
+            while !text.is_char_boundary(n) {
+                n -= 1;
+            }
+            v.text[..n].copy_from_slice(&text.as_bytes()[..n]);
+            v.len = n as u32;
+            let k = TlsStatusKey {
+                port: *port,
+                _pad: 0,
+                pid: *pid,
+            };
+            map.insert(k, v, 0)
+                .context("cannot record the TLS status (table full)")?;
+        }
+        Ok(())
+    }
+
+    /// The flags of each watched port (`api_guard_common::ports`).
+    fn port_flags(&self) -> Result<Vec<(u16, u8)>> {
+        let map: Array<&MapData, u8> = Array::try_from(self.map(names::PORTS)?)?;
+        let mut out = Vec::new();
+        for port in 1..names::PORT_SLOTS {
+            let f = map.get(&port, 0)?;
+            if f != 0 {
+                out.push((port as u16, f));
+            }
+        }
+        Ok(out)
+    }
+
     fn sum_per_cpu<const N: usize>(&self, name: &str, totals: &mut [u64; N]) -> Result<()> {
         // One entry per map: a block of N counters per CPU.
         let map: PerCpuArray<&MapData, [u64; N]> = PerCpuArray::try_from(self.map(name)?)?;

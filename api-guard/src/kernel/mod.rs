@@ -15,10 +15,12 @@
 //! - `ring`: the sample ring buffer's records;
 //! - `heartbeat`: the thread that tells the kernel the daemon lives;
 //! - `sys`: raw bpf(2) calls aya 0.14 lacks;
-//! - `usage`: the client map's identity, for the fleet sync.
+//! - `usage`: the client map's identity, for the fleet sync;
+//! - `btf`: struct field offsets from the kernel's BTF (for the TLS programs).
 
 pub mod adopt;
 pub mod attach;
+pub mod btf;
 pub mod heartbeat;
 pub mod layout;
 pub mod loader;

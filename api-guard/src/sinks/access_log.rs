@@ -89,6 +89,12 @@ pub struct AccessRecord<'a> {
     pub head: &'static str,
     #[serde(rename = "api_guard.payload.size")]
     pub payload_size: u32,
+    /// "https" for a head decrypted by the libssl uprobes, else "http".
+    #[serde(rename = "url.scheme")]
+    pub scheme: &'static str,
+    /// Where it was seen: "tc_ingress" (packets) or "tls_uprobe" (plaintext).
+    #[serde(rename = "api_guard.source")]
+    pub source: &'static str,
 }
 
 impl<'a> AccessRecord<'a> {
@@ -99,6 +105,7 @@ impl<'a> AccessRecord<'a> {
         timestamp: humantime::Rfc3339Timestamp,
         interface: Option<&'a str>,
         auth_missing: bool,
+        tls: bool,
     ) -> Self {
         AccessRecord {
             timestamp,
@@ -130,6 +137,8 @@ impl<'a> AccessRecord<'a> {
                 Completeness::Truncated => "truncated",
             },
             payload_size: sample.payload_len,
+            scheme: if tls { "https" } else { "http" },
+            source: if tls { "tls_uprobe" } else { "tc_ingress" },
         }
     }
 }

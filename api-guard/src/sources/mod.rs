@@ -8,6 +8,7 @@
 pub mod record;
 pub mod ring;
 pub mod tc_ingress;
+pub mod tls;
 
 use api_guard_common::sample::{SampleHeader, Source as KernelSource};
 
@@ -52,6 +53,8 @@ const _: () = assert!(SourceId::TC_INGRESS.0 >> 8 == Family::Ingress as u16);
 pub enum Event {
     /// A request start on ingress, with the head bytes captured.
     Request(RequestSample),
+    /// A request start in TLS plaintext (libssl uprobes), with its head.
+    TlsRequest(RequestSample),
 }
 
 /// A ring record that is not an event.
@@ -92,7 +95,7 @@ impl Sources {
 
     /// The kernel producers this build loads.
     pub fn kernel() -> Self {
-        Self::new(vec![Box::new(TcIngress)])
+        Self::new(vec![Box::new(TcIngress), Box::new(tls::TlsRead)])
     }
 
     /// Decodes one ring record.
@@ -128,13 +131,13 @@ mod tests {
             sources.decode(&record[..10]),
             Err(DecodeError::Short { len: 10 })
         );
-        hdr.source = 0x0201;
+        hdr.source = 0x02ff;
         hdr.captured = 0;
         let record = hdr.as_bytes().to_vec();
         let err = sources.decode(&record).unwrap_err();
-        assert_eq!(err, DecodeError::UnknownSource(0x0201));
+        assert_eq!(err, DecodeError::UnknownSource(0x02ff));
         assert_eq!(err.kind(), "unknown_source");
-        assert_eq!(SourceId(0x0201).family(), Some(Family::Tls));
+        assert_eq!(SourceId(0x02ff).family(), Some(Family::Tls));
         assert_eq!(SourceId::TC_INGRESS.family(), Some(Family::Ingress));
     }
 }

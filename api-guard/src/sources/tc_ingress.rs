@@ -51,6 +51,6 @@ impl Source for TcIngress {
     }
 }
 
-fn address(bytes: [u8; 16]) -> IpAddr {
+pub(super) fn address(bytes: [u8; 16]) -> IpAddr {
     Ipv6Addr::from(bytes).to_canonical()
 }

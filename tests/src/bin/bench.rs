@@ -42,6 +42,9 @@ use api_guard_tests::{
 };
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 
+#[path = "bench/k6.rs"]
+mod k6;
+
 /// Runs per figure.
 const RUNS: usize = 5;
 
@@ -116,7 +119,7 @@ fn options() -> Result<Options> {
                         .collect(),
                 )
             }
-            other => bail!("unknown argument {other:?} (--quick, --out PATH, --only K1,K2,...,K6)"),
+            other => bail!("unknown argument {other:?} (--quick, --out PATH, --only K1,K2,...,K7)"),
         }
     }
     Ok(o)
@@ -154,7 +157,10 @@ fn main() -> Result<()> {
         sections.push(k5(&o, &rss_kb)?);
     }
     if wanted("K6") {
-        sections.push(k6(&o)?);
+        sections.push(k6::k6(&o)?);
+    }
+    if wanted("K7") {
+        sections.push(k7(&o)?);
     }
     let report = render(&o, &sections)?;
     print!("{report}");
@@ -1208,7 +1214,7 @@ fn k5(o: &Options, rss_kb: &[f64]) -> Result<Section> {
 
 // ------------------------------------------------------------ report ----------
 
-// ---------------------------------------------------------------- K6 ----------
+// ---------------------------------------------------------------- K7 ----------
 
 /// CPU seconds (user + system) of this process's thread named `name`.
 fn thread_cpu_secs(name: &str) -> f64 {
@@ -1366,7 +1372,7 @@ fn fleet_run(
     ))
 }
 
-fn k6(o: &Options) -> Result<Section> {
+fn k7(o: &Options) -> Result<Section> {
     let sizes: &[usize] = if o.quick {
         &[10_000]
     } else {
@@ -1424,7 +1430,7 @@ fn k6(o: &Options) -> Result<Section> {
         "Each run loads the real kernel program with its own maps, makes every client send one more request per round (BPF_PROG_TEST_RUN), and lets the real fleet thread sync with a real redis-server in a namespace. Costs are per synced client (a client whose count moved since the last sync), so the per-second figures assume every client active every 250 ms sync, the worst case; the cores follow from them. The overshoot against the README's formula is measured by `tests/tests/e2e_fleet.rs` (three hosts, nginx's access logs as the judge), not here.".into(),
     );
     Ok(Section {
-        title: "K6. Fleet sync cost per host".into(),
+        title: "K7. Fleet sync cost per host".into(),
         about: "What `--fleet` costs one host per synced client: the fleet thread's CPU (client map walk, pipeline) and Redis's commands and CPU (the Lua scripts' HGET, HSET, INCRBY, PEXPIRE).".into(),
         rows,
         notes,

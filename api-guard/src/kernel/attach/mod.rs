@@ -7,6 +7,7 @@
 
 mod sockops;
 mod tc_ingress;
+mod uprobe;
 
 use std::{
     os::fd::AsFd as _,

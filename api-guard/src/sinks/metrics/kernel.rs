@@ -8,6 +8,7 @@ use anyhow::Result;
 use api_guard_common::{
     counters::{Event, KINDS, Kind, VERDICTS},
     maps::{self as names, NETWORK_SLOTS},
+    tls::{self, TlsEvent},
 };
 use prometheus::{
     IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -45,6 +46,17 @@ const STREAM_EVENTS: [(Event, &str, &str); 4] = [
     ),
 ];
 
+/// The TLS programs' events, by label (`api_guard_tls_events_total`).
+const TLS_EVENTS: [(TlsEvent, &str); 7] = [
+    (TlsEvent::Reads, "reads"),
+    (TlsEvent::FromCache, "from_cache"),
+    (TlsEvent::Unattributed, "unattributed"),
+    (TlsEvent::ReadFailed, "read_failed"),
+    (TlsEvent::H2Streams, "h2_connections"),
+    (TlsEvent::Verdicts, "verdicts"),
+    (TlsEvent::Writes, "writes"),
+];
+
 /// Reads the kernel's counters and maps when Prometheus scrapes.
 pub struct KernelCollector {
     /// Held for a whole scrape: two scrapes never interleave their refreshes.
@@ -56,6 +68,8 @@ pub struct KernelCollector {
     refused: IntCounter,
     /// The stream stage's and the penalty table's event counters.
     stream_events: Vec<(Event, IntCounter)>,
+    /// The TLS programs' events.
+    tls_events: IntCounterVec,
     evicted: IntCounter,
     tracked: IntGauge,
     blocked: IntGauge,
@@ -65,11 +79,12 @@ pub struct KernelCollector {
 
 impl KernelCollector {
     /// The maps a scrape reads.
-    pub const MAPS: [&'static str; 4] = [
+    pub const MAPS: [&'static str; 5] = [
         names::COUNTERS,
         names::EVENTS,
         names::CLIENTS,
         names::BLOCKS,
+        tls::TLS_EVENTS,
     ];
 
     pub fn new(maps: MapSet, max_clients: u32) -> Result<Self> {
@@ -101,6 +116,13 @@ impl KernelCollector {
             .iter()
             .map(|&(e, name, help)| Ok((e, IntCounter::new(name, help)?)))
             .collect::<Result<Vec<_>>>()?;
+        let tls_events = IntCounterVec::new(
+            Opts::new(
+                "api_guard_tls_events_total",
+                "TLS plaintext events of the libssl uprobes: reads accounted, reads tied to their connection by the SSL* cache, reads whose connection is unknown (not counted), plaintext that could not be read, HTTP/2 connections (requests not parsed), over-limit verdicts sent to the packet path, writes tied to their connection",
+            ),
+            &["event"],
+        )?;
         let tracked = IntGauge::new(
             "api_guard_tracked_clients",
             "Clients in the kernel's client map",
@@ -127,6 +149,7 @@ impl KernelCollector {
             descs.extend(g.desc().into_iter().cloned());
         }
         descs.extend(capacity.desc().into_iter().cloned());
+        descs.extend(tls_events.desc().into_iter().cloned());
         Ok(Self {
             maps: Mutex::new(maps),
             max_clients,
@@ -136,6 +159,7 @@ impl KernelCollector {
             evicted,
             refused,
             stream_events,
+            tls_events,
             tracked,
             blocked,
             capacity,
@@ -157,6 +181,13 @@ impl KernelCollector {
         set_counter(&self.refused, dp.event(Event::ClientsRefused)?);
         for (e, c) in &self.stream_events {
             set_counter(c, dp.event(*e)?);
+        }
+        let tls = dp.tls_events()?;
+        for (e, label) in TLS_EVENTS {
+            set_counter(
+                &self.tls_events.with_label_values(&[label]),
+                tls[e as usize],
+            );
         }
         let now = monotonic_ns();
         // Counted as the map is walked: nothing of a million clients is kept.
@@ -227,6 +258,7 @@ impl Collector for KernelCollector {
             out.extend(g.collect());
         }
         out.extend(self.capacity.collect());
+        out.extend(self.tls_events.collect());
         out
     }
 }

@@ -1,0 +1,655 @@
+//! TLS plaintext: uprobes on libssl's `SSL_read`/`SSL_read_ex` (and
+//! `SSL_write`/`SSL_write_ex` for attribution) in the processes that serve
+//! watched ports. The entry keeps the call's `SSL*` and buffer per thread; a
+//! `tcp_recvmsg` kprobe on the same thread during the call names the socket;
+//! the return reads the plaintext, counts its request starts with the TC path's
+//! framing (`api_guard_common::stream`), and charges the same client state and
+//! buckets (`count`, `enforce`). A request over the limit cannot be unread: its
+//! verdict goes to `TLS_VERDICTS`, which the TC judge acts on at the
+//! connection's next packet ([`packet`]).
+
+use core::ffi::c_void;
+
+use api_guard_common::{
+    client::ClientKey,
+    conn::ConnKey,
+    counters::{Event, Verdict},
+    ports,
+    sample::{HEADER_LEN, MAX_CAPTURE, SAMPLE_IPV6, SampleBuf},
+    stream::{Framing, MODE_BODY, MODE_OPAQUE},
+    tls::{
+        AF_INET, AF_INET6, CALL_READ, CALL_SLOTS, CALL_WRITE, ConnVerdict, PID_SLOTS,
+        SOURCE_TLS_READ, SSL_SLOTS, STATUS_SLOTS, STREAM_H2, SockOffsets, SslKey, TLS_EVENT_SLOTS,
+        TlsCall, TlsEvent, TlsStatus, TlsStatusKey, TlsStream, VERDICT_SLOTS,
+    },
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel,
+        generated::bpf_probe_read_user,
+    },
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{ProbeContext, RetProbeContext, TcContext},
+};
+
+use crate::{
+    clock::Clock,
+    count::{self, Seen},
+    enforce,
+    maps::{CONFIG, CONNS, PORTS, SAMPLE_SCRATCH, SAMPLES},
+    parse::{TCP_SYN, TcpPacket},
+    sample,
+};
+
+/// Processes whose SSL calls are followed (tgid → 1), filled by the daemon.
+#[map(name = "TLS_PIDS")]
+static TLS_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(PID_SLOTS, 0);
+
+/// SSL calls in progress, by pid_tgid (LRU: a thread that dies mid-call must
+/// not hold a slot for ever).
+#[map(name = "TLS_CALLS")]
+static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(CALL_SLOTS, 0);
+
+/// (tgid, SSL*) → its connection, for plaintext returned from libssl's buffer
+/// without a `tcp_recvmsg` during the call.
+#[map(name = "TLS_SSL_CONNS")]
+static TLS_SSL_CONNS: LruHashMap<SslKey, ConnKey> = LruHashMap::with_max_entries(SSL_SLOTS, 0);
+
+/// `SSL*`s whose handshake this program saw (`SSL_do_handshake`): their first
+/// plaintext is the stream's first byte.
+#[map(name = "TLS_FRESH")]
+static TLS_FRESH: LruHashMap<SslKey, u8> = LruHashMap::with_max_entries(SSL_SLOTS, 0);
+
+/// Where the request parser stands in each TLS connection's plaintext.
+#[map(name = "TLS_STREAMS")]
+static TLS_STREAMS: LruHashMap<ConnKey, TlsStream> = LruHashMap::with_max_entries(SSL_SLOTS, 0);
+
+/// Connections with an over-limit request: the TC judge drops or resets their
+/// next packets.
+#[map(name = "TLS_VERDICTS")]
+static TLS_VERDICTS: LruHashMap<ConnKey, ConnVerdict> =
+    LruHashMap::with_max_entries(VERDICT_SLOTS, 0);
+
+/// Field offsets of `struct sock`, from the kernel's BTF (written by the daemon).
+#[map(name = "TLS_OFFSETS")]
+static TLS_OFFSETS: Array<SockOffsets> = Array::with_max_entries(1, 0);
+
+#[map(name = "TLS_EVENTS")]
+static TLS_EVENTS: PerCpuArray<[u64; TLS_EVENT_SLOTS as usize]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// What the daemon found per (port, process), for `api-guard status`: written
+/// by the daemon, pinned, never read here.
+#[map(name = "TLS_STATUS")]
+static TLS_STATUS: HashMap<TlsStatusKey, TlsStatus> = HashMap::with_max_entries(STATUS_SLOTS, 0);
+
+/// Per-CPU space of the uprobe programs: the connection key and the scan.
+#[map(name = "TLS_SCRATCH")]
+static TLS_SCRATCH: PerCpuArray<TlsScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU space of the TC judge's TLS step (a map of its own: a packet's
+/// softirq can interrupt a uprobe program on the same CPU).
+#[map(name = "TLS_TC_KEY")]
+static TLS_TC_KEY: PerCpuArray<ConnKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// `first` when no request starts in the plaintext.
+const NO_START: u32 = u32::MAX;
+/// Plaintext bytes scanned per return at most (`SSL_read` returns at most a
+/// record, 16 KiB; `SSL_read_ex` with a large buffer may return more). Past
+/// it, the stream errs high: one more start, and untrusted from there.
+const MAX_SCAN: u32 = 1 << 20;
+
+#[repr(C)]
+pub struct TlsScratch {
+    key: ConnKey,
+    stream: TlsStream,
+    cur: Cursor,
+    word: [u8; 8],
+}
+
+#[repr(C)]
+struct Cursor {
+    /// The plaintext in the process's memory.
+    buf: u64,
+    pos: u32,
+    end: u32,
+    starts: u32,
+    first: u32,
+    word_at: u32,
+    /// Bytes of `word` that are valid.
+    word_len: u32,
+}
+
+#[inline(always)]
+fn event(e: TlsEvent) {
+    if let Some(block) = TLS_EVENTS.get_ptr_mut(0) {
+        // SAFETY: this CPU's block; the index is in range by type.
+        unsafe { (*block)[e as usize] += 1 };
+    }
+}
+
+/// Entry of `SSL_read`/`SSL_read_ex` (`SSL *ssl, void *buf, int/size_t num,
+/// size_t *readbytes`) or of `SSL_write`/`SSL_write_ex` (`kind`).
+#[inline(always)]
+pub fn enter(ctx: &ProbeContext, kind: u32) {
+    let id = bpf_get_current_pid_tgid();
+    if TLS_PIDS.get_ptr(&((id >> 32) as u32)).is_none() {
+        return;
+    }
+    let call = TlsCall {
+        ssl: ctx.arg::<u64>(0).unwrap_or(0),
+        buf: ctx.arg::<u64>(1).unwrap_or(0),
+        readbytes: ctx.arg::<u64>(3).unwrap_or(0),
+        sock: 0,
+        kind,
+        _pad: 0,
+    };
+    let _ = TLS_CALLS.insert(&id, &call, 0);
+}
+
+/// Entry of `SSL_do_handshake` (`SSL *ssl`): a connection whose plaintext
+/// will be seen from its first byte.
+#[inline(always)]
+pub fn handshake(ctx: &ProbeContext) {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if TLS_PIDS.get_ptr(&tgid).is_none() {
+        return;
+    }
+    let key = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: ctx.arg::<u64>(0).unwrap_or(0),
+    };
+    let _ = TLS_FRESH.insert(&key, &1, 0);
+}
+
+/// `tcp_recvmsg`/`tcp_sendmsg` (`struct sock *sk, ...`): the socket of the SSL
+/// call this thread is in, if any.
+#[inline(always)]
+pub fn saw_sock(sk: u64, kind: u32) {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = TLS_CALLS.get_ptr_mut(&id) else {
+        return;
+    };
+    // SAFETY: a live map value of this thread's call.
+    let call = unsafe { &mut *call };
+    if call.kind == kind && call.sock == 0 {
+        call.sock = sk;
+    }
+}
+
+/// Return of `SSL_read` (`ex` false: the return value is the byte count) or
+/// `SSL_read_ex` (1 on success, the count in `*readbytes`).
+#[inline(always)]
+pub fn read_return(ctx: &RetProbeContext, ex: bool) {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: a live map value, copied out at once.
+    let Some(call) = TLS_CALLS.get_ptr(&id).map(|c| unsafe { *c }) else {
+        return;
+    };
+    let _ = TLS_CALLS.remove(&id);
+    if call.kind != CALL_READ {
+        return;
+    }
+    let ret: i64 = ctx.ret::<i32>() as i64;
+    let n: u64 = if ex {
+        if ret != 1 {
+            return;
+        }
+        // SAFETY: reads the process's `size_t` through the checked helper.
+        match unsafe { aya_ebpf::helpers::bpf_probe_read_user(call.readbytes as *const u64) } {
+            Ok(n) => n,
+            Err(_) => {
+                event(TlsEvent::ReadFailed);
+                return;
+            }
+        }
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        return;
+    };
+    if n == 0 {
+        return;
+    }
+    let Some(sc) = TLS_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch entry, used by this program run.
+    let sc = unsafe { &mut *sc };
+    if attribute(&call, (id >> 32) as u32, &mut sc.key).is_err() {
+        return;
+    }
+    let port = sc.key.server_port;
+    let Some(flags) = PORTS.get_ptr_mut(port as u32) else {
+        return;
+    };
+    // SAFETY: a live array slot.
+    let flags = unsafe { &mut *flags };
+    if *flags & ports::WATCHED == 0 {
+        return;
+    }
+    if *flags & ports::TLS == 0 {
+        // The port serves TLS: the TC path leaves its requests to the uprobes.
+        *flags |= ports::TLS;
+    }
+    event(TlsEvent::Reads);
+    sc.stream = stream_of(
+        &sc.key,
+        &SslKey {
+            tgid: (id >> 32) as u32,
+            _pad: 0,
+            ssl: call.ssl,
+        },
+    );
+    let len = if n > MAX_SCAN as u64 {
+        MAX_SCAN
+    } else {
+        n as u32
+    };
+    if sc.stream.framing == Framing::start() && opens_h2(call.buf, len) {
+        sc.stream.flags |= STREAM_H2;
+        sc.stream.framing.mode = MODE_OPAQUE;
+        event(TlsEvent::H2Streams);
+    }
+    let (starts, first) = if sc.stream.flags & STREAM_H2 != 0 {
+        (0, NO_START)
+    } else {
+        scan(sc, call.buf, len)
+    };
+    let starts = if n > MAX_SCAN as u64 {
+        sc.stream.framing.distrust();
+        starts + 1
+    } else {
+        starts
+    };
+    let _ = TLS_STREAMS.insert(&sc.key, &sc.stream, 0);
+    if starts == 0 {
+        return;
+    }
+    let verdict = charge(&sc.key, starts);
+    if let Some(cfg) = CONFIG.get(0)
+        && sample::chosen(cfg)
+        && first != NO_START
+    {
+        emit(&sc.key, call.buf, first, len, verdict, cfg.capture_bytes);
+    }
+}
+
+/// Return of `SSL_write`/`SSL_write_ex`: ties the `SSL*` to its connection (the
+/// responses work builds on this hook).
+#[inline(always)]
+pub fn write_return() {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: a live map value, copied out at once.
+    let Some(call) = TLS_CALLS.get_ptr(&id).map(|c| unsafe { *c }) else {
+        return;
+    };
+    let _ = TLS_CALLS.remove(&id);
+    if call.kind != CALL_WRITE || call.sock == 0 {
+        return;
+    }
+    let Some(sc) = TLS_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch entry, used by this program run.
+    let sc = unsafe { &mut *sc };
+    if attribute(&call, (id >> 32) as u32, &mut sc.key).is_ok() {
+        event(TlsEvent::Writes);
+    }
+}
+
+/// The connection of the call: the socket seen during it (cached for later
+/// calls), else the cache.
+#[inline(always)]
+fn attribute(call: &TlsCall, tgid: u32, key: &mut ConnKey) -> Result<(), ()> {
+    let ssl = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: call.ssl,
+    };
+    if call.sock != 0 && sock_conn(call.sock, key).is_ok() {
+        let _ = TLS_SSL_CONNS.insert(&ssl, key, 0);
+        return Ok(());
+    }
+    // SAFETY: a live map value, copied out at once.
+    match TLS_SSL_CONNS.get_ptr(&ssl).map(|k| unsafe { *k }) {
+        Some(k) => {
+            *key = k;
+            event(TlsEvent::FromCache);
+            Ok(())
+        }
+        None => {
+            event(TlsEvent::Unattributed);
+            Err(())
+        }
+    }
+}
+
+/// The 4-tuple of a `struct sock *`, read at the offsets the daemon took from
+/// the kernel's BTF. The client is the peer.
+#[inline(always)]
+fn sock_conn(sk: u64, key: &mut ConnKey) -> Result<(), ()> {
+    let off = TLS_OFFSETS.get(0).ok_or(())?;
+    if off.ready == 0 {
+        return Err(());
+    }
+    // SAFETY (all reads below): kernel memory read through the checked helper.
+    let family: u16 =
+        unsafe { bpf_probe_read_kernel((sk + off.family as u64) as *const u16) }.map_err(|_| ())?;
+    match family {
+        AF_INET => {
+            let d: [u8; 4] = unsafe { bpf_probe_read_kernel((sk + off.daddr as u64) as *const _) }
+                .map_err(|_| ())?;
+            let s: [u8; 4] =
+                unsafe { bpf_probe_read_kernel((sk + off.rcv_saddr as u64) as *const _) }
+                    .map_err(|_| ())?;
+            key.client = mapped(d);
+            key.server = mapped(s);
+        }
+        AF_INET6 => {
+            key.client = unsafe { bpf_probe_read_kernel((sk + off.v6_daddr as u64) as *const _) }
+                .map_err(|_| ())?;
+            key.server =
+                unsafe { bpf_probe_read_kernel((sk + off.v6_rcv_saddr as u64) as *const _) }
+                    .map_err(|_| ())?;
+        }
+        _ => return Err(()),
+    }
+    let dport: u16 =
+        unsafe { bpf_probe_read_kernel((sk + off.dport as u64) as *const u16) }.map_err(|_| ())?;
+    let num: u16 =
+        unsafe { bpf_probe_read_kernel((sk + off.num as u64) as *const u16) }.map_err(|_| ())?;
+    key.client_port = u16::from_be(dport);
+    key.server_port = num;
+    key._pad = 0;
+    Ok(())
+}
+
+/// The connection's parser: kept, or new. A stream whose handshake was seen,
+/// or that the TC path saw from its first byte (a trusted start that turned
+/// opaque at the ClientHello), starts at its first request; one picked up
+/// later (the daemon started on open connections, an evicted entry) is
+/// untrusted, erring high.
+#[inline(always)]
+fn stream_of(key: &ConnKey, ssl: &SslKey) -> TlsStream {
+    // SAFETY: live map values, copied out at once.
+    if let Some(s) = TLS_STREAMS.get_ptr(key).map(|s| unsafe { *s }) {
+        return s;
+    }
+    let handshake = TLS_FRESH.get_ptr(ssl).is_some();
+    if handshake {
+        let _ = TLS_FRESH.remove(ssl);
+    }
+    let fresh = handshake
+        || CONNS
+        .get_ptr(key)
+        .map(
+            |c| unsafe { (*c).framing.mode } == MODE_OPAQUE && unsafe { (*c).framing.is_trusted() },
+        )
+        .unwrap_or(false);
+    TlsStream {
+        framing: if fresh {
+            Framing::start()
+        } else {
+            count::event(Event::StreamsUntrusted);
+            Framing::untrusted()
+        },
+        flags: 0,
+        _pad: 0,
+    }
+}
+
+/// Whether the plaintext opens with the HTTP/2 connection preface.
+#[inline(always)]
+fn opens_h2(buf: u64, len: u32) -> bool {
+    if len < 8 {
+        return false;
+    }
+    // SAFETY: reads the process's memory through the checked helper.
+    match unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const [u8; 8]) } {
+        Ok(b) => &b == b"PRI * HT",
+        Err(_) => false,
+    }
+}
+
+/// What the `bpf_loop` callback gets.
+#[repr(C)]
+struct Scan {
+    sc: *mut TlsScratch,
+}
+
+/// Scans `len` plaintext bytes at `buf` with the stream's framing; returns the
+/// request starts and the offset of the first.
+#[inline(always)]
+fn scan(sc: &mut TlsScratch, buf: u64, len: u32) -> (u32, u32) {
+    sc.cur = Cursor {
+        buf,
+        pos: 0,
+        end: len,
+        starts: 0,
+        first: NO_START,
+        word_at: u32::MAX,
+        word_len: 0,
+    };
+    let mut s = Scan { sc };
+    // As in stream.rs: each round parses a byte, skims up to 8, or skips a body.
+    let rounds = len + len / 8 + 4;
+    // SAFETY: the callback gets `s`, which lives on this frame for the whole loop.
+    unsafe { bpf_loop(rounds, scan_round as *mut c_void, (&raw mut s).cast(), 0) };
+    let c = &sc.cur;
+    let mut starts = c.starts;
+    if c.pos < c.end {
+        // A read of the plaintext failed, or the bound was reached: err high.
+        starts += 1;
+        sc.stream.framing.distrust();
+        event(TlsEvent::ReadFailed);
+    }
+    (starts, c.first)
+}
+
+extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Scan` that `scan` passed to bpf_loop.
+    let s = unsafe { &*(ctx as *const Scan) };
+    // SAFETY: this CPU's scratch entry, set by `scan`.
+    let sc = unsafe { &mut *s.sc };
+    let c = &mut sc.cur;
+    let f = &mut sc.stream.framing;
+    if c.pos >= c.end {
+        return 1;
+    }
+    if f.mode == MODE_BODY {
+        let n = f.skip_body((c.end - c.pos) as u64);
+        c.pos += n as u32;
+        return 0;
+    }
+    if c.pos < c.word_at || c.pos - c.word_at >= c.word_len {
+        // The next 8 bytes, or the last few: never before the buffer's start.
+        let left = c.end - c.pos;
+        let n = if left >= 8 { 8 } else { left & 7 };
+        sc.word = [0; 8];
+        // SAFETY: `word` holds 8 bytes and n <= 8.
+        let rc = unsafe {
+            bpf_probe_read_user(
+                sc.word.as_mut_ptr().cast(),
+                n,
+                (c.buf + c.pos as u64) as *const c_void,
+            )
+        };
+        if rc != 0 || n == 0 {
+            return 1;
+        }
+        c.word_at = c.pos;
+        c.word_len = n;
+    }
+    let idx = (c.pos - c.word_at) & 7;
+    let avail = c.word_len - idx;
+    let k = f.skim(u64::from_le_bytes(sc.word) >> (8 * idx), avail);
+    if k > 0 {
+        c.pos += k;
+        return 0;
+    }
+    if f.step(sc.word[idx as usize]) {
+        c.starts += 1;
+        if c.first == NO_START {
+            c.first = c.pos;
+        }
+    }
+    c.pos += 1;
+    0
+}
+
+/// Charges `starts` requests of the connection's client as the TC judge does:
+/// lists, blocks, the request bucket; counts them by verdict; an over-limit
+/// verdict goes to the packet path. Returns the verdict.
+#[inline(always)]
+fn charge(conn: &ConnKey, starts: u32) -> Verdict {
+    let Some(cfg) = CONFIG.get(0) else {
+        return Verdict::Allowed;
+    };
+    let mut clock = Clock::new();
+    let source = ClientKey { addr: conn.client };
+    let ev = Seen {
+        starts,
+        connection: false,
+    };
+    let verdict = match enforce::lists(cfg, &source, &mut clock) {
+        Some(v) => v,
+        None => {
+            let key = source.bucketed(cfg.ipv6_prefix);
+            match count::state(&key, &mut clock) {
+                None => {
+                    count::event(Event::ClientsRefused);
+                    Verdict::Allowed
+                }
+                Some(state) => {
+                    let blocked = enforce::is_blocked(state, &mut clock);
+                    count::client(state, ev, &mut clock);
+                    if blocked {
+                        Verdict::Blocked
+                    } else {
+                        enforce::client(cfg, &key, state, ev, &mut clock).verdict
+                    }
+                }
+            }
+        }
+    };
+    count::requests(starts, verdict);
+    if verdict == Verdict::Allowed {
+        return verdict;
+    }
+    if let Some(why) = enforce::released(cfg, &mut clock) {
+        count::requests(starts, why);
+        return why;
+    }
+    if verdict == Verdict::RateLimited {
+        let _ = TLS_VERDICTS.insert(conn, &(Verdict::RateLimited as u32), 0);
+        event(TlsEvent::Verdicts);
+    }
+    verdict
+}
+
+/// Emits a sample of the plaintext from the first request start.
+#[inline(always)]
+fn emit(key: &ConnKey, buf: u64, first: u32, len: u32, verdict: Verdict, capture: u32) {
+    let Some(b) = SAMPLE_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU scratch entry, used by this program run only.
+    let b: &mut SampleBuf = unsafe { &mut *b };
+    if first >= len {
+        return;
+    }
+    let hdr = &mut b.header;
+    // SAFETY: no preconditions.
+    hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+    hdr.client = key.client;
+    hdr.server = key.server;
+    hdr.flags = if is_mapped(&key.client) {
+        0
+    } else {
+        SAMPLE_IPV6
+    };
+    hdr.client_port = key.client_port;
+    hdr.server_port = key.server_port;
+    hdr.source = SOURCE_TLS_READ;
+    hdr.verdict = verdict as u8;
+    hdr.ifindex = 0;
+    hdr.payload_len = len - first;
+    hdr._pad = 0;
+    let mut n = ((len - first) as usize).min(capture as usize);
+    n &= MAX_CAPTURE * 2 - 1;
+    if n == 0 || n > MAX_CAPTURE {
+        return;
+    }
+    // SAFETY: the destination holds MAX_CAPTURE >= n bytes.
+    let rc = unsafe {
+        bpf_probe_read_user(
+            b.data.as_mut_ptr().cast(),
+            n as u32,
+            (buf + first as u64) as *const c_void,
+        )
+    };
+    if rc != 0 {
+        event(TlsEvent::ReadFailed);
+        return;
+    }
+    b.header.captured = n as u32;
+    // SAFETY: HEADER_LEN + n bytes of the scratch entry are initialised.
+    let bytes = unsafe {
+        core::slice::from_raw_parts((b as *const SampleBuf).cast::<u8>(), HEADER_LEN + n)
+    };
+    if SAMPLES.output::<[u8]>(bytes, 0).is_err() {
+        count::event(Event::SamplesLost);
+        return;
+    }
+    count::event(Event::Sampled);
+}
+
+/// The TC judge's step for a packet to a TLS port: no request counting here
+/// (the uprobes count the plaintext); a SYN opens the connection's stream
+/// fresh; a client's RST forgets it. Returns the verdict the uprobes left for
+/// the connection, if any.
+#[inline(always)]
+pub fn packet(ctx: &TcContext, pkt: &TcpPacket, client: &[u8; 16]) -> Option<Verdict> {
+    let key = TLS_TC_KEY.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch entry, used by this program run only.
+    let key = unsafe { &mut *key };
+    crate::stream::conn_key(ctx, pkt, client, key).ok()?;
+    let key: &ConnKey = key;
+    if pkt.flags & TCP_SYN != 0 {
+        let s = TlsStream {
+            framing: Framing::start(),
+            flags: 0,
+            _pad: 0,
+        };
+        let _ = TLS_STREAMS.insert(key, &s, 0);
+        let _ = TLS_VERDICTS.remove(key);
+        return None;
+    }
+    TLS_VERDICTS.get_ptr(key)?;
+    if pkt.flags & TCP_RST != 0 {
+        // The client gave up the connection: nothing left to stop.
+        let _ = TLS_VERDICTS.remove(key);
+        let _ = TLS_STREAMS.remove(key);
+        return None;
+    }
+    Some(Verdict::RateLimited)
+}
+
+const TCP_RST: u8 = 0x04;
+
+#[inline(always)]
+fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    let [a, b, c, d] = v4;
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+}
+
+#[inline(always)]
+fn is_mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
+}
+
+const _: () = assert!(core::mem::size_of::<Scan>() == 8);

@@ -1,0 +1,365 @@
+//! `--tls auto`: finds the processes listening on the watched ports in this
+//! network namespace (/proc/net/tcp{,6} → socket inode → /proc/PID/fd), their
+//! TLS library (libssl in /proc/PID/maps, or OpenSSL linked into the executable
+//! with its symbols), attaches the uprobes once per library file (device and
+//! inode), and tells the kernel which processes to follow. Rescanned every
+//! second, so new workers, reloads and restarts are covered. What cannot be
+//! followed is named once in the log, and its port keeps connection-level
+//! protection.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use api_guard_common::tls::TlsEvent;
+use tracing::{info, warn};
+
+use crate::kernel::{Datapath, KernelMaps as _, btf::VMLINUX};
+
+/// What was found for one listening process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Its TLS library, followed.
+    Followed { library: PathBuf },
+    /// Why its TLS is not seen.
+    NotSeen { why: String },
+}
+
+pub struct TlsWatch {
+    ports: Vec<u16>,
+    /// Library files attached, by (device, inode).
+    attached: HashSet<(u64, u64)>,
+    /// Library files whose attach failed, with the reason.
+    failed: HashMap<(u64, u64), String>,
+    followed: HashSet<u32>,
+    /// What was last logged per (port, pid).
+    reported: BTreeMap<(u16, u32), Found>,
+    /// Ports whose listeners could not be found in /proc (logged once).
+    hidden: HashSet<u16>,
+    h2_logged: bool,
+}
+
+impl TlsWatch {
+    /// Loads the TLS programs; None (after one log line) where this kernel
+    /// cannot run them: the ports keep connection-level protection.
+    pub fn start(dp: &mut Datapath, ports: &[u16]) -> Option<Self> {
+        if let Err(e) = dp.tls_load(Path::new(VMLINUX)) {
+            warn!(
+                "TLS requests will not be seen (TLS ports keep connection-level protection): {e:#}"
+            );
+            return None;
+        }
+        Some(Self {
+            ports: ports.to_vec(),
+            attached: HashSet::new(),
+            failed: HashMap::new(),
+            followed: HashSet::new(),
+            reported: BTreeMap::new(),
+            hidden: HashSet::new(),
+            h2_logged: false,
+        })
+    }
+
+    /// One scan of the listeners: attaches to new libraries, follows the
+    /// processes, logs what changed.
+    pub fn rescan(&mut self, dp: &mut Datapath) {
+        let listeners = listening_inodes(&self.ports);
+        let serving = processes_holding(&listeners);
+        let mut changed = false;
+        // A port listened on by no process this daemon can see (their /proc
+        // entries need ptrace access: CAP_SYS_PTRACE for other users' and
+        // more privileged processes).
+        for &port in listeners.values() {
+            let seen = serving.values().any(|ports| ports.contains(&port));
+            if !seen && self.hidden.insert(port) {
+                changed = true;
+                warn!(
+                    port,
+                    "TLS: the processes listening on this port cannot be read in /proc (the daemon needs CAP_SYS_PTRACE for other users' processes): its TLS requests are not seen"
+                );
+            } else if seen && self.hidden.remove(&port) {
+                changed = true;
+            }
+        }
+        let mut follow = HashSet::new();
+        for (&pid, ports) in &serving {
+            let found = match tls_library(pid) {
+                Err(why) => Found::NotSeen { why },
+                Ok((library, id)) => {
+                    if !self.attached.contains(&id) && !self.failed.contains_key(&id) {
+                        match dp.tls_attach(&library) {
+                            Ok(()) => {
+                                self.attached.insert(id);
+                            }
+                            Err(e) => {
+                                self.failed.insert(id, format!("{e:#}"));
+                            }
+                        }
+                    }
+                    match self.failed.get(&id) {
+                        Some(e) => Found::NotSeen {
+                            why: format!("uprobes cannot attach: {e}"),
+                        },
+                        None => {
+                            follow.insert(pid);
+                            Found::Followed {
+                                library: display_path(pid, &library),
+                            }
+                        }
+                    }
+                }
+            };
+            for &port in ports {
+                if self.reported.get(&(port, pid)) != Some(&found) {
+                    let comm = comm(pid);
+                    match &found {
+                        Found::Followed { library } => info!(
+                            port, pid, process = %comm, library = %library.display(),
+                            "TLS: following the process's SSL_read/SSL_write"
+                        ),
+                        Found::NotSeen { why } => warn!(
+                            port, pid, process = %comm,
+                            "TLS requests of this process are not seen (connection-level protection only): {why}"
+                        ),
+                    }
+                    self.reported.insert((port, pid), found.clone());
+                    changed = true;
+                }
+            }
+        }
+        let before = self.reported.len();
+        self.reported
+            .retain(|(_, pid), _| serving.contains_key(pid));
+        if self.reported.len() != before || changed {
+            let mut entries: Vec<(u16, u32, bool, String)> = self
+                .reported
+                .iter()
+                .map(|(&(port, pid), found)| match found {
+                    Found::Followed { library } => (
+                        port,
+                        pid,
+                        true,
+                        format!("{} ({})", library.display(), comm(pid)),
+                    ),
+                    Found::NotSeen { why } => {
+                        (port, pid, false, format!("{} ({})", why, comm(pid)))
+                    }
+                })
+                .collect();
+            for &port in &self.hidden {
+                entries.push((
+                    port,
+                    0,
+                    false,
+                    "its listening processes cannot be read in /proc (CAP_SYS_PTRACE)".into(),
+                ));
+            }
+            if let Err(e) = dp.set_tls_status(&entries) {
+                warn!("cannot record the TLS status for `api-guard status`: {e:#}");
+            }
+        }
+        if follow != self.followed {
+            match dp.tls_follow(&follow) {
+                Ok(()) => self.followed = follow,
+                Err(e) => warn!("cannot update the processes TLS follows: {e:#}"),
+            }
+        }
+        if !self.h2_logged
+            && dp
+                .tls_events()
+                .is_ok_and(|e| e[TlsEvent::H2Streams as usize] > 0)
+        {
+            self.h2_logged = true;
+            info!(
+                "HTTP/2 inside TLS seen: its connections are counted, its requests are not parsed yet"
+            );
+        }
+    }
+}
+
+/// Socket inodes listening on `ports` in this network namespace, with their port.
+fn listening_inodes(ports: &[u16]) -> HashMap<u64, u16> {
+    let mut found = HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let Some(port) = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+            else {
+                continue;
+            };
+            if ports.contains(&port)
+                && let Ok(inode) = f[9].parse::<u64>()
+                && inode != 0
+            {
+                found.insert(inode, port);
+            }
+        }
+    }
+    found
+}
+
+/// Processes holding one of the sockets, with the ports they serve.
+fn processes_holding(sockets: &HashMap<u64, u16>) -> BTreeMap<u32, Vec<u16>> {
+    let mut found: BTreeMap<u32, Vec<u16>> = BTreeMap::new();
+    if sockets.is_empty() {
+        return found;
+    }
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(link) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(inode) = link
+                .to_str()
+                .and_then(|l| l.strip_prefix("socket:["))
+                .and_then(|l| l.strip_suffix(']'))
+                .and_then(|l| l.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if let Some(&port) = sockets.get(&inode) {
+                let ports = found.entry(pid).or_default();
+                if !ports.contains(&port) {
+                    ports.push(port);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The file to attach to for `pid` (as this daemon reaches it) and its
+/// (device, inode); or why there is none.
+fn tls_library(pid: u32) -> Result<(PathBuf, (u64, u64)), String> {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_err(|e| format!("cannot read /proc/{pid}/maps: {e}"))?;
+    let lib = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libssl.so"))
+        });
+    let target = match lib {
+        Some(path) => root.join(path.trim_start_matches('/')),
+        None => {
+            let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+            match executable_tls(&exe) {
+                ExeTls::OpenSsl => exe,
+                ExeTls::Go => {
+                    return Err(
+                        "a Go program (crypto/tls): its TLS functions are not followed".into(),
+                    );
+                }
+                ExeTls::Stripped => {
+                    return Err(
+                        "no libssl in its maps, and its executable is stripped (a static TLS library cannot be found)"
+                            .into(),
+                    );
+                }
+                ExeTls::None => {
+                    return Err(
+                        "no libssl in its maps and no SSL_read in its executable (plaintext, or another TLS library such as BoringSSL without OpenSSL's symbols)"
+                            .into(),
+                    );
+                }
+            }
+        }
+    };
+    let meta =
+        fs::metadata(&target).map_err(|e| format!("cannot open {}: {e}", target.display()))?;
+    Ok((target, (meta.dev(), meta.ino())))
+}
+
+enum ExeTls {
+    OpenSsl,
+    Go,
+    Stripped,
+    None,
+}
+
+/// What the executable's ELF says of its TLS: OpenSSL linked in with its
+/// symbols, a Go program, stripped, or none.
+fn executable_tls(exe: &Path) -> ExeTls {
+    use object::{Object as _, ObjectSymbol as _};
+    let Ok(data) = fs::read(exe) else {
+        return ExeTls::None;
+    };
+    let Ok(file) = object::File::parse(&*data) else {
+        return ExeTls::None;
+    };
+    let has = |name: &str| {
+        file.symbols()
+            .chain(file.dynamic_symbols())
+            .any(|s| s.name() == Ok(name))
+    };
+    if has("SSL_read") {
+        return ExeTls::OpenSsl;
+    }
+    if file.section_by_name(".go.buildinfo").is_some() {
+        return ExeTls::Go;
+    }
+    if file.symbols().next().is_none() {
+        return ExeTls::Stripped;
+    }
+    ExeTls::None
+}
+
+/// The library's path as the process sees it (for the log).
+fn display_path(pid: u32, target: &Path) -> PathBuf {
+    let root = format!("/proc/{pid}/root");
+    match target.strip_prefix(&root) {
+        Ok(rest) => Path::new("/").join(rest),
+        Err(_) => target.to_path_buf(),
+    }
+}
+
+fn comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_test_binary_has_no_tls_library() {
+        // The test binary links no libssl; its own ELF is read.
+        let exe = Path::new("/proc/self/exe");
+        assert!(matches!(
+            executable_tls(exe),
+            ExeTls::None | ExeTls::Stripped
+        ));
+    }
+}

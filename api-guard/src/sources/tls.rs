@@ -1,0 +1,67 @@
+//! Request heads the libssl uprobes sample from decrypted plaintext: the
+//! connection's addresses, the verdict the uprobe charged, and the head.
+//! Records of family `0x02nn`; the same [`RequestSample`] as TC ingress,
+//! marked as TLS so the sinks say `https` and where it was seen.
+
+use api_guard_common::{
+    sample::{SAMPLE_IPV6, SampleHeader},
+    tls::SOURCE_TLS_READ,
+};
+
+use super::{DecodeError, Event, Family, RequestSample, Source, SourceId, tc_ingress::address};
+
+/// `SSL_read`'s return as a source.
+pub struct TlsRead;
+
+impl TlsRead {
+    pub const ID: SourceId = SourceId(SOURCE_TLS_READ);
+}
+
+const _: () = assert!(TlsRead::ID.0 >> 8 == Family::Tls as u16);
+
+impl Source for TlsRead {
+    fn id(&self) -> SourceId {
+        Self::ID
+    }
+
+    fn decode(&self, hdr: &SampleHeader, data: &[u8]) -> Result<Event, DecodeError> {
+        Ok(Event::TlsRequest(RequestSample {
+            ts_ns: hdr.ts_ns,
+            client: address(hdr.client),
+            client_port: hdr.client_port,
+            server: address(hdr.server),
+            server_port: hdr.server_port,
+            ipv6: hdr.flags & SAMPLE_IPV6 != 0,
+            ifindex: hdr.ifindex,
+            verdict: hdr.verdict,
+            payload_len: hdr.payload_len,
+            head: data.to_vec(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::Sources;
+
+    #[test]
+    fn a_tls_record_decodes_to_a_tls_request() {
+        let hdr = SampleHeader {
+            source: SOURCE_TLS_READ,
+            client: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 2],
+            client_port: 40000,
+            server_port: 443,
+            captured: 3,
+            ..Default::default()
+        };
+        let mut record = hdr.as_bytes().to_vec();
+        record.extend(b"GET");
+        let Ok(Event::TlsRequest(r)) = Sources::kernel().decode(&record) else {
+            panic!("not a TLS request");
+        };
+        assert_eq!(r.head, b"GET");
+        assert_eq!(r.client.to_string(), "198.18.0.2");
+        assert_eq!(r.server_port, 443);
+    }
+}

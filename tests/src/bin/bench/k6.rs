@@ -1,0 +1,173 @@
+//! K6: TLS. nginx terminating TLS with the system's libssl, wrk over https,
+//! with and without api-guard following nginx's SSL_read with uprobes; and
+//! the TLS programs' own cost per request from the kernel's BPF run-time
+//! statistics (BPF_ENABLE_STATS, on only while the daemon runs).
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context as _, Result};
+use api_guard_tests::{
+    bpffs::BpfFs,
+    client::{parse_wrk, wrk},
+    daemon::Daemon,
+    netns::Topology,
+    process::wait_until,
+    tls::TlsNginx,
+};
+use aya::programs::loaded_programs;
+
+use super::{Options, RUNS, Row, Section, Stat};
+
+const PORT: u16 = 8443;
+
+/// The TLS programs as the kernel names them (15 characters).
+fn is_tls_program(name: &str) -> bool {
+    name.starts_with("api_guard_ssl") || name.starts_with("api_guard_sock")
+}
+
+/// Run time and run count of every TLS program loaded now, by id.
+fn tls_stats() -> HashMap<u32, (Duration, u64)> {
+    loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter(|p| p.name_as_str().is_some_and(is_tls_program))
+        .map(|p| (p.id(), (p.run_time(), p.run_count())))
+        .collect()
+}
+
+/// "12345 requests in 8.00s" → 12345.
+fn wrk_requests(report: &str) -> Option<u64> {
+    report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in"))
+        .and_then(|(n, _)| n.trim().parse().ok())
+}
+
+pub(super) fn k6(o: &Options) -> Result<Section> {
+    let secs = if o.quick { 2 } else { 8 };
+    let runs = if o.quick { 3 } else { RUNS };
+    let configs: [(&str, Option<&[&str]>); 3] = [
+        ("no api-guard", None),
+        (
+            "api-guard --tls auto, --sample 1.0 (default)",
+            Some(&["--rate", "1000000"]),
+        ),
+        (
+            "api-guard --tls auto, --sample 0.01",
+            Some(&["--rate", "1000000", "--sample", "0.01"]),
+        ),
+    ];
+    let n = configs.len();
+    let mut rps = vec![Vec::new(); n];
+    let mut p99 = vec![Vec::new(); n];
+    let mut rel_rps = vec![Vec::new(); n];
+    let mut rel_p99 = vec![Vec::new(); n];
+    let mut ns_per_request = vec![Vec::new(); n];
+    let mut counted_share = vec![Vec::new(); n];
+    for _ in 0..runs {
+        let mut base = None;
+        for (i, (_, flags)) in configs.iter().enumerate() {
+            let bpffs = BpfFs::mount()?;
+            let topo = Topology::new(1)?;
+            let nginx = TlsNginx::start(&topo.server, PORT)?;
+            let before = tls_stats();
+            let daemon = match flags {
+                Some(flags) => {
+                    let mut args: Vec<String> =
+                        vec!["run".into(), "--port".into(), PORT.to_string()];
+                    for iface in &topo.server_ifaces {
+                        args.extend(["--iface".into(), iface.clone()]);
+                    }
+                    args.extend(["--pin-dir".into(), bpffs.pin_dir().display().to_string()]);
+                    args.extend(["--access-log".into(), "/dev/null".into()]);
+                    args.extend(flags.iter().map(|f| f.to_string()));
+                    let d = Daemon::start(&topo.server, &args)?;
+                    wait_until(
+                        Duration::from_secs(10),
+                        "the daemon to follow nginx",
+                        || Ok(d.stderr().contains("TLS: following")),
+                    )?;
+                    Some(d)
+                }
+                None => None,
+            };
+            // Kernel run-time statistics while this run lasts (the fd turns
+            // them off when it closes).
+            let stats_on = daemon
+                .is_some()
+                .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+                .transpose()
+                .context("cannot turn on BPF run-time statistics")?;
+            let start = tls_stats();
+            let c = &topo.clients[0];
+            let url = format!("https://{}:{PORT}/bench", c.server4);
+            let report = wrk(&c.ns, &url, 50, Duration::from_secs(secs))?;
+            let end = tls_stats();
+            drop(stats_on);
+            let r =
+                parse_wrk(&report).with_context(|| format!("unreadable wrk report:\n{report}"))?;
+            let done = wrk_requests(&report).context("no request count in wrk's report")?;
+            if let Some(d) = daemon {
+                // Only this daemon's programs: those loaded since `before`.
+                let ns: f64 = end
+                    .iter()
+                    .filter(|(id, _)| !before.contains_key(id))
+                    .map(|(id, (t, _))| {
+                        let t0 = start.get(id).map_or(Duration::ZERO, |s| s.0);
+                        (t.saturating_sub(t0)).as_nanos() as f64
+                    })
+                    .sum();
+                ns_per_request[i].push(ns / done.max(1) as f64);
+                let stopped = d.stop()?;
+                let counted = stopped.counter("requests", "allowed")?;
+                counted_share[i].push(counted as f64 / done.max(1) as f64);
+            }
+            drop(nginx);
+            drop(topo);
+            drop(bpffs);
+            let (b_rps, b_p99) = *base.get_or_insert((r.requests_per_sec, r.p99_ms));
+            rps[i].push(r.requests_per_sec);
+            p99[i].push(r.p99_ms);
+            rel_rps[i].push(r.requests_per_sec / b_rps);
+            rel_p99[i].push(r.p99_ms / b_p99);
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, (name, flags)) in configs.iter().enumerate() {
+        let tput = Stat::of(rel_rps[i].clone());
+        let lat = Stat::of(rel_p99[i].clone());
+        let mut figures = vec![
+            ("req/s".into(), Stat::of(rps[i].clone()).show(0)),
+            ("p99 ms".into(), Stat::of(p99[i].clone()).show(3)),
+            ("throughput ×".into(), tput.show(3)),
+            ("p99 ×".into(), lat.show(3)),
+        ];
+        if flags.is_some() {
+            figures.push((
+                "uprobe programs ns/request".into(),
+                Stat::of(ns_per_request[i].clone()).show(0),
+            ));
+            figures.push((
+                "requests counted / completed by wrk".into(),
+                Stat::of(counted_share[i].clone()).show(3),
+            ));
+        }
+        rows.push(Row {
+            case: name.to_string(),
+            figures,
+            target: (i == 1).then(|| {
+                (
+                    "throughput ≥ 0.95×, p99 ≤ 1.10× at the default sampling".to_string(),
+                    tput.median >= 0.95 && lat.median <= 1.10,
+                )
+            }),
+        });
+    }
+    Ok(Section {
+        title: "K6 — TLS requests through libssl uprobes".into(),
+        about: format!(
+            "nginx (master and one worker, TLS with the system's libssl.so.3, ECDSA P-256 certificate) in a server namespace, `wrk -t2 -c50 -d{secs}s --latency` over https from a client namespace, {runs} runs; each run measures the set-ups back to back and the ratios are to the run's own no-api-guard figures. api-guard follows nginx's SSL_read/SSL_write (`--tls auto`) under a limit high enough to admit everything, access log to /dev/null. The uprobe cost is the kernel's run time of the TLS programs (SSL_read/SSL_write entry and return uprobes, the socket tracepoints) from BPF_ENABLE_STATS, divided by the requests wrk completed; it does not include the uprobe trap itself (the kernel's breakpoint and return trampoline), which shows in the throughput ratio. \"Requests counted\" is the daemon's allowed-request counter over wrk's completed requests (wrk's last in-flight requests count at the server but not at wrk)."
+        ),
+        rows,
+        notes: Vec::new(),
+    })
+}
