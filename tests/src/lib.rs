@@ -20,6 +20,7 @@ pub mod prometheus;
 pub mod scenario;
 pub mod systemd;
 pub mod testrun;
+pub mod upstream;
 
 /// Every namespace, directory and process name the harness makes starts with this,
 /// so that `cargo xtask test` can prove nothing outlived the suite.

@@ -31,6 +31,11 @@ fn expected_sizes(name: &str) -> Option<(usize, usize)> {
         names::CONNS => (size_of::<conn::ConnKey>(), size_of::<conn::ConnState>()),
         names::PENALTIES => (size_of::<client::ClientKey>(), size_of::<client::Penalty>()),
         names::OPEN_CONNS => (size_of::<client::ClientKey>(), 8),
+        names::EXCHANGES => (
+            size_of::<conn::ConnKey>(),
+            size_of::<api_guard_common::exchange::Exchange>(),
+        ),
+        names::RESPONSES => (4, size_of::<api_guard_common::exchange::ResponseBlock>()),
         _ => return None,
     })
 }

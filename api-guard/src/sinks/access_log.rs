@@ -89,6 +89,25 @@ pub struct AccessRecord<'a> {
     pub head: &'static str,
     #[serde(rename = "api_guard.payload.size")]
     pub payload_size: u32,
+    /// The route template (`pipeline::routes`).
+    #[serde(rename = "http.route", skip_serializing_if = "Option::is_none")]
+    pub route: Option<&'a str>,
+    #[serde(
+        rename = "http.response.status_code",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub status: Option<u16>,
+    /// Seconds from the request's arrival at ingress to the response's first
+    /// byte at egress.
+    #[serde(
+        rename = "http.server.request.duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub duration: Option<f64>,
+    /// How the response was found: "joined", or why not ("unpaired": the
+    /// kernel could not number the request; "timeout"; "evicted").
+    #[serde(rename = "api_guard.response")]
+    pub response: &'static str,
 }
 
 impl<'a> AccessRecord<'a> {
@@ -130,6 +149,10 @@ impl<'a> AccessRecord<'a> {
                 Completeness::Truncated => "truncated",
             },
             payload_size: sample.payload_len,
+            route: None,
+            status: None,
+            duration: None,
+            response: "unpaired",
         }
     }
 }

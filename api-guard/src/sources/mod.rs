@@ -7,10 +7,12 @@
 
 pub mod record;
 pub mod ring;
+pub mod tc_egress;
 pub mod tc_ingress;
 
 use api_guard_common::sample::{SampleHeader, Source as KernelSource};
 
+pub use tc_egress::{ResponseSample, TcEgress};
 pub use tc_ingress::{RequestSample, TcIngress};
 
 /// Which kernel producer wrote a record (the header's `source` field). The high
@@ -33,6 +35,8 @@ pub enum Family {
 impl SourceId {
     /// Request starts seen by the TC ingress classifier.
     pub const TC_INGRESS: SourceId = SourceId(KernelSource::TcIngress as u16);
+    /// Responses to sampled requests, seen by the TC egress classifier.
+    pub const TC_EGRESS: SourceId = SourceId(KernelSource::TcEgress as u16);
 
     /// The family its high byte names, if any.
     pub const fn family(self) -> Option<Family> {
@@ -46,12 +50,15 @@ impl SourceId {
 }
 
 const _: () = assert!(SourceId::TC_INGRESS.0 >> 8 == Family::Ingress as u16);
+const _: () = assert!(SourceId::TC_EGRESS.0 >> 8 == Family::Egress as u16);
 
 /// One thing the kernel saw, owned: it outlives the ring record it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A request start on ingress, with the head bytes captured.
     Request(RequestSample),
+    /// The response to a sampled request, on egress.
+    Response(ResponseSample),
 }
 
 /// A ring record that is not an event.
@@ -92,7 +99,7 @@ impl Sources {
 
     /// The kernel producers this build loads.
     pub fn kernel() -> Self {
-        Self::new(vec![Box::new(TcIngress)])
+        Self::new(vec![Box::new(TcIngress), Box::new(TcEgress)])
     }
 
     /// Decodes one ring record.
