@@ -5,15 +5,18 @@
 //! view of a module is one file and the user view another.
 #![no_std]
 
+pub mod budget;
 pub mod checksum;
 pub mod client;
 pub mod config;
 pub mod conn;
 pub mod counters;
+pub mod exchange;
 pub mod http;
 pub mod maps;
 pub mod network;
 pub mod ports;
+pub mod response;
 pub mod sample;
 pub mod stream;
 pub mod tls;

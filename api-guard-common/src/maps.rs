@@ -64,3 +64,10 @@ pub const PENALTY_SLOTS: u32 = 16_384;
 pub const OPEN_CONNS: &str = "OPEN_CONNS";
 /// Entries in `OPEN_CONNS`: clients with connections open at once.
 pub const OPEN_CONN_SLOTS: u32 = 65_536;
+/// Per-connection request FIFO and response framing
+/// ([`crate::exchange::Exchange`]), an LRU hash keyed by [`crate::conn::ConnKey`].
+pub const EXCHANGES: &str = "EXCHANGES";
+/// Per-CPU response counters ([`crate::exchange::ResponseBlock`]), an array of one.
+pub const RESPONSES: &str = "RESPONSES";
+/// The per-second sample budget ([`crate::budget::SampleBudget`]), an array of one.
+pub const SAMPLE_BUDGET: &str = "SAMPLE_BUDGET";

@@ -15,7 +15,14 @@ pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 pub enum Source {
     /// A request start seen by the TC ingress classifier.
     TcIngress = 1,
+    /// A response to a sampled request, seen by the TC egress classifier
+    /// (family 0x01: egress); a [`crate::exchange::ResponseRecord`] follows.
+    TcEgress = 0x0101,
 }
+
+/// `SampleHeader::exchange` when the request has no number on its connection
+/// (its request stream is not counted exactly, so no response is paired).
+pub const NO_EXCHANGE: u32 = u32::MAX;
 
 /// `SampleHeader::flags` bits.
 pub const SAMPLE_IPV6: u8 = 1 << 0;
@@ -43,8 +50,9 @@ pub struct SampleHeader {
     pub payload_len: u32,
     /// Payload bytes that follow this header.
     pub captured: u32,
-    /// Explicit padding: the verifier refuses reads of uninitialised bytes.
-    pub _pad: u32,
+    /// The request's number on its connection ([`crate::exchange`]), which
+    /// its response record carries too; [`NO_EXCHANGE`] if none.
+    pub exchange: u32,
 }
 
 pub const HEADER_LEN: usize = core::mem::size_of::<SampleHeader>();

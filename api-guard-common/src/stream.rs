@@ -37,6 +37,12 @@ const REQUEST_LINE: u8 = 1 << 2;
 const CHUNKED: u8 = 1 << 3;
 /// No byte has been seen on this stream yet (for [`MODE_OPAQUE`]).
 const FRESH: u8 = 1 << 4;
+/// A request with `Transfer-Encoding` was seen: its body is scanned as heads, so
+/// the starts after it may count high (sticky; requests are no longer paired
+/// with responses, see `crate::exchange`).
+pub const INEXACT: u8 = 1 << 5;
+/// Flags a new request line keeps.
+const STICKY: u8 = UNTRUSTED | INEXACT;
 
 /// `Framing::name`: what the current header line is matched against.
 const NAME_SKIP: u8 = 0;
@@ -101,6 +107,19 @@ impl Framing {
     #[inline(always)]
     pub const fn is_trusted(&self) -> bool {
         self.flags & UNTRUSTED == 0
+    }
+
+    /// Whether each request start found so far is exactly one request (trusted,
+    /// and no chunked body scanned as heads).
+    #[inline(always)]
+    pub const fn is_exact(&self) -> bool {
+        self.flags & (UNTRUSTED | INEXACT) == 0
+    }
+
+    /// Whether no request has started on this trusted stream yet.
+    #[inline(always)]
+    pub const fn is_fresh(&self) -> bool {
+        self.flags & (FRESH | UNTRUSTED) == FRESH && self.mode == MODE_LINE
     }
 
     /// Marks the framing as untrusted from here on.
@@ -189,7 +208,7 @@ impl Framing {
             self.flags &= !FRESH;
             return false;
         }
-        self.flags = (self.flags & UNTRUSTED) | REQUEST_LINE;
+        self.flags = (self.flags & STICKY) | REQUEST_LINE;
         self.mode = MODE_HEAD;
         self.left = 0;
         self.name = NAME_SKIP;
@@ -266,7 +285,10 @@ impl Framing {
     #[inline(always)]
     fn end_of_head(&mut self) {
         let skip = self.flags & (UNTRUSTED | CHUNKED) == 0 && self.left > 0;
-        self.flags &= UNTRUSTED;
+        if self.flags & CHUNKED != 0 {
+            self.flags |= INEXACT;
+        }
+        self.flags &= STICKY;
         self.name = NAME_SKIP;
         self.pos = 0;
         if skip {
@@ -447,5 +469,17 @@ mod tests {
         let s = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n";
         // Errs high: the chunk lines count, the next request is not hidden.
         assert!(feed(&mut f, s).0 >= 2);
+        assert!(f.is_trusted() && !f.is_exact());
+    }
+
+    #[test]
+    fn a_stream_is_fresh_until_its_first_request_and_exact_until_a_chunked_one() {
+        let mut f = Framing::start();
+        assert!(f.is_fresh() && f.is_exact());
+        feed(&mut f, b"\r\n");
+        assert!(f.is_fresh());
+        feed(&mut f, b"GET / HTTP/1.1\r\n\r\nGET");
+        assert!(!f.is_fresh() && f.is_exact());
+        assert!(!Framing::untrusted().is_fresh() && !Framing::untrusted().is_exact());
     }
 }

@@ -9,10 +9,13 @@
 #![feature(core_intrinsics)]
 
 mod atomic;
+mod budget;
 mod classify;
 mod clock;
 mod count;
+mod egress;
 mod enforce;
+mod exchange;
 mod maps;
 mod parse;
 mod reset;
@@ -75,7 +78,9 @@ pub fn api_guard_sample(mut ctx: TcContext) -> i32 {
     let Some(h) = Handoff::load(&ctx) else {
         return TC_ACT_PIPE;
     };
-    if let Some(cfg) = CONFIG.get(0) {
+    if let Some(cfg) = CONFIG.get(0)
+        && budget::take()
+    {
         let _ = sample::emit(&ctx, &h, cfg.capture_bytes);
     }
     if h.reset {
@@ -148,6 +153,16 @@ pub fn api_guard_sock_recv(ctx: RawTracePointContext) -> i32 {
 pub fn api_guard_sock_send(ctx: RawTracePointContext) -> i32 {
     tls::saw_sock(ctx.arg::<u64>(0), api_guard_common::tls::CALL_WRITE);
     0
+}
+
+/// The server's answers on the same interfaces: response framing, pairing
+/// with requests, status counts (egress.rs). Never drops anything.
+#[classifier]
+pub fn api_guard_egress(ctx: TcContext) -> i32 {
+    if let Ok(pkt) = parse_tcp(&ctx) {
+        egress::run(&ctx, &pkt);
+    }
+    TC_ACT_PIPE
 }
 
 #[sock_ops]

@@ -91,3 +91,23 @@ pub static OPEN_CONNS: HashMap<ClientKey, u64> = HashMap::with_max_entries(OPEN_
 #[map(name = "STREAM_SCRATCH")]
 pub static STREAM_SCRATCH: PerCpuArray<crate::stream::StreamScratch> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// Per-connection request FIFO and response framing (exchange.rs, egress.rs).
+#[map(name = "EXCHANGES")]
+pub static EXCHANGES: LruHashMap<ConnKey, api_guard_common::exchange::Exchange> =
+    LruHashMap::with_max_entries(api_guard_common::exchange::DEFAULT_MAX_EXCHANGES, 0);
+
+/// Response counters, indexed by `api_guard_common::exchange::ResponseCount`.
+#[map(name = "RESPONSES")]
+pub static RESPONSES: PerCpuArray<api_guard_common::exchange::ResponseBlock> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU space for the egress program's connection, snapshot and record.
+#[map(name = "REPLY_SCRATCH")]
+pub static REPLY_SCRATCH: PerCpuArray<crate::egress::ReplyScratch> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// The per-second sample budget (budget.rs), written by the daemon.
+#[map(name = "SAMPLE_BUDGET")]
+pub static SAMPLE_BUDGET: Array<api_guard_common::budget::SampleBudget> =
+    Array::with_max_entries(1, 0);

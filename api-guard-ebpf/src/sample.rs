@@ -6,7 +6,7 @@
 use api_guard_common::{
     config::Config,
     counters::Event,
-    sample::{HEADER_LEN, MAX_CAPTURE, SAMPLE_IPV6, SampleBuf, Source},
+    sample::{HEADER_LEN, MAX_CAPTURE, NO_EXCHANGE, SAMPLE_IPV6, SampleBuf, Source},
 };
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_load_bytes},
@@ -14,8 +14,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    count,
-    maps::{SAMPLE_SCRATCH, SAMPLES},
+    count, exchange,
+    maps::{SAMPLE_SCRATCH, SAMPLES, STREAM_SCRATCH},
     parse::header,
     tail::Handoff,
 };
@@ -66,7 +66,7 @@ pub fn emit(ctx: &TcContext, h: &Handoff, capture_bytes: u32) -> Result<(), ()> 
     // SAFETY: the skb pointer is the program's own context.
     hdr.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     hdr.payload_len = payload_len as u32;
-    hdr._pad = 0;
+    hdr.exchange = if h.drop { NO_EXCHANGE } else { numbered() };
 
     // The capture length, clamped so the verifier sees 1..=MAX_CAPTURE.
     let mut n = payload_len.min(capture_bytes as usize);
@@ -97,6 +97,23 @@ pub fn emit(ctx: &TcContext, h: &Handoff, capture_bytes: u32) -> Result<(), ()> 
     }
     count::event(Event::Sampled);
     Ok(())
+}
+
+/// The number of the sampled request on its connection, marked so that its
+/// response is recorded too; `NO_EXCHANGE` if it has none.
+#[inline(always)]
+fn numbered() -> u32 {
+    let Some(sc) = STREAM_SCRATCH.get_ptr(0) else {
+        return NO_EXCHANGE;
+    };
+    // SAFETY: this CPU's scratch entry, filled by the judge that tail-called us.
+    let sc = unsafe { &*sc };
+    let index = sc.pushed.first_index;
+    if index != NO_EXCHANGE && exchange::mark_sampled(&sc.key, index) {
+        index
+    } else {
+        NO_EXCHANGE
+    }
 }
 
 #[inline(always)]

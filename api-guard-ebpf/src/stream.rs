@@ -23,6 +23,7 @@ use aya_ebpf::{
 
 use crate::{
     count,
+    exchange::{self, Pushed},
     maps::{CONNS, STREAM_SCRATCH},
     parse::{TCP_ACK, TCP_SYN, TcpPacket, header},
 };
@@ -56,7 +57,7 @@ const KEEP_FORGET: u8 = 2;
 /// for the BPF stack beside the rest of the pipeline.
 #[repr(C)]
 pub struct StreamScratch {
-    key: ConnKey,
+    pub key: ConnKey,
     next: ConnState,
     /// The parser and cursor while a scan runs: in map memory, not on the stack,
     /// so the verifier sees their fields as unknown values and the rounds of the
@@ -64,6 +65,12 @@ pub struct StreamScratch {
     framing: Framing,
     cur: Cursor,
     word: [u8; 8],
+    /// The requests of the segment to number for pairing (exchange.rs).
+    pub pushed: Pushed,
+    /// A request start's first bytes, to tell a `HEAD`.
+    method: [u8; 8],
+    /// A new connection's pairing entry, before it is inserted.
+    fresh: api_guard_common::exchange::Exchange,
 }
 
 /// Where a scan stands (payload offsets), and what it found.
@@ -78,6 +85,12 @@ struct Cursor {
     first: u32,
     /// Offset of the word in `StreamScratch::word`.
     word_at: u32,
+    /// Scanning with the connection's own framing: note each start's method.
+    main: u32,
+    /// Bit i: start i is a `HEAD`; a start past 32, or whose method the
+    /// segment cuts, is unknown.
+    heads: u32,
+    unknown: u32,
 }
 
 impl Accounted {
@@ -91,14 +104,22 @@ impl Accounted {
     /// Keeps the parser's new state: the segment was let through.
     #[inline(always)]
     pub fn commit(&self) {
-        if self.keep == KEEP_NOTHING {
-            return;
-        }
-        let Some(sc) = STREAM_SCRATCH.get_ptr(0) else {
+        let Some(sc) = STREAM_SCRATCH.get_ptr_mut(0) else {
             return;
         };
         // SAFETY: this CPU's scratch entry, filled by `account` in this program run.
-        let sc = unsafe { &*sc };
+        let sc = unsafe { &mut *sc };
+        if self.keep == KEEP_NOTHING {
+            // Nothing numbered: the sampler must not read an older packet's number.
+            sc.pushed.first_index = api_guard_common::sample::NO_EXCHANGE;
+            return;
+        }
+        let exact = sc.next.framing.is_exact();
+        exchange::push(&sc.key, &mut sc.pushed, exact, &mut sc.fresh);
+        if sc.pushed.first_off != self.first_off {
+            // The sampler captures from another start (a rescan's).
+            sc.pushed.first_index = api_guard_common::sample::NO_EXCHANGE;
+        }
         if self.keep == KEEP_FORGET {
             let _ = CONNS.remove(&sc.key);
         } else {
@@ -127,14 +148,16 @@ pub fn account(ctx: &TcContext, pkt: &TcpPacket, client: &[u8; 16]) -> Accounted
     };
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let sc = unsafe { &mut *sc };
+    sc.pushed = Pushed::NONE;
     if conn_key(ctx, pkt, client, &mut sc.key).is_err() {
         return Accounted::NOTHING;
     }
     let key = &sc.key;
-    let Ok(th) = header::<8>(ctx, pkt.l4_off) else {
+    let Ok(th) = header::<12>(ctx, pkt.l4_off) else {
         return Accounted::NOTHING;
     };
     let seq = u32::from_be_bytes([th[4], th[5], th[6], th[7]]);
+    sc.pushed.ack = u32::from_be_bytes([th[8], th[9], th[10], th[11]]);
     let len = pkt.payload_len as u32;
     let mut out = Accounted::NOTHING;
 
@@ -156,7 +179,7 @@ pub fn account(ctx: &TcContext, pkt: &TcpPacket, client: &[u8; 16]) -> Accounted
         if len > 0 {
             // Data on the SYN (TCP Fast Open): charged, untrusted.
             state.framing = Framing::untrusted();
-            scan(ctx, pkt, &mut state.framing, 0, len, &mut out);
+            scan(ctx, pkt, &mut state.framing, 0, len, &mut out, false);
             state.next_seq = state.next_seq.wrapping_add(len);
         }
         sc.next = state;
@@ -219,10 +242,11 @@ pub fn account(ctx: &TcContext, pkt: &TcpPacket, client: &[u8; 16]) -> Accounted
         if from < old_end {
             count::event(Event::StreamsUntrusted);
             let mut again = Framing::untrusted();
-            scan(ctx, pkt, &mut again, from, old_end, &mut out);
+            scan(ctx, pkt, &mut again, from, old_end, &mut out, false);
         }
         if old_end < len {
-            scan(ctx, pkt, &mut state.framing, old_end, len, &mut out);
+            sc.pushed.fresh = state.framing.is_fresh() as u32;
+            scan(ctx, pkt, &mut state.framing, old_end, len, &mut out, true);
             state.next_seq = seq.wrapping_add(len);
         }
     } else {
@@ -232,7 +256,8 @@ pub fn account(ctx: &TcContext, pkt: &TcpPacket, client: &[u8; 16]) -> Accounted
             count::event(Event::StreamsUntrusted);
             state.framing = Framing::untrusted();
         }
-        scan(ctx, pkt, &mut state.framing, 0, len, &mut out);
+        sc.pushed.fresh = state.framing.is_fresh() as u32;
+        scan(ctx, pkt, &mut state.framing, 0, len, &mut out, true);
         state.next_seq = seq.wrapping_add(len);
     }
     sc.next = state;
@@ -260,6 +285,7 @@ fn scan(
     from: u32,
     to: u32,
     out: &mut Accounted,
+    main: bool,
 ) {
     let Some(sc) = STREAM_SCRATCH.get_ptr_mut(0) else {
         return;
@@ -274,6 +300,9 @@ fn scan(
         starts: 0,
         first: NO_START,
         word_at: u32::MAX,
+        main: main as u32,
+        heads: 0,
+        unknown: 0,
     };
     let mut s = Scan {
         skb: ctx.skb.skb,
@@ -296,6 +325,12 @@ fn scan(
     out.starts += starts;
     if out.first_off == NO_START {
         out.first_off = c.first;
+    }
+    if main {
+        scr.pushed.starts = starts;
+        scr.pushed.heads = c.heads;
+        scr.pushed.first_off = c.first;
+        scr.pushed.unknown = c.unknown;
     }
 }
 
@@ -347,6 +382,10 @@ extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
     }
     let b = sc.word[idx as usize];
     if sc.framing.step(b) {
+        if c.main != 0 && b == b'H' {
+            // A HEAD's response has no body: egress must know to frame it.
+            note_head(s.skb, c, &mut sc.method);
+        }
         c.starts += 1;
         if c.first == NO_START {
             c.first = c.pos;
@@ -354,6 +393,29 @@ extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
     }
     c.pos += 1;
     0
+}
+
+/// Notes whether the request starting at `c.pos` (with an `H`) is a `HEAD`.
+#[inline(always)]
+fn note_head(skb: *mut __sk_buff, c: &mut Cursor, method: &mut [u8; 8]) {
+    if c.starts >= 32 || c.end - c.pos < 5 {
+        c.unknown = 1;
+        return;
+    }
+    // SAFETY: `method` holds 8 >= 5 bytes; the skb pointer is the program's context.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            skb as *const c_void,
+            c.base.wrapping_add(c.pos),
+            method.as_mut_ptr().cast(),
+            5,
+        )
+    };
+    if rc != 0 {
+        c.unknown = 1;
+    } else if method[..5] == *b"HEAD " {
+        c.heads |= 1 << c.starts;
+    }
 }
 
 /// The connection's key: client and server address and port.

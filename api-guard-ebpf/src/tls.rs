@@ -273,6 +273,7 @@ pub fn read_return(ctx: &RetProbeContext, ex: bool) {
     if let Some(cfg) = CONFIG.get(0)
         && sample::chosen(cfg)
         && first != NO_START
+        && crate::budget::take()
     {
         emit(&sc.key, call.buf, first, len, verdict, cfg.capture_bytes);
     }
@@ -578,7 +579,8 @@ fn emit(key: &ConnKey, buf: u64, first: u32, len: u32, verdict: Verdict, capture
     hdr.verdict = verdict as u8;
     hdr.ifindex = 0;
     hdr.payload_len = len - first;
-    hdr._pad = 0;
+    // TLS responses are not paired yet (SSL_write): no number to join on.
+    hdr.exchange = api_guard_common::sample::NO_EXCHANGE;
     let mut n = ((len - first) as usize).min(capture as usize);
     n &= MAX_CAPTURE * 2 - 1;
     if n == 0 || n > MAX_CAPTURE {

@@ -63,6 +63,13 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
         }
         if word.starts_with("api_guard_") || word == "up" {
             names.insert(word.clone());
+        } else if word.starts_with("http_server_") {
+            // OpenTelemetry-named histograms: the family, not its series.
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .unwrap_or(&word);
+            names.insert(family.to_string());
         }
         word.clear();
         if c == '"' {

@@ -23,6 +23,7 @@ pub mod scenario;
 pub mod systemd;
 pub mod testrun;
 pub mod tls;
+pub mod upstream;
 
 /// Every namespace, directory and process name the harness makes starts with this,
 /// so that `cargo xtask test` can prove nothing outlived the suite.

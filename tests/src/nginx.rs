@@ -46,9 +46,24 @@ impl Nginx {
     /// nginx with `limit_req` per client address: `rate` requests a second with
     /// bursts of `burst`, answered 429 beyond (the usual proxy-side limiter).
     pub fn start_with(ns: &Netns, ports: &[u16], limit_req: Option<(u32, u32)>) -> Result<Self> {
+        Self::start_conf(ns, ports, limit_req, None)
+    }
+
+    /// nginx whose server block has `locations` (nginx `location` blocks)
+    /// instead of the harness's answer-200-to-everything one.
+    pub fn start_locations(ns: &Netns, ports: &[u16], locations: &str) -> Result<Self> {
+        Self::start_conf(ns, ports, None, Some(locations))
+    }
+
+    fn start_conf(
+        ns: &Netns,
+        ports: &[u16],
+        limit_req: Option<(u32, u32)>,
+        locations: Option<&str>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
         let conf = dir.path().join("nginx.conf");
-        fs::write(&conf, config(dir.path(), ports, limit_req))?;
+        fs::write(&conf, config(dir.path(), ports, limit_req, locations))?;
         fs::create_dir_all(dir.path().join("www"))?;
         fs::write(dir.path().join("www/ok.txt"), "ok\n")?;
         let cgroup = TestCgroup::new("nginx")?;
@@ -87,8 +102,15 @@ impl Nginx {
         self.cgroup.path()
     }
 
-    fn error_log(&self) -> String {
+    /// nginx's error log so far (for a failing test's message).
+    pub fn error_log(&self) -> String {
         fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    /// Every request nginx has logged so far, with its timing (`timed.log`).
+    pub fn timed_log(&self) -> Result<Vec<TimedLine>> {
+        let text = fs::read_to_string(self.dir.path().join("timed.log")).unwrap_or_default();
+        text.lines().map(parse_timed_line).collect()
     }
 
     /// Every request nginx has logged so far.
@@ -112,7 +134,12 @@ fn nginx_binary() -> String {
         .to_string()
 }
 
-fn config(dir: &Path, ports: &[u16], limit_req: Option<(u32, u32)>) -> String {
+fn config(
+    dir: &Path,
+    ports: &[u16],
+    limit_req: Option<(u32, u32)>,
+    locations: Option<&str>,
+) -> String {
     let d = dir.display();
     let (zone, limit) = match limit_req {
         Some((rate, burst)) => (
@@ -128,6 +155,17 @@ fn config(dir: &Path, ports: &[u16], limit_req: Option<(u32, u32)>) -> String {
         .map(|p| format!("        listen {p};\n        listen [::]:{p};\n"))
         .collect();
     let temp = |name: &str| -> PathBuf { dir.join(name) };
+    let default_location = format!(
+        r#"        location / {{
+{limit}            default_type text/plain;
+            # A file, not "return": return answers in the rewrite phase, before
+            # limit_req (preaccess) would ever run.
+            root {d}/www;
+            try_files /ok.txt =404;
+        }}
+"#
+    );
+    let locations = locations.unwrap_or(&default_location);
     format!(
         r#"# Written by the api-guard test harness.
 daemon off;
@@ -139,6 +177,8 @@ events {{ worker_connections 1024; }}
 http {{
     log_format harness '$remote_addr $server_port $request_method $request_uri $status';
     access_log {d}/access.log harness;
+    log_format timed '$remote_addr $remote_port $request_method $request_uri $status $request_time $connection $connection_requests';
+    access_log {d}/timed.log timed;
     client_body_temp_path {body};
     proxy_temp_path {proxy};
     fastcgi_temp_path {fastcgi};
@@ -146,14 +186,7 @@ http {{
     scgi_temp_path {scgi};
     keepalive_requests 100000;
 {zone}    server {{
-{listens}        location / {{
-{limit}            default_type text/plain;
-            # A file, not "return": return answers in the rewrite phase, before
-            # limit_req (preaccess) would ever run.
-            root {d}/www;
-            try_files /ok.txt =404;
-        }}
-    }}
+{listens}{locations}    }}
 }}
 "#,
         body = temp("body").display(),
@@ -175,5 +208,40 @@ pub(crate) fn parse_access_line(line: &str) -> Result<AccessLine> {
         method: method.to_string(),
         uri: uri.to_string(),
         status: status.parse()?,
+    })
+}
+
+/// One line of nginx's timed log: the request, its status and nginx's own
+/// `$request_time` (first request byte read to the log write, in ms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedLine {
+    pub client: String,
+    pub client_port: u16,
+    pub method: String,
+    pub uri: String,
+    pub status: u16,
+    pub request_time_ms: u64,
+    /// nginx's connection serial number, and the request's number on it (from 1).
+    pub connection: u64,
+    pub connection_requests: u64,
+}
+
+fn parse_timed_line(line: &str) -> Result<TimedLine> {
+    let f: Vec<&str> = line.split(' ').collect();
+    let [client, port, method, uri, status, time, conn, conn_req] = f[..] else {
+        anyhow::bail!("unexpected timed log line {line:?}");
+    };
+    let (secs, millis) = time
+        .split_once('.')
+        .with_context(|| format!("request time {time:?}"))?;
+    Ok(TimedLine {
+        client: client.to_string(),
+        client_port: port.parse()?,
+        method: method.to_string(),
+        uri: uri.to_string(),
+        status: status.parse()?,
+        request_time_ms: secs.parse::<u64>()? * 1000 + millis.parse::<u64>()?,
+        connection: conn.parse()?,
+        connection_requests: conn_req.parse()?,
     })
 }

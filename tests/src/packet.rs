@@ -194,3 +194,19 @@ pub fn v4(tcp: &Tcp) -> Vec<u8> {
 pub fn v6(tcp: &Tcp) -> Vec<u8> {
     from(CLIENT6.into(), tcp)
 }
+
+/// An untagged TCP frame from SERVER4 or SERVER6 to `dst` (a response).
+pub fn to(dst: IpAddr, tcp: &Tcp) -> Vec<u8> {
+    match dst {
+        IpAddr::V4(d) => ethernet(
+            &[],
+            ETH_P_IP,
+            &ipv4(SERVER4, d, &[], IPPROTO_TCP, &tcp.bytes()),
+        ),
+        IpAddr::V6(d) => ethernet(
+            &[],
+            ETH_P_IPV6,
+            &ipv6(SERVER6, d, &[], IPPROTO_TCP, &tcp.bytes()),
+        ),
+    }
+}

@@ -52,6 +52,33 @@ impl Scenario {
         })
     }
 
+    /// As [`Self::start`], with nginx serving `locations` (nginx `location`
+    /// blocks) on API and OTHER.
+    pub fn start_locations(clients: usize, locations: &str, flags: &[&str]) -> Result<Self> {
+        let bpffs = BpfFs::mount()?;
+        let topo = Topology::new(clients)?;
+        let nginx = Nginx::start_locations(&topo.server, &[API, OTHER], locations)?;
+        let daemon = Daemon::start(&topo.server, &daemon_args(&topo, &bpffs, &nginx, flags))?;
+        Ok(Self {
+            daemon,
+            nginx,
+            topo,
+            bpffs,
+        })
+    }
+
+    /// A scene around what [`Self::stop`] left: a new daemon with `flags` on
+    /// the same pin directory.
+    pub fn resume(nginx: Nginx, topo: Topology, bpffs: BpfFs, flags: &[&str]) -> Result<Self> {
+        let daemon = Daemon::start(&topo.server, &daemon_args(&topo, &bpffs, &nginx, flags))?;
+        Ok(Self {
+            daemon,
+            nginx,
+            topo,
+            bpffs,
+        })
+    }
+
     /// Stops the daemon with `sig` (SIGTERM, or SIGKILL for a crash) and starts
     /// a new one on the same pin directory with `flags`.
     pub fn restart(self, sig: libc::c_int, flags: &[&str]) -> Result<(Stopped, Scenario)> {

@@ -53,6 +53,18 @@ impl Harness {
         Ok((result.return_value, out))
     }
 
+    /// Runs the egress program once on `frame` and returns its TC action.
+    pub fn run_egress(&self, frame: &[u8]) -> Result<u32> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self.datapath.egress()?.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        Ok(result.return_value)
+    }
+
     /// Runs the ingress program once on `frame` and returns its TC action.
     pub fn run(&self, frame: &[u8]) -> Result<u32> {
         Ok(self.run_out(frame)?.0)

@@ -286,9 +286,41 @@ pub struct RunArgs {
           help_heading = "Sampling", value_parser = parse_ring_bytes)]
     pub sample_buffer: u32,
 
+    /// Samples the kernel takes a second at most, over every CPU (`N` or
+    /// `N/s`, 1 to 10000000): past it samples are counted, not taken, so the
+    /// access log and the daemon's CPU stay bounded at any load. Requests and
+    /// responses are counted in the kernel whatever the sampling.
+    #[arg(long, value_name = "N/s", default_value = "10000/s", help_heading = "Sampling",
+          value_parser = parse_sample_budget)]
+    pub sample_budget: u32,
+
     /// Write the API access log (JSON lines) here; "-" for stdout. SIGHUP reopens it.
     #[arg(long, value_name = "PATH", help_heading = "Sampling")]
     pub access_log: Option<PathBuf>,
+
+    /// A route template for metrics and the access log (repeatable), as
+    /// `[METHOD ]/path/{param}`: `{name}` matches one segment. Paths no
+    /// pattern matches get an inferred template.
+    #[arg(long = "route", value_name = "PATTERN", help_heading = "Routes",
+          value_parser = parse_route)]
+    pub routes: Vec<String>,
+
+    /// A file of route patterns, one a line (`#` comments and blank lines
+    /// ignored), after those of --route.
+    #[arg(long, value_name = "PATH", help_heading = "Routes")]
+    pub routes_file: Option<PathBuf>,
+
+    /// Route templates at most (1 to 10000); paths past it share the route
+    /// `other`, counted. Bounds every per-route metric's series.
+    #[arg(long, value_name = "N", default_value_t = crate::pipeline::routes::DEFAULT_MAX_ROUTES as u32,
+          help_heading = "Routes", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_routes: u32,
+
+    /// How long a sampled request waits for its response before its access
+    /// log line is written without it (marked "timeout").
+    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Routes",
+          value_parser = parse_response_timeout)]
+    pub response_timeout: Duration,
 
     /// Header that carries a credential (repeatable) [default: Authorization].
     #[arg(

@@ -70,6 +70,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use a unit, e.g. 30s, 5m, 1h)"))
 }
 
+/// A route pattern (`[METHOD ]/path/{param}`), checked here so a bad one is an
+/// error before anything is attached.
+pub fn parse_route(s: &str) -> Result<String, String> {
+    crate::pipeline::routes::check_pattern(s).map_err(|e| e.to_string())
+}
+
+/// How long a sampled request waits for its response: 100ms to 1h.
+pub fn parse_response_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d < Duration::from_millis(100) => Err("must be at least 100ms".into()),
+        d if d > Duration::from_secs(3600) => Err("must be at most 1h".into()),
+        d => Ok(d),
+    }
+}
+
+/// A sample budget: `N` or `N/s`, 1 to 10000000 a second.
+pub fn parse_sample_budget(s: &str) -> Result<u32, String> {
+    let n = s.trim().strip_suffix("/s").unwrap_or(s.trim());
+    match n.parse::<u32>() {
+        Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a sample budget: N or N/s, 1 to 10000000 a second"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

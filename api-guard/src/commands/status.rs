@@ -63,6 +63,13 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
         true => json!({"rate": 1_000_000_000 / l.interval_ns, "burst": l.burst_ns / l.interval_ns}),
         false => json!(null),
     };
+    let responses: serde_json::Map<String, serde_json::Value> = {
+        let block = maps.responses()?;
+        api_guard_common::exchange::ResponseCount::ALL
+            .iter()
+            .map(|c| (c.name().to_string(), block[*c as usize].into()))
+            .collect()
+    };
     let mut verdicts = serde_json::Map::new();
     for kind in KINDS {
         let by: serde_json::Map<String, serde_json::Value> = VERDICTS
@@ -93,6 +100,8 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
             "refused": maps.event(Event::ClientsRefused)?,
         },
         "samples": {"sampled": maps.event(Event::Sampled)?, "lost": maps.event(Event::SamplesLost)?},
+        // Every response on the API ports, counted by the egress program.
+        "responses": responses,
         "blocked_clients": blocked.iter().map(|c| json!({
             "client": c.addr.to_string(),
             "remaining_secs": remaining_secs(c.state.blocked_until_ns, now),
@@ -135,6 +144,14 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
             )?;
         }
     }
+    let answered: Vec<String> = doc["responses"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    writeln!(out, "{:<12} {}", "responses", answered.join(" "))?;
     writeln!(out, "clients tracked: {}", clients.len())?;
     for c in &blocked {
         writeln!(

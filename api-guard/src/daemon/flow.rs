@@ -19,14 +19,27 @@ use crate::{
         auth::{self, AuthCheck, AuthMisses},
     },
     enforce::Enforcer,
-    pipeline::{self, HeadStage, http::Completeness},
+    pipeline::{
+        self, HeadStage,
+        answered::Answered,
+        client_classes::ClientClasses,
+        http::Completeness,
+        join::{ExchangeKey, Join},
+        routes::{Route, RouteConfig, Routes},
+    },
     sinks::{
         access_log::{AccessLog, AccessRecord},
         metrics::Metrics,
+        metrics::status_label,
         verdict_name,
     },
-    sources::{DecodeError, Event, RequestSample},
+    sources::{DecodeError, Event, RequestSample, ResponseSample},
 };
+use api_guard_common::sample::NO_EXCHANGE;
+
+/// Sampled requests waiting for their responses at most: past it the oldest
+/// is logged without its response (`evicted`). Each holds its captured head.
+pub const JOIN_CAP: usize = 16_384;
 
 /// What the flow needs to know, fixed at start: plain values.
 pub struct FlowConfig {
@@ -38,6 +51,32 @@ pub struct FlowConfig {
     pub ipv6_prefix: u8,
     /// Interface names by index, for the log.
     pub ifnames: HashMap<u32, String>,
+    /// Route patterns and caps.
+    pub routes: RouteConfig,
+    /// How long a sampled request waits for its response before it is logged
+    /// without it.
+    pub response_timeout: Duration,
+}
+
+/// Client buckets whose response classes are kept (LRU past it, counted).
+pub const CLASS_CLIENTS: usize = 16_384;
+/// The window of the per-client response classes.
+pub const CLASS_WINDOW: Duration = Duration::from_secs(60);
+
+/// A sampled request waiting for its response.
+struct Waiting {
+    sample: RequestSample,
+    missing: bool,
+    /// The head came decrypted from the libssl uprobes.
+    tls: bool,
+    route: Route,
+}
+
+/// What the response brought to a request's log line.
+struct Answer {
+    status: Option<u16>,
+    duration: Option<f64>,
+    how: &'static str,
 }
 
 pub struct Flow {
@@ -51,6 +90,9 @@ pub struct Flow {
     log: Option<AccessLog>,
     metrics: Arc<Metrics>,
     wall: WallClock,
+    routes: Routes,
+    join: Join<Waiting>,
+    classes: ClientClasses,
     /// Records taken from the ring buffer.
     pub records: u64,
 }
@@ -63,12 +105,18 @@ impl Flow {
         log: Option<AccessLog>,
         metrics: Arc<Metrics>,
         enforcer: Option<Enforcer>,
-    ) -> Self {
+    ) -> Result<Self> {
         let mut detectors: Vec<Box<dyn Detector>> = Vec::new();
         if cfg.auth == AuthCheck::Block {
             detectors.push(Box::new(AuthMisses::new(cfg.auth_failures)));
         }
-        Self {
+        Ok(Self {
+            routes: Routes::new(&cfg.routes)?,
+            join: Join::new(
+                JOIN_CAP,
+                u64::try_from(cfg.response_timeout.as_nanos()).unwrap_or(u64::MAX),
+            ),
+            classes: ClientClasses::new(CLASS_CLIENTS, CLASS_WINDOW.as_nanos() as u64),
             heads: HeadStage::new(cfg.auth_headers),
             auth: cfg.auth,
             ipv6_prefix: cfg.ipv6_prefix,
@@ -79,15 +127,16 @@ impl Flow {
             metrics,
             wall: WallClock::new(),
             records: 0,
-        }
+        })
     }
 
     /// Handles one decoded ring record.
     pub fn handle(&mut self, event: Result<Event, DecodeError>) -> Result<()> {
         self.records += 1;
         match event {
-            Ok(Event::Request(sample)) => self.request(&sample, false),
-            Ok(Event::TlsRequest(sample)) => self.request(&sample, true),
+            Ok(Event::Request(sample)) => self.request(sample, false),
+            Ok(Event::TlsRequest(sample)) => self.request(sample, true),
+            Ok(Event::Response(response)) => self.response(&response),
             Err(e) => {
                 debug!("{e}");
                 self.metrics
@@ -100,7 +149,8 @@ impl Flow {
     }
 
     /// `tls`: the head came decrypted from the libssl uprobes.
-    fn request(&mut self, sample: &RequestSample, tls: bool) -> Result<()> {
+    fn request(&mut self, sample: RequestSample, tls: bool) -> Result<()> {
+        let sample = &sample;
         let client = sample.client;
         let head = match self.heads.parse(&sample.head) {
             Ok(head) => head,
@@ -155,23 +205,168 @@ impl Flow {
             missing,
             "sampled request"
         );
-        if let Some(log) = &mut self.log {
-            let record = AccessRecord::of(
-                sample,
-                &head,
-                humantime::format_rfc3339_nanos(self.wall.at(sample.ts_ns)),
-                self.ifnames.get(&sample.ifindex).map(String::as_str),
-                missing,
-                tls,
-            );
-            log.write(&record)?;
+        let route = self.routes.route(head.method, head.path);
+        let overflowed = self.routes.stats.overflow;
+        if overflowed > self.metrics.routes.routes_overflow.get() {
+            self.metrics
+                .routes
+                .routes_overflow
+                .inc_by(overflowed - self.metrics.routes.routes_overflow.get());
+        }
+        self.metrics
+            .routes
+            .requests
+            .with_label_values(&[route.template.as_str(), verdict_name(sample.verdict)])
+            .inc();
+        let waiting = Waiting {
+            sample: sample.clone(),
+            missing,
+            tls,
+            route,
+        };
+        if sample.exchange == NO_EXCHANGE {
+            // The kernel could not number it (dropped, or its connection's
+            // requests are not counted exactly): no response will be joined.
+            return self.log_request(&waiting, &Answer::gave_up("unpaired"));
+        }
+        let key = ExchangeKey {
+            client: sample.client,
+            client_port: sample.client_port,
+            server: sample.server,
+            server_port: sample.server_port,
+            index: sample.exchange,
+        };
+        let pushed_out = self.join.request(key, sample.ts_ns, waiting);
+        for (w, why) in pushed_out {
+            self.log_request(&w, &Answer::gave_up(why.name()))?;
         }
         Ok(())
+    }
+
+    fn response(&mut self, r: &ResponseSample) -> Result<()> {
+        let key = ExchangeKey {
+            client: r.client,
+            client_port: r.client_port,
+            server: r.server,
+            server_port: r.server_port,
+            index: r.exchange,
+        };
+        let Some(w) = self.join.response(&key) else {
+            self.metrics
+                .routes
+                .joins
+                .with_label_values(&["orphan"])
+                .inc();
+            return Ok(());
+        };
+        let seconds = r.ttfb_ns as f64 / 1e9;
+        let head = self.heads.parse(&w.sample.head).ok();
+        let method = pipeline::method_label(head.as_ref().map_or("OTHER", |h| h.method));
+        if let Some(head) = &head {
+            let answered = Answered {
+                client: w.sample.client,
+                bucket: ClientKey::from(w.sample.client)
+                    .bucketed(u32::from(self.ipv6_prefix))
+                    .ip(),
+                method: head.method,
+                path: head.path,
+                route: &w.route,
+                status: r.status,
+                duration_ns: r.ttfb_ns,
+                auth: head.auth,
+                verdict: w.sample.verdict,
+            };
+            self.classes
+                .observe(answered.bucket, answered.status, r.ts_ns);
+            let evicted = self.classes.stats.evicted;
+            let counted = self.metrics.routes.classes_evicted.get();
+            if evicted > counted {
+                self.metrics
+                    .routes
+                    .classes_evicted
+                    .inc_by(evicted - counted);
+            }
+        }
+        let route = w.route.template.as_str();
+        self.metrics
+            .routes
+            .duration
+            .with_label_values(&[method, route, &status_label(r.status)])
+            .observe(seconds);
+        // Made at zero on the route's first response, so every route's error
+        // ratio has a numerator.
+        let errors = self.metrics.routes.errors.with_label_values(&[route]);
+        if r.status >= 500 {
+            errors.inc();
+        }
+        self.log_request(
+            &w,
+            &Answer {
+                status: Some(r.status),
+                duration: Some(seconds),
+                how: "joined",
+            },
+        )
+    }
+
+    /// The per-client response classes (401/403/404/429/5xx over the last
+    /// minute, from joined samples), for the detectors and `top`.
+    pub fn client_classes(&self) -> &ClientClasses {
+        &self.classes
+    }
+
+    /// Writes a sampled request's access log line, with what its response
+    /// brought.
+    fn log_request(&mut self, w: &Waiting, answer: &Answer) -> Result<()> {
+        self.metrics
+            .routes
+            .joins
+            .with_label_values(&[answer.how])
+            .inc();
+        let Some(log) = &mut self.log else {
+            return Ok(());
+        };
+        // Parsed again: the head borrows the bytes, which waited owned.
+        let Ok(head) = self.heads.parse(&w.sample.head) else {
+            return Ok(());
+        };
+        let mut record = AccessRecord::of(
+            &w.sample,
+            &head,
+            humantime::format_rfc3339_nanos(self.wall.at(w.sample.ts_ns)),
+            self.ifnames.get(&w.sample.ifindex).map(String::as_str),
+            w.missing,
+            w.tls,
+        );
+        record.route = Some(&w.route.template);
+        record.status = answer.status;
+        record.duration = answer.duration;
+        record.response = answer.how;
+        log.write(&record)
+    }
+
+    /// Logs the sampled requests whose responses did not come in time.
+    fn expire_waiting(&mut self) {
+        for (w, why) in self.join.expire(crate::clock::monotonic_ns()) {
+            if let Err(e) = self.log_request(&w, &Answer::gave_up(why.name())) {
+                warn!("cannot write the access log: {e:#}");
+            }
+        }
+    }
+
+    /// Logs every request still waiting (at shutdown).
+    pub fn drain_waiting(&mut self) {
+        for (w, why) in self.join.expire(u64::MAX) {
+            if let Err(e) = self.log_request(&w, &Answer::gave_up(why.name())) {
+                warn!("cannot write the access log: {e:#}");
+            }
+        }
     }
 
     /// Flushes the access log (every second and at shutdown), and forgets what
     /// has expired: the detectors' windows, and blocks past their deadline.
     pub fn flush(&mut self) {
+        self.expire_waiting();
         if let Some(enforcer) = &mut self.enforcer
             && let Err(e) = enforcer.expire()
         {
@@ -200,6 +395,16 @@ impl Flow {
 
     pub fn lines_written(&self) -> u64 {
         self.log.as_ref().map_or(0, |l| l.lines)
+    }
+}
+
+impl Answer {
+    fn gave_up(how: &'static str) -> Self {
+        Self {
+            status: None,
+            duration: None,
+            how,
+        }
     }
 }
 

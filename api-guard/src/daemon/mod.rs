@@ -37,7 +37,7 @@ use crate::{
     periodic::Periodic,
     sinks::{
         access_log::AccessLog,
-        metrics::{self, KernelCollector, Metrics, TopClients},
+        metrics::{self, KernelCollector, Metrics, ResponseCollector, TopClients},
         report,
     },
     sources::{Sources, ring::RingReader},
@@ -82,6 +82,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     if let Some(fleet) = args.fleet().map_err(Failure::Usage)? {
         crate::sinks::fleet::check_url(&fleet.url).map_err(|e| Failure::Usage(format!("{e:#}")))?;
+    }
+    let mut route_patterns = args.routes.clone();
+    if let Some(path) = &args.routes_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Failure::Host(format!(
+                "cannot read the routes file {}: {e}",
+                path.display()
+            ))
+        })?;
+        route_patterns.extend(
+            crate::pipeline::routes::parse_patterns_file(&text)
+                .map_err(|e| Failure::Usage(format!("routes file {}: {e}", path.display())))?,
+        );
     }
     let listener = TcpListener::bind(args.metrics_addr).await.map_err(|e| {
         Failure::Host(format!(
@@ -146,6 +159,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         cookie = *netns;
     }
     datapath.apply_policy(&policy.tables(cookie))?;
+    datapath.set_sample_budget(Some(args.sample_budget))?;
     debug!(
         rate = ?policy.rate,
         burst = ?policy.burst,
@@ -159,6 +173,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
     let ring = datapath.take_samples()?;
     for iface in &args.ifaces {
+        // Egress first: a request ingress numbers finds its response framed.
+        let what = Attachment::TcEgress { iface };
+        let pin = what.pin(pins.dir());
+        let how = datapath.attach(what, Some(&pin))?;
+        debug!(%iface, how = ?how, pin = %pin.display(), "egress attached");
+        if how == Attached::TakenOver {
+            info!(%iface, "took over the pinned egress link");
+        }
+        links.record(pin, how == Attached::New);
         let what = Attachment::TcIngress { iface };
         let pin = what.pin(pins.dir());
         let how = datapath.attach(what, Some(&pin))?;
@@ -192,6 +215,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         datapath.handles("opened for the metrics", &KernelCollector::MAPS)?,
         max_clients,
     )?);
+    metrics.add_responses(
+        datapath.handles("opened for the response metrics", &ResponseCollector::MAPS)?,
+    )?;
     // Always there: expired blocks and penalties are pruned whatever the flags.
     // It acts on findings only under --require-auth block.
     let enforcer = Some(Enforcer::new(
@@ -208,11 +234,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
             auth_failures: args.auth_failures,
             ipv6_prefix: policy.ipv6_prefix,
             ifnames,
+            routes: crate::pipeline::routes::RouteConfig {
+                patterns: route_patterns,
+                max_routes: args.max_routes as usize,
+                ..Default::default()
+            },
+            response_timeout: args.response_timeout,
         },
         log,
         metrics.clone(),
         enforcer,
-    );
+    )?;
     let reader = RingReader::new(ring, Sources::kernel())?;
     // --fleet: a thread of its own with handles of its own; Redis never
     // stands between a packet, the heartbeat or the event loop and its work.
@@ -367,6 +399,8 @@ async fn run_flow(
     // What the kernel wrote before the stop, bounded: the programs still run,
     // and a flood must not keep the daemon from stopping.
     reader.drain(FINAL_DRAIN, |event| handle(&mut flow, event));
+    // Requests still waiting for a response are logged without it.
+    flow.drain_waiting();
     flow.flush();
     Ok(flow)
 }

@@ -35,6 +35,11 @@ fn expected_sizes(name: &str) -> Option<(usize, usize)> {
             size_of::<api_guard_common::tls::TlsStatusKey>(),
             size_of::<api_guard_common::tls::TlsStatus>(),
         ),
+        names::EXCHANGES => (
+            size_of::<conn::ConnKey>(),
+            size_of::<api_guard_common::exchange::Exchange>(),
+        ),
+        names::RESPONSES => (4, size_of::<api_guard_common::exchange::ResponseBlock>()),
         _ => return None,
     })
 }

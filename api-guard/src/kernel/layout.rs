@@ -14,7 +14,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/api-guard";
 /// The maps pinned for operators and for the next daemon. The tail-call table is
 /// among them: the kernel empties a program array once no file holds it, which
 /// would leave the attached programs of a stopped daemon without their tails.
-pub const PINNED: [&str; 15] = [
+pub const PINNED: [&str; 17] = [
     names::PORTS,
     names::CONFIG,
     names::CLIENTS,
@@ -30,6 +30,8 @@ pub const PINNED: [&str; 15] = [
     names::PENALTIES,
     names::OPEN_CONNS,
     api_guard_common::tls::TLS_STATUS,
+    names::EXCHANGES,
+    names::RESPONSES,
 ];
 
 /// Where the loader pins (or finds) each map of `PINNED` in `dir`.
@@ -43,6 +45,11 @@ const LINK_PREFIX: &str = "link_";
 /// Where the ingress link on `iface` is pinned.
 pub fn ingress_link(dir: &Path, iface: &str) -> PathBuf {
     dir.join(format!("{LINK_PREFIX}ingress_{iface}"))
+}
+
+/// Where the egress link on `iface` is pinned.
+pub fn egress_link(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("{LINK_PREFIX}egress_{iface}"))
 }
 
 /// Where the connection tracker's cgroup link is pinned.

@@ -16,7 +16,8 @@ use aya::{
 use super::{
     adopt, layout,
     object::{
-        FLOOR_PROGRAM, INGRESS_PROGRAM, JUDGE_PROGRAM, OBJECT, RESET_PROGRAM, SAMPLE_PROGRAM,
+        EGRESS_PROGRAM, FLOOR_PROGRAM, INGRESS_PROGRAM, JUDGE_PROGRAM, OBJECT, RESET_PROGRAM,
+        SAMPLE_PROGRAM,
     },
     ring::SampleRing,
     source::{MapSet, MapSource},
@@ -87,6 +88,9 @@ impl Datapath {
         load_tail(&mut ebpf, RESET_PROGRAM, names::TAIL_RESET)?;
         load_tail(&mut ebpf, SAMPLE_PROGRAM, names::TAIL_SAMPLE)?;
         load_tail(&mut ebpf, JUDGE_PROGRAM, names::TAIL_JUDGE)?;
+        egress_mut(&mut ebpf)?.load().map_err(|e| {
+            Failure::Rejected(format!("the kernel rejected the egress program: {e:#}"))
+        })?;
         let mut datapath = Self { ebpf };
         // Never leave a new policy zeroed (a zero IPv6 prefix would lump every
         // IPv6 client together): watch-only until the caller sets its own. An
@@ -156,6 +160,15 @@ impl Datapath {
             .context("the ingress program is not a classifier")
     }
 
+    /// The egress program, for BPF_PROG_TEST_RUN.
+    pub fn egress(&self) -> Result<&SchedClassifier> {
+        self.ebpf
+            .program(EGRESS_PROGRAM)
+            .context("the egress program is missing from the object")?
+            .try_into()
+            .context("the egress program is not a classifier")
+    }
+
     /// Loads the do-nothing classifier that benchmarks measure the floor with.
     pub fn floor(&mut self) -> Result<&SchedClassifier> {
         let prog: &mut SchedClassifier = self
@@ -212,4 +225,11 @@ pub(super) fn ingress_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .context("the ingress program is missing from the object")?
         .try_into()
         .context("the ingress program is not a classifier")
+}
+
+pub(super) fn egress_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    ebpf.program_mut(EGRESS_PROGRAM)
+        .context("the egress program is missing from the object")?
+        .try_into()
+        .context("the egress program is not a classifier")
 }

@@ -483,6 +483,27 @@ pub trait KernelMaps: MapSource {
         Ok(out)
     }
 
+    /// Sets the kernel's sample budget: `per_second` samples a second, with a
+    /// second's worth of burst (None: no budget).
+    fn set_sample_budget(&mut self, per_second: Option<u32>) -> Result<()> {
+        use api_guard_common::budget::SampleBudget;
+        let mut map: Array<&mut MapData, SampleBudget> =
+            Array::try_from(self.map_mut(names::SAMPLE_BUDGET)?)?;
+        let limit = per_second.map_or(Limit::NONE, |n| {
+            Limit::per_second(u64::from(n), u64::from(n))
+        });
+        map.set(0, SampleBudget { tat: 0, limit }, 0)
+            .context("cannot write the sample budget")?;
+        Ok(())
+    }
+
+    /// The response counters (`RESPONSES`), summed over CPUs.
+    fn responses(&self) -> Result<api_guard_common::exchange::ResponseBlock> {
+        let mut slots = [0u64; api_guard_common::exchange::RESPONSE_SLOTS as usize];
+        self.sum_per_cpu(names::RESPONSES, &mut slots)?;
+        Ok(slots)
+    }
+
     fn sum_per_cpu<const N: usize>(&self, name: &str, totals: &mut [u64; N]) -> Result<()> {
         // One entry per map: a block of N counters per CPU.
         let map: PerCpuArray<&MapData, [u64; N]> = PerCpuArray::try_from(self.map(name)?)?;

@@ -25,3 +25,5 @@ pub const JUDGE_PROGRAM: &str = "api_guard_judge";
 pub const FLOOR_PROGRAM: &str = "api_guard_floor";
 /// The connection tracker's name in the object.
 pub const SOCKOPS_PROGRAM: &str = "api_guard_sockops";
+/// The TC egress classifier: response framing, pairing and status counts.
+pub const EGRESS_PROGRAM: &str = "api_guard_egress";

@@ -2,9 +2,13 @@
 //! no I/O. Today the HTTP request-head parser; identity (PROXY protocol,
 //! forwarded headers, API keys), routes and response joining come here next.
 
+pub mod answered;
+pub mod client_classes;
 pub mod http;
 #[cfg(test)]
 mod http_props;
+pub mod join;
+pub mod routes;
 
 use http::{NotHttp, RequestHead};
 

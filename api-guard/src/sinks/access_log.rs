@@ -95,6 +95,25 @@ pub struct AccessRecord<'a> {
     /// Where it was seen: "tc_ingress" (packets) or "tls_uprobe" (plaintext).
     #[serde(rename = "api_guard.source")]
     pub source: &'static str,
+    /// The route template (`pipeline::routes`).
+    #[serde(rename = "http.route", skip_serializing_if = "Option::is_none")]
+    pub route: Option<&'a str>,
+    #[serde(
+        rename = "http.response.status_code",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub status: Option<u16>,
+    /// Seconds from the request's arrival at ingress to the response's first
+    /// byte at egress.
+    #[serde(
+        rename = "http.server.request.duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub duration: Option<f64>,
+    /// How the response was found: "joined", or why not ("unpaired": the
+    /// kernel could not number the request; "timeout"; "evicted").
+    #[serde(rename = "api_guard.response")]
+    pub response: &'static str,
 }
 
 impl<'a> AccessRecord<'a> {
@@ -139,6 +158,10 @@ impl<'a> AccessRecord<'a> {
             payload_size: sample.payload_len,
             scheme: if tls { "https" } else { "http" },
             source: if tls { "tls_uprobe" } else { "tc_ingress" },
+            route: None,
+            status: None,
+            duration: None,
+            response: "unpaired",
         }
     }
 }

@@ -7,11 +7,13 @@
 
 pub mod record;
 pub mod ring;
+pub mod tc_egress;
 pub mod tc_ingress;
 pub mod tls;
 
 use api_guard_common::sample::{SampleHeader, Source as KernelSource};
 
+pub use tc_egress::{ResponseSample, TcEgress};
 pub use tc_ingress::{RequestSample, TcIngress};
 
 /// Which kernel producer wrote a record (the header's `source` field). The high
@@ -34,6 +36,8 @@ pub enum Family {
 impl SourceId {
     /// Request starts seen by the TC ingress classifier.
     pub const TC_INGRESS: SourceId = SourceId(KernelSource::TcIngress as u16);
+    /// Responses to sampled requests, seen by the TC egress classifier.
+    pub const TC_EGRESS: SourceId = SourceId(KernelSource::TcEgress as u16);
 
     /// The family its high byte names, if any.
     pub const fn family(self) -> Option<Family> {
@@ -47,6 +51,7 @@ impl SourceId {
 }
 
 const _: () = assert!(SourceId::TC_INGRESS.0 >> 8 == Family::Ingress as u16);
+const _: () = assert!(SourceId::TC_EGRESS.0 >> 8 == Family::Egress as u16);
 
 /// One thing the kernel saw, owned: it outlives the ring record it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +60,8 @@ pub enum Event {
     Request(RequestSample),
     /// A request start in TLS plaintext (libssl uprobes), with its head.
     TlsRequest(RequestSample),
+    /// The response to a sampled request, on egress.
+    Response(ResponseSample),
 }
 
 /// A ring record that is not an event.
@@ -95,7 +102,11 @@ impl Sources {
 
     /// The kernel producers this build loads.
     pub fn kernel() -> Self {
-        Self::new(vec![Box::new(TcIngress), Box::new(tls::TlsRead)])
+        Self::new(vec![
+            Box::new(TcIngress),
+            Box::new(TcEgress),
+            Box::new(tls::TlsRead),
+        ])
     }
 
     /// Decodes one ring record.

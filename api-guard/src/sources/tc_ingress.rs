@@ -25,6 +25,9 @@ pub struct RequestSample {
     pub payload_len: u32,
     /// The captured payload: the request head, or its start.
     pub head: Vec<u8>,
+    /// The request's number on its connection, which its response record
+    /// carries too; `NO_EXCHANGE` when it has none (not paired).
+    pub exchange: u32,
 }
 
 /// The TC ingress classifier as a source.
@@ -47,6 +50,7 @@ impl Source for TcIngress {
             verdict: hdr.verdict,
             payload_len: hdr.payload_len,
             head: data.to_vec(),
+            exchange: hdr.exchange,
         }))
     }
 }

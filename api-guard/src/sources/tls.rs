@@ -35,6 +35,7 @@ impl Source for TlsRead {
             ifindex: hdr.ifindex,
             verdict: hdr.verdict,
             payload_len: hdr.payload_len,
+            exchange: hdr.exchange,
             head: data.to_vec(),
         }))
     }

@@ -6,6 +6,7 @@
 //! into the same links atomically (no gap, no second attachment).
 
 mod sockops;
+mod tc_egress;
 mod tc_ingress;
 mod uprobe;
 
@@ -27,6 +28,8 @@ use super::{
 pub enum Attachment<'a> {
     /// The ingress classifier on an interface, through a tcx link.
     TcIngress { iface: &'a str },
+    /// The egress classifier (responses) on an interface, through a tcx link.
+    TcEgress { iface: &'a str },
     /// The connection tracker on a cgroup v2 directory (the root: every socket
     /// on the host; it filters by network namespace).
     SockOps { cgroup: &'a Path },
@@ -37,6 +40,7 @@ impl Attachment<'_> {
     pub fn pin(&self, dir: &Path) -> PathBuf {
         match self {
             Attachment::TcIngress { iface } => layout::ingress_link(dir, iface),
+            Attachment::TcEgress { iface } => layout::egress_link(dir, iface),
             Attachment::SockOps { .. } => layout::sockops_link(dir),
         }
     }
@@ -59,6 +63,7 @@ impl Datapath {
     pub fn attach(&mut self, what: Attachment<'_>, pin: Option<&Path>) -> Result<Attached> {
         match what {
             Attachment::TcIngress { iface } => tc_ingress::attach(self, iface, pin),
+            Attachment::TcEgress { iface } => tc_egress::attach(self, iface, pin),
             Attachment::SockOps { cgroup } => sockops::attach(self, cgroup, pin),
         }
     }

@@ -6,11 +6,15 @@
 
 mod fleet;
 mod kernel;
+mod responses;
+mod routes;
 mod serve;
 mod top;
 
 pub use fleet::FleetMetrics;
 pub use kernel::KernelCollector;
+pub use responses::ResponseCollector;
+pub use routes::{RouteMetrics, status_label};
 pub use serve::{SCRAPE_TIMEOUT, serve};
 pub use top::{TopClients, top_k};
 
@@ -41,6 +45,8 @@ pub struct Metrics {
     /// `sampled` children by (method, scheme), resolved once: a label lookup per
     /// sample hashes and locks, and samples come by the hundred thousand.
     sampled_by: HashMap<(&'static str, &'static str), IntCounter>,
+    /// Per-route RED metrics from joined samples.
+    pub routes: RouteMetrics,
 }
 
 impl Metrics {
@@ -104,7 +110,9 @@ impl Metrics {
             .flat_map(|m| AuthScheme::ALL.iter().map(move |a| (m, a.as_str())))
             .map(|(m, a)| ((m, a), sampled.with_label_values(&[m, a])))
             .collect();
+        let routes = RouteMetrics::new(&registry)?;
         Ok(Self {
+            routes,
             sampled_by,
             registry,
             sampled,
@@ -125,6 +133,14 @@ impl Metrics {
                 .with_label_values(&[method, auth.as_str()])
                 .inc(),
         }
+    }
+
+    /// Adds the kernel's response counters, read through `maps`
+    /// ([`ResponseCollector::MAPS`]).
+    pub fn add_responses(&self, maps: MapSet) -> Result<()> {
+        self.registry
+            .register(Box::new(ResponseCollector::new(maps)?))?;
+        Ok(())
     }
 
     pub fn render(&self) -> Result<Vec<u8>> {

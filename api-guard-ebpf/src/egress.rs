@@ -1,0 +1,360 @@
+//! The TC egress stage: the server's answers on watched ports (source port
+//! watched). Each connection's response stream is framed
+//! (`api_guard_common::response`) from where ingress numbered its first
+//! request; at each final response the next request number is popped from the
+//! connection's FIFO (`EXCHANGES`, pushed by ingress), so pipelined requests pair
+//! in order. Every status is counted (`RESPONSES`); a sampled request's response
+//! gets a ring record with its status and time to first byte.
+//!
+//! On `lo` a packet passes egress then ingress: egress looks only at segments
+//! *from* a watched port and ingress only at segments *to* one, so neither sees
+//! the other's.
+
+use core::ffi::c_void;
+
+use api_guard_common::{
+    conn::ConnKey,
+    exchange::{
+        Exchange, FIFO_SLOTS, HEAD_BITS, REPLY_AHEAD, REPLY_SEQ_KNOWN, RESPONSE_PAIRED,
+        ResponseCount, ResponseRecord, SLOT_HEAD, SLOT_SAMPLED, class_of, watched_status,
+    },
+    response::{REPLY_BODY, REPLY_DONE, Reply, Step},
+    sample::{SAMPLE_IPV6, SampleHeader, Source},
+};
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes},
+    programs::TcContext,
+};
+
+use crate::{
+    classify,
+    exchange::count,
+    maps::{EXCHANGES, REPLY_SCRATCH, SAMPLES},
+    parse::{TCP_RST, TcpPacket, header},
+};
+
+const TCP_FIN: u8 = 0x01;
+
+/// A response record as it goes into the ring: the common header, then the
+/// response.
+#[repr(C)]
+pub struct ResponseOut {
+    header: SampleHeader,
+    rec: ResponseRecord,
+}
+
+/// The egress program's working state, too large for the stack: the
+/// connection, a copy of its entry (the scan pops from it), the scan's cursor.
+#[repr(C)]
+pub struct ReplyScratch {
+    key: ConnKey,
+    ex: Exchange,
+    out: ResponseOut,
+    /// `bpf_ktime_get_ns()` when the segment left.
+    now: u64,
+    base: u32,
+    pos: u32,
+    end: u32,
+    word_at: u32,
+    word: [u8; 8],
+}
+
+/// The bpf_loop callback's context (the scratch pointer rides along).
+#[repr(C)]
+struct Scan {
+    skb: *mut __sk_buff,
+    sc: *mut ReplyScratch,
+}
+
+/// Frames the response bytes of a segment from a watched port.
+#[inline(always)]
+pub fn run(ctx: &TcContext, pkt: &TcpPacket) {
+    let Ok(th) = header::<16>(ctx, pkt.l4_off) else {
+        return;
+    };
+    let sport = u16::from_be_bytes([th[0], th[1]]);
+    if !classify::is_watched(classify::flags_of_port(sport)) {
+        return;
+    }
+    let seq = u32::from_be_bytes([th[4], th[5], th[6], th[7]]);
+    let tcp_flags = th[13];
+    let Some(sc) = REPLY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch entry, used by this program run only.
+    let sc = unsafe { &mut *sc };
+    if conn_key(ctx, pkt, sport, &mut sc.key).is_err() {
+        return;
+    }
+    let len = pkt.payload_len as u32;
+    let Some(ex) = EXCHANGES.get_ptr_mut(&sc.key) else {
+        if len > 0 {
+            untracked(ctx, pkt);
+        }
+        return;
+    };
+    // SAFETY: a live map value (RCU); egress writes only its own fields back.
+    sc.ex = unsafe { *ex };
+    if len > 0 {
+        frame(ctx, pkt, sc, seq, len);
+        // SAFETY: as above; ingress's fields are left alone.
+        unsafe {
+            (*ex).head = sc.ex.head;
+            (*ex).reply = sc.ex.reply;
+            (*ex).reply_seq = sc.ex.reply_seq;
+            (*ex).reply_flags = sc.ex.reply_flags;
+        }
+    }
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        // The server is done with the connection: no more responses on it.
+        let _ = EXCHANGES.remove(&sc.key);
+    }
+}
+
+/// Frames the new bytes of one segment in `sc.ex`.
+#[inline(always)]
+fn frame(ctx: &TcContext, pkt: &TcpPacket, sc: &mut ReplyScratch, seq: u32, len: u32) {
+    let ex = &mut sc.ex;
+    if ex.reply_flags & REPLY_SEQ_KNOWN == 0 {
+        ex.reply_seq = seq;
+        ex.reply_flags |= REPLY_SEQ_KNOWN;
+    }
+    let behind = ex.reply_seq.wrapping_sub(seq) as i32;
+    let from = if behind > 0 {
+        if behind as u32 >= len {
+            // All framed before (a retransmission).
+            return;
+        }
+        behind as u32
+    } else {
+        if behind < 0 && !ex.reply.is_lost() {
+            // Bytes the framing never saw: where responses begin is unknown.
+            ex.reply = Reply::lost();
+            count(ResponseCount::Lost, 1);
+        }
+        0
+    };
+    ex.reply_seq = seq.wrapping_add(len);
+    if ex.reply.mode == REPLY_DONE {
+        if ex.reply.is_lost() {
+            // Not framed any more, still counted: a status line at the
+            // segment's start, unpaired.
+            untracked(ctx, pkt);
+        }
+        return;
+    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    sc.now = unsafe { bpf_ktime_get_ns() };
+    sc.base = pkt.payload_off as u32;
+    sc.pos = from;
+    sc.end = len;
+    sc.word_at = u32::MAX;
+    let was_lost = sc.ex.reply.is_lost();
+    let mut s = Scan {
+        skb: ctx.skb.skb,
+        sc: sc as *mut ReplyScratch,
+    };
+    // Each round takes a byte, a skimmed word or a body: a response head is at
+    // least 16 bytes before its body, so this bound always reaches the end.
+    let n = len - from;
+    // SAFETY: the callback gets `s`, which lives on this frame for the whole loop.
+    unsafe {
+        bpf_loop(
+            n + n / 8 + 4,
+            scan_round as *mut c_void,
+            (&raw mut s).cast(),
+            0,
+        )
+    };
+    if sc.pos < sc.end && sc.ex.reply.mode != REPLY_DONE {
+        // The bound was reached (it cannot be, by the rule above): stop framing.
+        sc.ex.reply = Reply::lost();
+    }
+    if !was_lost && sc.ex.reply.is_lost() {
+        count(ResponseCount::Lost, 1);
+    }
+    let _ = ctx;
+}
+
+/// One round of the scan: a body skipped, a head word skimmed, or a byte.
+extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Scan` that `frame` passed to bpf_loop.
+    let s = unsafe { &*(ctx as *const Scan) };
+    // SAFETY: this CPU's scratch entry, set by `frame`, used by this run only.
+    let sc = unsafe { &mut *s.sc };
+    if sc.pos >= sc.end || sc.ex.reply.mode == REPLY_DONE {
+        return 1;
+    }
+    let reply = &mut sc.ex.reply;
+    if reply.mode == REPLY_BODY {
+        let n = reply.skip_body((sc.end - sc.pos) as u64);
+        sc.pos += n as u32;
+        return 0;
+    }
+    if sc.pos < sc.word_at || sc.pos - sc.word_at >= 8 {
+        // A whole word always (the verifier's rule for loads): the next 8 bytes
+        // or the payload's last 8 (headers lie before it).
+        sc.word_at = if sc.end - sc.pos >= 8 {
+            sc.pos
+        } else {
+            sc.end - 8
+        };
+        // SAFETY: `word` holds 8 bytes; the skb pointer is the program's context.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                s.skb as *const c_void,
+                sc.base.wrapping_add(sc.word_at),
+                sc.word.as_mut_ptr().cast(),
+                8,
+            )
+        };
+        if rc != 0 {
+            sc.ex.reply = Reply::lost();
+            return 1;
+        }
+    }
+    let idx = (sc.pos - sc.word_at) & 7;
+    let avail = sc.end - sc.pos;
+    let k = sc.ex.reply.skim(
+        u64::from_le_bytes(sc.word) >> (8 * idx),
+        if avail < 8 - idx { avail } else { 8 - idx },
+    );
+    if k > 0 {
+        sc.pos += k;
+        return 0;
+    }
+    let b = sc.word[idx as usize];
+    if sc.ex.reply.step(b) == Step::Status {
+        answered(sc);
+    }
+    sc.pos += 1;
+    0
+}
+
+/// A status line was read: count it, and pair it if it is final.
+#[inline(always)]
+fn answered(sc: &mut ReplyScratch) {
+    let status = sc.ex.reply.status;
+    if sc.ex.reply.is_interim() {
+        count(ResponseCount::Interim, 1);
+        return;
+    }
+    if let Some(c) = class_of(status) {
+        count(c, 1);
+    }
+    if let Some(c) = watched_status(status) {
+        count(c, 1);
+    }
+    let ex = &mut sc.ex;
+    let r = ex.head;
+    ex.head = r.wrapping_add(1);
+    if ex.reply_flags & REPLY_AHEAD != 0 || r.wrapping_sub(ex.tail) as i32 >= 0 {
+        // No request numbered for it: what follows cannot be paired either
+        // (unless ingress stopped numbering, which keeps `tail` below it).
+        ex.reply_flags |= REPLY_AHEAD;
+        count(ResponseCount::Unseen, 1);
+        return;
+    }
+    if (ex.head_bits >> (r % HEAD_BITS)) & 1 != 0 {
+        ex.reply.no_body();
+    }
+    let slot = ex.slots[(r as usize) % FIFO_SLOTS];
+    if slot.index != r {
+        count(ResponseCount::Overflow, 1);
+        return;
+    }
+    if slot.flags & SLOT_HEAD != 0 {
+        ex.reply.no_body();
+    }
+    count(ResponseCount::Paired, 1);
+    if slot.flags & SLOT_SAMPLED == 0 {
+        return;
+    }
+    let h = &mut sc.out.header;
+    h.ts_ns = sc.now;
+    h.client = sc.key.client;
+    h.server = sc.key.server;
+    h.source = Source::TcEgress as u16;
+    h.verdict = 0;
+    h.flags = if is_v4_mapped(&sc.key.client) {
+        0
+    } else {
+        SAMPLE_IPV6
+    };
+    h.client_port = sc.key.client_port;
+    h.server_port = sc.key.server_port;
+    h.ifindex = 0;
+    h.payload_len = 0;
+    h.captured = core::mem::size_of::<ResponseRecord>() as u32;
+    h.exchange = r;
+    sc.out.rec = ResponseRecord {
+        request_ns: slot.arrival_ns,
+        ttfb_ns: sc.now.wrapping_sub(slot.arrival_ns),
+        status,
+        _pad: 0,
+        flags: RESPONSE_PAIRED,
+    };
+    if SAMPLES.output::<ResponseOut>(&sc.out, 0).is_ok() {
+        count(ResponseCount::Recorded, 1);
+    } else {
+        count(ResponseCount::RecordsLost, 1);
+    }
+}
+
+/// A segment on a connection with no entry (picked up mid-way, never numbered,
+/// or evicted): a status line at its very start is counted, unpaired.
+#[inline(always)]
+fn untracked(ctx: &TcContext, pkt: &TcpPacket) {
+    if pkt.payload_len < 12 {
+        return;
+    }
+    let Ok(line) = ctx.load::<[u8; 12]>(pkt.payload_off) else {
+        return;
+    };
+    let mut r = Reply::start();
+    for b in line {
+        if r.step(b) == Step::Status {
+            if r.is_interim() {
+                count(ResponseCount::Interim, 1);
+                return;
+            }
+            if let Some(c) = class_of(r.status) {
+                count(c, 1);
+            }
+            if let Some(c) = watched_status(r.status) {
+                count(c, 1);
+            }
+            count(ResponseCount::Unseen, 1);
+            return;
+        }
+    }
+}
+
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
+}
+
+/// The connection's key as ingress sees it: client = the destination here.
+#[inline(always)]
+fn conn_key(ctx: &TcContext, pkt: &TcpPacket, sport: u16, key: &mut ConnKey) -> Result<(), ()> {
+    if pkt.ipv6 {
+        key.server = *header::<16>(ctx, pkt.l3_off + 8).map_err(|_| ())?;
+        key.client = *header::<16>(ctx, pkt.l3_off + 24).map_err(|_| ())?;
+    } else {
+        let ip = header::<20>(ctx, pkt.l3_off).map_err(|_| ())?;
+        key.server = [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ip[12], ip[13], ip[14], ip[15],
+        ];
+        key.client = [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ip[16], ip[17], ip[18], ip[19],
+        ];
+    }
+    key.client_port = pkt.dport;
+    key.server_port = sport;
+    key._pad = 0;
+    Ok(())
+}
+
+const _: () = assert!(core::mem::size_of::<Scan>() == 16);
