@@ -265,7 +265,15 @@ pub fn read_return(ctx: &RetProbeContext, ex: bool) {
     } else {
         starts
     };
-    let _ = TLS_STREAMS.insert(&sc.key, &sc.stream, 0);
+    match TLS_STREAMS.get_ptr_mut(&sc.key) {
+        // In place: one thread reads a connection at a time (libssl is not
+        // used on one SSL* from two threads at once).
+        // SAFETY: a live map value of this connection.
+        Some(s) => unsafe { *s = sc.stream },
+        None => {
+            let _ = TLS_STREAMS.insert(&sc.key, &sc.stream, 0);
+        }
+    }
     if starts == 0 {
         return;
     }
@@ -312,7 +320,14 @@ fn attribute(call: &TlsCall, tgid: u32, key: &mut ConnKey) -> Result<(), ()> {
         ssl: call.ssl,
     };
     if call.sock != 0 && sock_conn(call.sock, key).is_ok() {
-        let _ = TLS_SSL_CONNS.insert(&ssl, key, 0);
+        // An LRU update only when the SSL* is new or moved (a reused pointer).
+        // SAFETY: a live map value, read at once.
+        let cached = TLS_SSL_CONNS
+            .get_ptr(&ssl)
+            .is_some_and(|k| unsafe { *k } == *key);
+        if !cached {
+            let _ = TLS_SSL_CONNS.insert(&ssl, key, 0);
+        }
         return Ok(());
     }
     // SAFETY: a live map value, copied out at once.
@@ -337,36 +352,32 @@ fn sock_conn(sk: u64, key: &mut ConnKey) -> Result<(), ()> {
     if off.ready == 0 {
         return Err(());
     }
-    // SAFETY (all reads below): kernel memory read through the checked helper.
-    let family: u16 =
-        unsafe { bpf_probe_read_kernel((sk + off.family as u64) as *const u16) }.map_err(|_| ())?;
+    let family: u16 = kread(sk, off.family)?;
     match family {
         AF_INET => {
-            let d: [u8; 4] = unsafe { bpf_probe_read_kernel((sk + off.daddr as u64) as *const _) }
-                .map_err(|_| ())?;
-            let s: [u8; 4] =
-                unsafe { bpf_probe_read_kernel((sk + off.rcv_saddr as u64) as *const _) }
-                    .map_err(|_| ())?;
-            key.client = mapped(d);
-            key.server = mapped(s);
+            key.client = mapped(kread(sk, off.daddr)?);
+            key.server = mapped(kread(sk, off.rcv_saddr)?);
         }
         AF_INET6 => {
-            key.client = unsafe { bpf_probe_read_kernel((sk + off.v6_daddr as u64) as *const _) }
-                .map_err(|_| ())?;
-            key.server =
-                unsafe { bpf_probe_read_kernel((sk + off.v6_rcv_saddr as u64) as *const _) }
-                    .map_err(|_| ())?;
+            key.client = kread(sk, off.v6_daddr)?;
+            key.server = kread(sk, off.v6_rcv_saddr)?;
         }
         _ => return Err(()),
     }
-    let dport: u16 =
-        unsafe { bpf_probe_read_kernel((sk + off.dport as u64) as *const u16) }.map_err(|_| ())?;
-    let num: u16 =
-        unsafe { bpf_probe_read_kernel((sk + off.num as u64) as *const u16) }.map_err(|_| ())?;
+    let dport: u16 = kread(sk, off.dport)?;
+    let num: u16 = kread(sk, off.num)?;
     key.client_port = u16::from_be(dport);
     key.server_port = num;
     key._pad = 0;
     Ok(())
+}
+
+/// A `T` at `off` bytes into the kernel object at `base`.
+#[inline(always)]
+fn kread<T>(base: u64, off: u32) -> Result<T, ()> {
+    // SAFETY: kernel memory read through the checked helper, which fails
+    // (rather than faults) on a bad address.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.map_err(|_| ())
 }
 
 /// The connection's parser: kept, or new. A stream whose handshake was seen,
@@ -384,13 +395,9 @@ fn stream_of(key: &ConnKey, ssl: &SslKey) -> TlsStream {
     if handshake {
         let _ = TLS_FRESH.remove(ssl);
     }
-    let fresh = handshake
-        || CONNS
-        .get_ptr(key)
-        .map(
-            |c| unsafe { (*c).framing.mode } == MODE_OPAQUE && unsafe { (*c).framing.is_trusted() },
-        )
-        .unwrap_or(false);
+    // SAFETY: a live map value, copied out at once.
+    let tc = CONNS.get_ptr(key).map(|c| unsafe { (*c).framing });
+    let fresh = handshake || tc.is_some_and(|f| f.mode == MODE_OPAQUE && f.is_trusted());
     TlsStream {
         framing: if fresh {
             Framing::start()

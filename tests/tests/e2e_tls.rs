@@ -286,6 +286,26 @@ fn tls_requests_over_the_rate_are_held_to_burst_plus_rate_plus_one_per_connectio
 }
 
 #[test]
+fn an_ipv6_tls_client_is_counted_under_its_prefix_bucket() -> Result<()> {
+    let _serial = serial();
+    let mut s = Scene::new(1)?;
+    s.start_daemon(&[])?;
+    let url = format!("https://[{}]:{PORT}/v6", s.client(0).server(true));
+    let statuses = curl_https(s.client(0), &[url.clone(), url.clone(), url], &[])?;
+    ensure!(statuses == vec![200; 3], "{statuses:?}");
+    let (served, _) = s.nginx.served(&s.client(0).addr(true).to_string())?;
+    ensure!(served == 3, "nginx served {served} of 3 over IPv6");
+    let stopped = s.daemon.take().context("daemon")?.stop()?;
+    let bucket = s.client(0).key(true).to_string();
+    let counted = stopped.requests_from(&bucket)?;
+    ensure!(
+        counted == 3,
+        "counted {counted} of 3 for the bucket {bucket}"
+    );
+    Ok(())
+}
+
+#[test]
 fn pipelined_requests_in_one_tls_record_all_count() -> Result<()> {
     let _serial = serial();
     let mut s = Scene::new(1)?;
@@ -346,13 +366,23 @@ fn tls_requests_stay_counted_across_an_nginx_reload() -> Result<()> {
     let daemon = s.daemon();
     wait_until(Duration::from_secs(10), "the new worker followed", || {
         let w = s.nginx.workers();
-        Ok(w.iter()
-            .all(|pid| daemon.stderr().contains(&format!("pid={pid}")) && !old.contains(pid)))
+        let log = daemon.stderr();
+        Ok(w.iter().all(|pid| {
+            !old.contains(pid)
+                && log
+                    .lines()
+                    .any(|l| l.contains("TLS: following") && l.contains(&format!("pid={pid} ")))
+        }))
     })?;
     ensure!(curl_https(s.client(0), &urls, &[])? == vec![200; 3]);
     let stopped = s.daemon.take().context("daemon")?.stop()?;
     let counted = stopped.requests_from(&me)?;
-    ensure!(counted == 6, "counted {counted} of 6 across the reload");
+    ensure!(
+        counted == 6,
+        "counted {counted} of 6 across the reload (workers {:?}): {}",
+        s.nginx.workers(),
+        stopped.stderr
+    );
     Ok(())
 }
 
