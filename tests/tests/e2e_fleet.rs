@@ -285,6 +285,47 @@ fn a_block_on_one_host_drops_the_client_on_the_others_and_an_unblock_lifts_it() 
 }
 
 #[test]
+fn a_detectors_block_on_one_host_reaches_the_others() -> Result<()> {
+    let name = name("detector");
+    let mut fleet = Fleet::new(2)?;
+    start_all(
+        &mut fleet,
+        &[
+            "--fleet-name",
+            &name,
+            "--require-auth",
+            "block",
+            "--auth-failures",
+            "3",
+            "--block-for",
+            "10m",
+        ],
+    )?;
+    let (bad, good) = (client_addr(1), client_addr(2));
+    for h in 1..HOSTS {
+        ensure!(
+            answered(&fleet, h, bad)?,
+            "host {h} refused before any block"
+        );
+    }
+    // Requests without credentials to host 0 only, until its detector blocks.
+    wait_until(EVENTUALLY, "host 0's detector to block", || {
+        Ok(!answered(&fleet, 0, bad)?)
+    })?;
+    for h in 1..HOSTS {
+        wait_until(EVENTUALLY, &format!("host {h} to drop {bad}"), || {
+            Ok(!answered(&fleet, h, bad)?)
+        })?;
+        ensure!(answered(&fleet, h, good)?, "host {h} dropped {good} too");
+    }
+    ensure!(
+        metric(&fleet, 0, "api_guard_fleet_blocks_published_total", &[])? >= 1.0,
+        "host 0 does not count the published block"
+    );
+    Ok(())
+}
+
+#[test]
 fn redis_slow_or_gone_stalls_nothing_and_the_fallback_applies_until_it_returns() -> Result<()> {
     let name = name("fault");
     let mut fleet = Fleet::new(2)?;
