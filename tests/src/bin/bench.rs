@@ -1428,7 +1428,7 @@ fn k6(o: &Options) -> Result<Section> {
         "Each run loads the real kernel program with its own maps, makes every client send one more request per round (BPF_PROG_TEST_RUN), and lets the real fleet thread sync with a real redis-server in a namespace. Costs are per synced client (a client whose count moved since the last sync), so the per-second figures assume every client active every sync, the worst case; the cores follow from them. The overshoot against the README's formula is measured by `tests/tests/e2e_fleet.rs` (three hosts, nginx's access logs as the judge), not here.".into(),
     );
     Ok(Section {
-        title: "K6. Fleet sync cost per host".into(),
+        title: "K6 — fleet sync cost per host".into(),
         about: "What `--fleet` costs one host per synced client: the fleet thread's CPU (client map walk, pipeline) and Redis's commands and CPU (the Lua scripts' HGET, HSET, INCRBY, PEXPIRE).".into(),
         rows,
         notes,
