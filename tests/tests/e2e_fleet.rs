@@ -6,7 +6,6 @@
 
 use std::{
     net::Ipv4Addr,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -73,50 +72,6 @@ fn local_limit(fleet: &Fleet, host: usize) -> Result<(u64, u64)> {
     ))
 }
 
-/// `n` requests from `source`, spread round-robin over the hosts, started
-/// `per_second` apart whatever became of the earlier ones (curl paces only
-/// serial transfers, and a dropped one would hold the next back), each on a
-/// connection of its own that gives up after a second. How many nginx
-/// answered.
-fn round_robin(fleet: &Fleet, source: Ipv4Addr, n: usize, per_second: u32) -> Result<usize> {
-    let started = Instant::now();
-    let src = source.to_string();
-    let mut children = Vec::with_capacity(n);
-    for k in 0..n {
-        let due = started + Duration::from_secs_f64(k as f64 / f64::from(per_second));
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        let u = url(
-            fleet.hosts[k % HOSTS].addr.into(),
-            API,
-            &format!("/v1/items/{k}"),
-        );
-        let child = fleet
-            .client
-            .command("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "1",
-            ])
-            .args(["--interface", &src, "-H", "Connection: close", &u])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot run curl")?;
-        children.push(child);
-    }
-    let mut ok = 0;
-    for child in children {
-        let out = child.wait_with_output()?;
-        ok += usize::from(String::from_utf8_lossy(&out.stdout).trim() == "200");
-    }
-    Ok(ok)
-}
-
 /// One request from `source` to `host`: whether nginx answered.
 fn answered(fleet: &Fleet, host: usize, source: Ipv4Addr) -> Result<bool> {
     let u = url(fleet.hosts[host].addr.into(), API, "/probe");
@@ -170,8 +125,8 @@ fn a_client_spread_over_three_hosts_gets_the_fleet_limit_and_a_calm_one_all_it_a
     let sent = 180;
     let started = Instant::now();
     let (greedy_batch, calm_batch) = std::thread::scope(|s| {
-        let g = s.spawn(|| round_robin(&fleet, greedy, sent, 15));
-        let c = s.spawn(|| round_robin(&fleet, calm, 12, 1));
+        let g = s.spawn(|| fleet.round_robin(greedy, sent, 15));
+        let c = s.spawn(|| fleet.round_robin(calm, 12, 1));
         (g.join(), c.join())
     });
     let elapsed = started.elapsed().as_secs_f64();
@@ -416,7 +371,7 @@ fn redis_slow_or_gone_stalls_nothing_and_the_fallback_applies_until_it_returns()
         );
     }
     let greedy = client_addr(1);
-    round_robin(&fleet, greedy, 60, 15)?;
+    fleet.round_robin(greedy, 60, 15)?;
     for h in 0..HOSTS {
         wait_until(
             EVENTUALLY,
@@ -480,7 +435,7 @@ fn a_daemon_restarted_mid_run_keeps_the_fleet_count() -> Result<()> {
     let same = |fleet: &Fleet| -> Result<bool> {
         Ok(fleet_count(fleet, &name, client)? == fleet.served_total(client)? as u64)
     };
-    let ok = round_robin(&fleet, client, 21, 10)?;
+    let ok = fleet.round_robin(client, 21, 10)?;
     ensure!(ok == 21, "{ok} of 21 answered");
     wait_until(EVENTUALLY, "Redis to count what nginx served", || {
         same(&fleet)
@@ -491,7 +446,7 @@ fn a_daemon_restarted_mid_run_keeps_the_fleet_count() -> Result<()> {
     fleet.stop_daemon(0)?;
     fleet.start_daemon(0, &flags)?;
     wait_fleet_up(&fleet, 0, 1.0)?;
-    let ok = round_robin(&fleet, client, 12, 10)?;
+    let ok = fleet.round_robin(client, 12, 10)?;
     ensure!(ok == 12, "{ok} of 12 answered");
     wait_until(EVENTUALLY, "Redis to count the new requests", || {
         Ok(fleet_count(&fleet, &name, client)? >= 33)
