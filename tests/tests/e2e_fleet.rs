@@ -12,10 +12,13 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use api_guard_tests::{
     client::{Connections, Opts, curl, url},
-    deploy::{DASHBOARD, dashboard_exprs, metric_names, read},
+    deploy::{
+        DASHBOARD, PROMETHEUS, RULES, dashboard_exprs, metric_names, read, with_grafana_vars,
+    },
     fleet::{Fleet, HOSTS, client_addr},
     process::wait_until,
     prom,
+    prometheus::Prometheus,
     redis::Redis,
     scenario::API,
 };
@@ -328,6 +331,17 @@ fn redis_slow_or_gone_stalls_nothing_and_the_fallback_applies_until_it_returns()
         });
         ensure!(shown, "the dashboard does not show {n}");
     }
+    // And the alerting rules name only fleet series a fleet daemon exports.
+    let rules = read(RULES)?;
+    for n in metric_names(&rules)
+        .into_iter()
+        .filter(|n| n.starts_with("api_guard_fleet_"))
+    {
+        ensure!(
+            text.contains(&format!("# TYPE {n} ")),
+            "{RULES} names {n}, which the daemon does not export"
+        );
+    }
 
     // Slow: Redis stops answering, its connections stay open.
     fleet.redis.as_ref().context("redis")?.pause();
@@ -465,5 +479,53 @@ fn a_daemon_restarted_mid_run_keeps_the_fleet_count() -> Result<()> {
         counted == served as u64 && served == 33,
         "Redis counts {counted}, nginx served {served}"
     );
+    Ok(())
+}
+
+#[test]
+fn the_fleet_panels_and_alert_work_on_live_data() -> Result<()> {
+    let name = name("prom");
+    let mut fleet = Fleet::new(1)?;
+    start_all(
+        &mut fleet,
+        &[
+            "--fleet-name",
+            &name,
+            "--fleet-rate",
+            "5:20",
+            "--fleet-hosts",
+            "3",
+        ],
+    )?;
+    // The shipped scrape config and rules, every second, in host 0's
+    // namespace, where its daemon answers at the default 127.0.0.1:9477.
+    let mut conf: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read(PROMETHEUS)?)?;
+    conf["global"]["scrape_interval"] = "1s".into();
+    conf["global"]["evaluation_interval"] = "1s".into();
+    let prom = Prometheus::start(
+        &fleet.hosts[0].ns,
+        &serde_yaml_ng::to_string(&conf)?,
+        &[("api-guard.rules.yml", &read(RULES)?)],
+    )?;
+    fleet.round_robin(client_addr(1), 45, 15)?;
+    let dash: Value = serde_json::from_str(&read(DASHBOARD)?)?;
+    for e in dashboard_exprs(&dash)
+        .iter()
+        .filter(|e| e.contains("api_guard_fleet_"))
+    {
+        let q = with_grafana_vars(e, "5s");
+        wait_until(EVENTUALLY, &format!("data for {q}"), || {
+            Ok(!prom.query_range(&q, 60)?.is_empty())
+        })
+        .with_context(|| prom.log())?;
+    }
+    // Redis gone: the alert is pending (it fires after two minutes).
+    fleet.redis.take().context("redis")?.kill();
+    wait_until(EVENTUALLY, "ApiGuardFleetDown to be pending", || {
+        Ok(prom
+            .alerts()?
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "ApiGuardFleetDown" && a["state"] == "pending"))
+    })?;
     Ok(())
 }
