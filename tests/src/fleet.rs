@@ -120,6 +120,19 @@ impl Fleet {
     /// Starts host `i`'s daemon: watching the API port on its client link,
     /// syncing with the store over its own link, with the extra `flags`.
     pub fn start_daemon(&mut self, i: usize, flags: &[&str]) -> Result<()> {
+        let url = format!("redis://{}:{}", self.hosts[i].store, redis::PORT);
+        self.start_daemon_with(i, &[], &url, flags)
+    }
+
+    /// As [`Self::start_daemon`], through `wrapper` (see
+    /// [`Daemon::start_wrapped`]) and with `url` for `--fleet`.
+    pub fn start_daemon_with(
+        &mut self,
+        i: usize,
+        wrapper: &[&str],
+        url: &str,
+        flags: &[&str],
+    ) -> Result<()> {
         let host = &mut self.hosts[i];
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -132,10 +145,10 @@ impl Fleet {
             "--cgroup".into(),
             host.nginx.cgroup().display().to_string(),
             "--fleet".into(),
-            format!("redis://{}:{}", host.store, redis::PORT),
+            url.into(),
         ];
         args.extend(flags.iter().map(|f| f.to_string()));
-        host.daemon = Some(Daemon::start(&host.ns, &args)?);
+        host.daemon = Some(Daemon::start_wrapped(&host.ns, wrapper, &args)?);
         Ok(())
     }
 

@@ -529,3 +529,161 @@ fn the_fleet_panels_and_alert_work_on_live_data() -> Result<()> {
     })?;
     Ok(())
 }
+
+#[test]
+fn a_fleet_over_tls_with_a_password_syncs_and_refuses_an_unknown_ca_or_a_wrong_password()
+-> Result<()> {
+    let name = name("tls");
+    let mut fleet = Fleet::new(1)?;
+    // A CA of the test's own and a server certificate for the store's
+    // addresses on every host's link.
+    let dir = tempfile::Builder::new().prefix("agt-").tempdir()?;
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let openssl = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("openssl").args(args).output()?;
+        ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                &d("ca.key"),
+                "-out",
+                &d("ca.pem"),
+                "-days",
+                "1",
+                "-subj",
+                "/CN=agt-fleet-ca",
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &d("redis.key"),
+                "-out",
+                &d("redis.csr"),
+                "-subj",
+                "/CN=agt-fleet-redis",
+            ],
+        ]
+        .concat(),
+    )?;
+    let sans: Vec<String> = fleet
+        .hosts
+        .iter()
+        .map(|h| format!("IP:{}", h.store))
+        .collect();
+    std::fs::write(d("ext"), format!("subjectAltName={}\n", sans.join(",")))?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &d("redis.csr"),
+        "-CA",
+        &d("ca.pem"),
+        "-CAkey",
+        &d("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &d("redis.pem"),
+        "-days",
+        "1",
+        "-extfile",
+        &d("ext"),
+    ])?;
+    fleet.redis.take().context("redis")?.kill();
+    let port = api_guard_tests::redis::PORT.to_string();
+    let (cert, key, ca) = (d("redis.pem"), d("redis.key"), d("ca.pem"));
+    fleet.redis = Some(Redis::start_with(
+        &fleet.store,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "s3cret",
+        ],
+        &[
+            "--tls",
+            "--cacert",
+            &ca,
+            "-a",
+            "s3cret",
+            "--no-auth-warning",
+        ],
+    )?);
+    let url = |host: usize, password: &str| {
+        format!("rediss://:{password}@{}:{port}/0", fleet.hosts[host].store)
+    };
+    let trust = format!("SSL_CERT_FILE={ca}");
+    let flags = [
+        "--fleet-name",
+        name.as_str(),
+        "--fleet-rate",
+        "5:20",
+        "--fleet-hosts",
+        "3",
+    ];
+    // Host 0 trusts the CA and knows the password: it syncs.
+    let (u0, u1, u2) = (url(0, "s3cret"), url(1, "wrong"), url(2, "s3cret"));
+    fleet.start_daemon_with(0, &["env", &trust], &u0, &flags)?;
+    wait_fleet_up(&fleet, 0, 1.0)?;
+    for _ in 0..3 {
+        ensure!(answered(&fleet, 0, client_addr(1))?, "host 0 refused");
+    }
+    wait_until(EVENTUALLY, "Redis to count host 0's requests", || {
+        Ok(fleet_count(&fleet, &name, client_addr(1))? == 3)
+    })?;
+    // Host 1 has the wrong password, host 2 does not trust the CA: neither
+    // syncs, and each says why.
+    fleet.start_daemon_with(1, &["env", &trust], &u1, &flags)?;
+    fleet.start_daemon_with(2, &[], &u2, &flags)?;
+    for h in 1..HOSTS {
+        wait_until(
+            EVENTUALLY,
+            &format!("host {h} to report a failed sync"),
+            || Ok(metric(&fleet, h, "api_guard_fleet_sync_errors_total", &[])? > 0.0),
+        )?;
+        ensure!(
+            metric(&fleet, h, "api_guard_fleet_up", &[])? == 0.0,
+            "host {h} is up"
+        );
+    }
+    // The passwords never reach the logs.
+    for h in 0..HOSTS {
+        let log = fleet.hosts[h].daemon.as_ref().context("daemon")?.stderr();
+        ensure!(
+            !log.contains("s3cret") && !log.contains(":wrong@"),
+            "host {h} logged a password: {log}"
+        );
+    }
+    Ok(())
+}
