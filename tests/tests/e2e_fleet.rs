@@ -287,19 +287,17 @@ fn a_detectors_block_on_one_host_reaches_the_others() -> Result<()> {
 fn redis_slow_or_gone_stalls_nothing_and_the_fallback_applies_until_it_returns() -> Result<()> {
     let name = name("fault");
     let mut fleet = Fleet::new(2)?;
-    start_all(
-        &mut fleet,
-        &[
-            "--fleet-name",
-            &name,
-            "--fleet-rate",
-            "5:20",
-            "--fleet-hosts",
-            "3",
-            "--heartbeat-timeout",
-            "2s",
-        ],
-    )?;
+    let flags = [
+        "--fleet-name",
+        name.as_str(),
+        "--fleet-rate",
+        "5:20",
+        "--fleet-hosts",
+        "3",
+        "--heartbeat-timeout",
+        "2s",
+    ];
+    start_all(&mut fleet, &flags)?;
     let calm = client_addr(2);
     for h in 0..HOSTS {
         ensure!(
@@ -374,6 +372,14 @@ fn redis_slow_or_gone_stalls_nothing_and_the_fallback_applies_until_it_returns()
             .count();
         ensure!(err == 2, "host {h}: one line per outage, not {err}");
     }
+    // A daemon that starts while Redis is gone starts all the same, at the
+    // fallback limit.
+    fleet.stop_daemon(2)?;
+    fleet.start_daemon(2, &flags)?;
+    wait_until(EVENTUALLY, "the new daemon's failed sync", || {
+        Ok(metric(&fleet, 2, "api_guard_fleet_sync_errors_total", &[])? > 0.0)
+    })?;
+    check_fallback(&fleet, calm)?;
 
     // Back: the fleet's limits resume, and a greedy client is blocked again.
     fleet.redis = Some(Redis::start(&fleet.store)?);
