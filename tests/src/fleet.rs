@@ -9,12 +9,17 @@
 //! daemon watches) and 198.18.(20+i).2 toward the store (`r0`); the store
 //! answers on 198.18.(20+i).1.
 
-use std::{net::Ipv4Addr, process::Command};
+use std::{
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::{
     bpffs::BpfFs,
+    client::url,
     daemon::{Daemon, Stopped, binary},
     netns::Netns,
     nginx::Nginx,
@@ -115,6 +120,19 @@ impl Fleet {
     /// Starts host `i`'s daemon: watching the API port on its client link,
     /// syncing with the store over its own link, with the extra `flags`.
     pub fn start_daemon(&mut self, i: usize, flags: &[&str]) -> Result<()> {
+        let url = format!("redis://{}:{}", self.hosts[i].store, redis::PORT);
+        self.start_daemon_with(i, &[], &url, flags)
+    }
+
+    /// As [`Self::start_daemon`], through `wrapper` (see
+    /// [`Daemon::start_wrapped`]) and with `url` for `--fleet`.
+    pub fn start_daemon_with(
+        &mut self,
+        i: usize,
+        wrapper: &[&str],
+        url: &str,
+        flags: &[&str],
+    ) -> Result<()> {
         let host = &mut self.hosts[i];
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -127,10 +145,10 @@ impl Fleet {
             "--cgroup".into(),
             host.nginx.cgroup().display().to_string(),
             "--fleet".into(),
-            format!("redis://{}:{}", host.store, redis::PORT),
+            url.into(),
         ];
         args.extend(flags.iter().map(|f| f.to_string()));
-        host.daemon = Some(Daemon::start(&host.ns, &args)?);
+        host.daemon = Some(Daemon::start_wrapped(&host.ns, wrapper, &args)?);
         Ok(())
     }
 
@@ -172,6 +190,50 @@ impl Fleet {
     /// Requests the three nginx served to `client`.
     pub fn served_total(&self, client: Ipv4Addr) -> Result<usize> {
         (0..HOSTS).map(|i| self.served(i, client)).sum()
+    }
+
+    /// `n` requests from `source`, spread round-robin over the hosts, started
+    /// `per_second` apart whatever became of the earlier ones (curl paces only
+    /// serial transfers, and a dropped one would hold the next back), each on a
+    /// connection of its own that gives up after a second. How many nginx
+    /// answered.
+    pub fn round_robin(&self, source: Ipv4Addr, n: usize, per_second: u32) -> Result<usize> {
+        let started = Instant::now();
+        let src = source.to_string();
+        let mut children = Vec::with_capacity(n);
+        for k in 0..n {
+            let due = started + Duration::from_secs_f64(k as f64 / f64::from(per_second));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let u = url(
+                self.hosts[k % HOSTS].addr.into(),
+                API,
+                &format!("/v1/items/{k}"),
+            );
+            let child = self
+                .client
+                .command("curl")
+                .args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "1",
+                ])
+                .args(["--interface", &src, "-H", "Connection: close", &u])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot run curl")?;
+            children.push(child);
+        }
+        let mut ok = 0;
+        for child in children {
+            let out = child.wait_with_output()?;
+            ok += usize::from(String::from_utf8_lossy(&out.stdout).trim() == "200");
+        }
+        Ok(ok)
     }
 
     /// `redis-cli ARGS` from the store namespace.

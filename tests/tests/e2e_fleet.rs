@@ -6,17 +6,19 @@
 
 use std::{
     net::Ipv4Addr,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 use api_guard_tests::{
     client::{Connections, Opts, curl, url},
-    deploy::{DASHBOARD, dashboard_exprs, metric_names, read},
+    deploy::{
+        DASHBOARD, PROMETHEUS, RULES, dashboard_exprs, metric_names, read, with_grafana_vars,
+    },
     fleet::{Fleet, HOSTS, client_addr},
     process::wait_until,
     prom,
+    prometheus::Prometheus,
     redis::Redis,
     scenario::API,
 };
@@ -73,50 +75,6 @@ fn local_limit(fleet: &Fleet, host: usize) -> Result<(u64, u64)> {
     ))
 }
 
-/// `n` requests from `source`, spread round-robin over the hosts, started
-/// `per_second` apart whatever became of the earlier ones (curl paces only
-/// serial transfers, and a dropped one would hold the next back), each on a
-/// connection of its own that gives up after a second. How many nginx
-/// answered.
-fn round_robin(fleet: &Fleet, source: Ipv4Addr, n: usize, per_second: u32) -> Result<usize> {
-    let started = Instant::now();
-    let src = source.to_string();
-    let mut children = Vec::with_capacity(n);
-    for k in 0..n {
-        let due = started + Duration::from_secs_f64(k as f64 / f64::from(per_second));
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        let u = url(
-            fleet.hosts[k % HOSTS].addr.into(),
-            API,
-            &format!("/v1/items/{k}"),
-        );
-        let child = fleet
-            .client
-            .command("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "1",
-            ])
-            .args(["--interface", &src, "-H", "Connection: close", &u])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot run curl")?;
-        children.push(child);
-    }
-    let mut ok = 0;
-    for child in children {
-        let out = child.wait_with_output()?;
-        ok += usize::from(String::from_utf8_lossy(&out.stdout).trim() == "200");
-    }
-    Ok(ok)
-}
-
 /// One request from `source` to `host`: whether nginx answered.
 fn answered(fleet: &Fleet, host: usize, source: Ipv4Addr) -> Result<bool> {
     let u = url(fleet.hosts[host].addr.into(), API, "/probe");
@@ -170,8 +128,8 @@ fn a_client_spread_over_three_hosts_gets_the_fleet_limit_and_a_calm_one_all_it_a
     let sent = 180;
     let started = Instant::now();
     let (greedy_batch, calm_batch) = std::thread::scope(|s| {
-        let g = s.spawn(|| round_robin(&fleet, greedy, sent, 15));
-        let c = s.spawn(|| round_robin(&fleet, calm, 12, 1));
+        let g = s.spawn(|| fleet.round_robin(greedy, sent, 15));
+        let c = s.spawn(|| fleet.round_robin(calm, 12, 1));
         (g.join(), c.join())
     });
     let elapsed = started.elapsed().as_secs_f64();
@@ -285,22 +243,61 @@ fn a_block_on_one_host_drops_the_client_on_the_others_and_an_unblock_lifts_it() 
 }
 
 #[test]
-fn redis_slow_or_gone_stalls_nothing_and_the_fallback_applies_until_it_returns() -> Result<()> {
-    let name = name("fault");
+fn a_detectors_block_on_one_host_reaches_the_others() -> Result<()> {
+    let name = name("detector");
     let mut fleet = Fleet::new(2)?;
     start_all(
         &mut fleet,
         &[
             "--fleet-name",
             &name,
-            "--fleet-rate",
-            "5:20",
-            "--fleet-hosts",
+            "--require-auth",
+            "block",
+            "--auth-failures",
             "3",
-            "--heartbeat-timeout",
-            "2s",
+            "--block-for",
+            "10m",
         ],
     )?;
+    let (bad, good) = (client_addr(1), client_addr(2));
+    for h in 1..HOSTS {
+        ensure!(
+            answered(&fleet, h, bad)?,
+            "host {h} refused before any block"
+        );
+    }
+    // Requests without credentials to host 0 only, until its detector blocks.
+    wait_until(EVENTUALLY, "host 0's detector to block", || {
+        Ok(!answered(&fleet, 0, bad)?)
+    })?;
+    for h in 1..HOSTS {
+        wait_until(EVENTUALLY, &format!("host {h} to drop {bad}"), || {
+            Ok(!answered(&fleet, h, bad)?)
+        })?;
+        ensure!(answered(&fleet, h, good)?, "host {h} dropped {good} too");
+    }
+    ensure!(
+        metric(&fleet, 0, "api_guard_fleet_blocks_published_total", &[])? >= 1.0,
+        "host 0 does not count the published block"
+    );
+    Ok(())
+}
+
+#[test]
+fn redis_slow_or_gone_stalls_nothing_and_the_fallback_applies_until_it_returns() -> Result<()> {
+    let name = name("fault");
+    let mut fleet = Fleet::new(2)?;
+    let flags = [
+        "--fleet-name",
+        name.as_str(),
+        "--fleet-rate",
+        "5:20",
+        "--fleet-hosts",
+        "3",
+        "--heartbeat-timeout",
+        "2s",
+    ];
+    start_all(&mut fleet, &flags)?;
     let calm = client_addr(2);
     for h in 0..HOSTS {
         ensure!(
@@ -331,6 +328,17 @@ fn redis_slow_or_gone_stalls_nothing_and_the_fallback_applies_until_it_returns()
                     .is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))
         });
         ensure!(shown, "the dashboard does not show {n}");
+    }
+    // And the alerting rules name only fleet series a fleet daemon exports.
+    let rules = read(RULES)?;
+    for n in metric_names(&rules)
+        .into_iter()
+        .filter(|n| n.starts_with("api_guard_fleet_"))
+    {
+        ensure!(
+            text.contains(&format!("# TYPE {n} ")),
+            "{RULES} names {n}, which the daemon does not export"
+        );
     }
 
     // Slow: Redis stops answering, its connections stay open.
@@ -364,6 +372,14 @@ fn redis_slow_or_gone_stalls_nothing_and_the_fallback_applies_until_it_returns()
             .count();
         ensure!(err == 2, "host {h}: one line per outage, not {err}");
     }
+    // A daemon that starts while Redis is gone starts all the same, at the
+    // fallback limit.
+    fleet.stop_daemon(2)?;
+    fleet.start_daemon(2, &flags)?;
+    wait_until(EVENTUALLY, "the new daemon's failed sync", || {
+        Ok(metric(&fleet, 2, "api_guard_fleet_sync_errors_total", &[])? > 0.0)
+    })?;
+    check_fallback(&fleet, calm)?;
 
     // Back: the fleet's limits resume, and a greedy client is blocked again.
     fleet.redis = Some(Redis::start(&fleet.store)?);
@@ -375,7 +391,7 @@ fn redis_slow_or_gone_stalls_nothing_and_the_fallback_applies_until_it_returns()
         );
     }
     let greedy = client_addr(1);
-    round_robin(&fleet, greedy, 60, 15)?;
+    fleet.round_robin(greedy, 60, 15)?;
     for h in 0..HOSTS {
         wait_until(
             EVENTUALLY,
@@ -439,7 +455,7 @@ fn a_daemon_restarted_mid_run_keeps_the_fleet_count() -> Result<()> {
     let same = |fleet: &Fleet| -> Result<bool> {
         Ok(fleet_count(fleet, &name, client)? == fleet.served_total(client)? as u64)
     };
-    let ok = round_robin(&fleet, client, 21, 10)?;
+    let ok = fleet.round_robin(client, 21, 10)?;
     ensure!(ok == 21, "{ok} of 21 answered");
     wait_until(EVENTUALLY, "Redis to count what nginx served", || {
         same(&fleet)
@@ -450,7 +466,7 @@ fn a_daemon_restarted_mid_run_keeps_the_fleet_count() -> Result<()> {
     fleet.stop_daemon(0)?;
     fleet.start_daemon(0, &flags)?;
     wait_fleet_up(&fleet, 0, 1.0)?;
-    let ok = round_robin(&fleet, client, 12, 10)?;
+    let ok = fleet.round_robin(client, 12, 10)?;
     ensure!(ok == 12, "{ok} of 12 answered");
     wait_until(EVENTUALLY, "Redis to count the new requests", || {
         Ok(fleet_count(&fleet, &name, client)? >= 33)
@@ -469,5 +485,211 @@ fn a_daemon_restarted_mid_run_keeps_the_fleet_count() -> Result<()> {
         counted == served as u64 && served == 33,
         "Redis counts {counted}, nginx served {served}"
     );
+    Ok(())
+}
+
+#[test]
+fn the_fleet_panels_and_alert_work_on_live_data() -> Result<()> {
+    let name = name("prom");
+    let mut fleet = Fleet::new(1)?;
+    start_all(
+        &mut fleet,
+        &[
+            "--fleet-name",
+            &name,
+            "--fleet-rate",
+            "5:20",
+            "--fleet-hosts",
+            "3",
+        ],
+    )?;
+    // The shipped scrape config and rules, every second, in host 0's
+    // namespace, where its daemon answers at the default 127.0.0.1:9477.
+    let mut conf: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read(PROMETHEUS)?)?;
+    conf["global"]["scrape_interval"] = "1s".into();
+    conf["global"]["evaluation_interval"] = "1s".into();
+    let prom = Prometheus::start(
+        &fleet.hosts[0].ns,
+        &serde_yaml_ng::to_string(&conf)?,
+        &[("api-guard.rules.yml", &read(RULES)?)],
+    )?;
+    fleet.round_robin(client_addr(1), 45, 15)?;
+    let dash: Value = serde_json::from_str(&read(DASHBOARD)?)?;
+    for e in dashboard_exprs(&dash)
+        .iter()
+        .filter(|e| e.contains("api_guard_fleet_"))
+    {
+        let q = with_grafana_vars(e, "5s");
+        wait_until(EVENTUALLY, &format!("data for {q}"), || {
+            Ok(!prom.query_range(&q, 60)?.is_empty())
+        })
+        .with_context(|| prom.log())?;
+    }
+    // Redis gone: the alert is pending (it fires after two minutes).
+    fleet.redis.take().context("redis")?.kill();
+    wait_until(EVENTUALLY, "ApiGuardFleetDown to be pending", || {
+        Ok(prom
+            .alerts()?
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "ApiGuardFleetDown" && a["state"] == "pending"))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_fleet_over_tls_with_a_password_syncs_and_refuses_an_unknown_ca_or_a_wrong_password()
+-> Result<()> {
+    let name = name("tls");
+    let mut fleet = Fleet::new(1)?;
+    // A CA of the test's own and a server certificate for the store's
+    // addresses on every host's link.
+    let dir = tempfile::Builder::new().prefix("agt-").tempdir()?;
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let openssl = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("openssl").args(args).output()?;
+        ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                &d("ca.key"),
+                "-out",
+                &d("ca.pem"),
+                "-days",
+                "1",
+                "-subj",
+                "/CN=agt-fleet-ca",
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &d("redis.key"),
+                "-out",
+                &d("redis.csr"),
+                "-subj",
+                "/CN=agt-fleet-redis",
+            ],
+        ]
+        .concat(),
+    )?;
+    let sans: Vec<String> = fleet
+        .hosts
+        .iter()
+        .map(|h| format!("IP:{}", h.store))
+        .collect();
+    std::fs::write(d("ext"), format!("subjectAltName={}\n", sans.join(",")))?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &d("redis.csr"),
+        "-CA",
+        &d("ca.pem"),
+        "-CAkey",
+        &d("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &d("redis.pem"),
+        "-days",
+        "1",
+        "-extfile",
+        &d("ext"),
+    ])?;
+    fleet.redis.take().context("redis")?.kill();
+    let port = api_guard_tests::redis::PORT.to_string();
+    let (cert, key, ca) = (d("redis.pem"), d("redis.key"), d("ca.pem"));
+    fleet.redis = Some(Redis::start_with(
+        &fleet.store,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "s3cret",
+        ],
+        &[
+            "--tls",
+            "--cacert",
+            &ca,
+            "-a",
+            "s3cret",
+            "--no-auth-warning",
+        ],
+    )?);
+    let url = |host: usize, password: &str| {
+        format!("rediss://:{password}@{}:{port}/0", fleet.hosts[host].store)
+    };
+    let trust = format!("SSL_CERT_FILE={ca}");
+    let flags = [
+        "--fleet-name",
+        name.as_str(),
+        "--fleet-rate",
+        "5:20",
+        "--fleet-hosts",
+        "3",
+    ];
+    // Host 0 trusts the CA and knows the password: it syncs.
+    let (u0, u1, u2) = (url(0, "s3cret"), url(1, "wrong"), url(2, "s3cret"));
+    fleet.start_daemon_with(0, &["env", &trust], &u0, &flags)?;
+    wait_fleet_up(&fleet, 0, 1.0)?;
+    for _ in 0..3 {
+        ensure!(answered(&fleet, 0, client_addr(1))?, "host 0 refused");
+    }
+    wait_until(EVENTUALLY, "Redis to count host 0's requests", || {
+        Ok(fleet_count(&fleet, &name, client_addr(1))? == 3)
+    })?;
+    // Host 1 has the wrong password, host 2 does not trust the CA: neither
+    // syncs, and each says why.
+    fleet.start_daemon_with(1, &["env", &trust], &u1, &flags)?;
+    fleet.start_daemon_with(2, &[], &u2, &flags)?;
+    for h in 1..HOSTS {
+        wait_until(
+            EVENTUALLY,
+            &format!("host {h} to report a failed sync"),
+            || Ok(metric(&fleet, h, "api_guard_fleet_sync_errors_total", &[])? > 0.0),
+        )?;
+        ensure!(
+            metric(&fleet, h, "api_guard_fleet_up", &[])? == 0.0,
+            "host {h} is up"
+        );
+    }
+    // The passwords never reach the logs.
+    for h in 0..HOSTS {
+        let log = fleet.hosts[h].daemon.as_ref().context("daemon")?.stderr();
+        ensure!(
+            !log.contains("s3cret") && !log.contains(":wrong@"),
+            "host {h} logged a password: {log}"
+        );
+    }
     Ok(())
 }

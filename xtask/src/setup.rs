@@ -36,7 +36,7 @@ fn packages(llvm: u32) -> Vec<(String, PathBuf)> {
         ("systemd", "systemd-analyze"),
         ("python3", "python3"),
         ("pkg-config", "pkg-config"),
-        // The fleet tests' shared store (e2e_fleet).
+        // The fleet tests' shared store (e2e_fleet), and its TLS certificates.
         ("redis-server", "redis-server"),
         ("openssl", "openssl"),
     ] {

@@ -12,7 +12,12 @@ use std::{
 };
 
 use anyhow::Result;
-use api_guard_common::{client::ClientKey, config::Limit, maps as names, network::V4_MAPPED_BITS};
+use api_guard_common::{
+    client::ClientKey,
+    config::{Limit, flags},
+    maps as names,
+    network::V4_MAPPED_BITS,
+};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{block, deadline};
@@ -205,10 +210,26 @@ impl FleetEnforcer {
     }
 
     /// Sets the local request limit per client, from the next packet.
+    ///
+    /// The config entry is read, changed and written whole, and the flow's
+    /// enforcer does the same when it makes the first block (it sets
+    /// `HAS_BLOCKS`): so the write is checked after it is made, and made again
+    /// with both changes if the other writer came between.
     pub fn set_request_limit(&mut self, rate: u32, burst: u32) -> Result<()> {
-        let mut config = self.maps.config()?;
-        config.requests = Limit::per_second(u64::from(rate), u64::from(burst));
-        self.maps.set_config(&config)
+        let limit = Limit::per_second(u64::from(rate), u64::from(burst));
+        for _ in 0..4 {
+            let mut config = self.maps.config()?;
+            let has_blocks = !self.maps.blocks()?.is_empty();
+            if config.requests == limit && (!has_blocks || config.has(flags::HAS_BLOCKS)) {
+                return Ok(());
+            }
+            config.requests = limit;
+            if has_blocks {
+                config.flags |= flags::HAS_BLOCKS;
+            }
+            self.maps.set_config(&config)?;
+        }
+        anyhow::bail!("the config entry kept changing under the fleet's limit")
     }
 }
 
