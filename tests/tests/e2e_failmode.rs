@@ -80,7 +80,11 @@ fn closed_keeps_enforcing_after_the_daemon_stops_until_detach() -> Result<()> {
     assert!(program_loaded(prog), "still attached without a daemon");
     let mut pinned = links(&pin_dir);
     pinned.sort();
-    assert_eq!(pinned.len(), 3, "two interfaces and sock_ops: {pinned:?}");
+    assert_eq!(
+        pinned.len(),
+        5,
+        "two interfaces (ingress and egress) and sock_ops: {pinned:?}"
+    );
 
     let (c0, c1) = (&topo.clients[0], &topo.clients[1]);
     assert!(!admitted(c0)?, "the block holds without a daemon");

@@ -327,3 +327,47 @@ fn the_server_closing_forgets_the_connection_and_non_watched_ports_are_ignored()
     assert_eq!(d[C::Class2xx as usize], 2);
     assert_eq!(d[C::Class5xx as usize], 0);
 }
+
+/// On `lo` each packet passes egress and then ingress: a request through
+/// egress and a response through ingress must count nothing twice.
+#[test]
+fn on_loopback_neither_direction_is_counted_twice() {
+    use api_guard_common::counters::{Kind, Verdict};
+    let h = harness();
+    let before = h.datapath.responses().unwrap();
+    let mut c = Conn::open(&h, CLIENT4.into(), 48000);
+    let get = b"GET / HTTP/1.1\r\n\r\n";
+    // The request on its way out of the client (egress), then in (ingress).
+    let out = Tcp {
+        sport: 48000,
+        seq: c.req_seq,
+        ..Tcp::data(API, get)
+    };
+    assert_eq!(
+        h.run_egress(&packet::from(c.client, &out)).unwrap(),
+        TC_ACT_PIPE
+    );
+    let requests = |h: &Harness| {
+        h.datapath
+            .counters()
+            .unwrap()
+            .get(Kind::Requests, Verdict::Allowed)
+    };
+    let seen_before = requests(&h);
+    c.request(&h, get);
+    assert_eq!(requests(&h), seen_before + 1);
+    // The response out of the server (egress), then into the client (ingress).
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    c.respond(&h, answer);
+    let back = Tcp {
+        sport: API,
+        dport: 48000,
+        seq: 0,
+        ..Tcp::data(API, answer)
+    };
+    assert_eq!(h.run(&packet::to(c.client, &back)).unwrap(), TC_ACT_PIPE);
+    assert_eq!(requests(&h), seen_before + 1);
+    let d = delta(&h, &before);
+    assert_eq!(d[C::Class2xx as usize], 1);
+    assert_eq!(d[C::Paired as usize], 1);
+}
