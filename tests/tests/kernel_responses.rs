@@ -371,3 +371,36 @@ fn on_loopback_neither_direction_is_counted_twice() {
     assert_eq!(d[C::Class2xx as usize], 1);
     assert_eq!(d[C::Paired as usize], 1);
 }
+
+/// `--sample-budget`: past the second's budget samples are not taken, and
+/// counted; requests are counted all the same.
+#[test]
+fn samples_over_the_budget_are_counted_not_taken() {
+    use api_guard_common::counters::{Kind, Verdict};
+    let mut h = harness();
+    h.datapath.set_sample_budget(Some(5)).unwrap();
+    let mut ring = h.datapath.take_samples().unwrap();
+    let before = h.datapath.responses().unwrap();
+    let requests_before = h
+        .datapath
+        .counters()
+        .unwrap()
+        .get(Kind::Requests, Verdict::Allowed);
+    let mut c = Conn::open(&h, CLIENT4.into(), 49000);
+    for _ in 0..40 {
+        c.request(&h, b"GET / HTTP/1.1\r\n\r\n");
+    }
+    let taken = drain(&mut ring).requests.len() as u64;
+    let over = delta(&h, &before)[C::OverBudget as usize];
+    // A second's worth of burst (5), and what refilled meanwhile.
+    assert!((5..=8).contains(&taken), "{taken} samples taken");
+    assert_eq!(taken + over, 40);
+    assert_eq!(
+        h.datapath
+            .counters()
+            .unwrap()
+            .get(Kind::Requests, Verdict::Allowed)
+            - requests_before,
+        40
+    );
+}

@@ -108,4 +108,13 @@ mod tests {
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("soon").is_err());
     }
+
+    #[test]
+    fn sample_budgets_are_per_second_and_bounded() {
+        assert_eq!(parse_sample_budget("10000/s"), Ok(10_000));
+        assert_eq!(parse_sample_budget("7"), Ok(7));
+        for bad in ["0", "0/s", "-1", "10/m", "x", "10000001/s"] {
+            assert!(parse_sample_budget(bad).is_err(), "{bad}");
+        }
+    }
 }

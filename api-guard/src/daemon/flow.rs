@@ -39,7 +39,7 @@ use api_guard_common::sample::NO_EXCHANGE;
 
 /// Sampled requests waiting for their responses at most: past it the oldest
 /// is logged without its response (`evicted`). Each holds its captured head.
-pub const JOIN_CAP: usize = 16_384;
+pub const JOIN_CAP: usize = 4_096;
 
 /// What the flow needs to know, fixed at start: plain values.
 pub struct FlowConfig {
