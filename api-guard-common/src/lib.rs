@@ -14,5 +14,6 @@ pub mod http;
 pub mod maps;
 pub mod network;
 pub mod ports;
+pub mod proxy;
 pub mod sample;
 pub mod stream;

@@ -44,7 +44,14 @@ pub const TAIL_SAMPLE: u32 = 1;
 /// program of its own so the verifier checks it once, whatever path the parser
 /// took (VLAN tags, IP options, extension headers) to reach it.
 pub const TAIL_JUDGE: u32 = 2;
-pub const TAIL_SLOTS: u32 = 3;
+/// Slot of the proxy program: who a `--trusted-proxy` peer's client is (its
+/// PROXY header), before the judge. A program of its own for the verifier, and
+/// so the judge's stack stays its own.
+pub const TAIL_PROXY: u32 = 3;
+/// Slot of the judge for a trusted peer's packets (tail-called by the proxy
+/// program): a program of its own, so the direct judge is verified unchanged.
+pub const TAIL_JUDGE_PROXIED: u32 = 4;
+pub const TAIL_SLOTS: u32 = 5;
 /// Sampled request heads ([`crate::sample`]), a ring buffer.
 pub const SAMPLES: &str = "SAMPLES";
 /// Per-CPU scratch space where a sample is built before it is copied out.
@@ -64,3 +71,11 @@ pub const PENALTY_SLOTS: u32 = 16_384;
 pub const OPEN_CONNS: &str = "OPEN_CONNS";
 /// Entries in `OPEN_CONNS`: clients with connections open at once.
 pub const OPEN_CONN_SLOTS: u32 = 65_536;
+/// Peers whose PROXY protocol headers name the client (`--trusted-proxy`), an
+/// LPM trie of [`crate::network::NetKey`].
+pub const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
+/// Connections from trusted peers and the client their PROXY header named
+/// ([`crate::proxy::ProxyConn`]), an LRU hash keyed by [`crate::conn::ConnKey`].
+pub const PROXY_CONNS: &str = "PROXY_CONNS";
+/// Per-CPU space for the PROXY header stage.
+pub const PROXY_SCRATCH: &str = "PROXY_SCRATCH";

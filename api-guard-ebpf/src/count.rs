@@ -38,6 +38,9 @@ pub struct Seen {
     /// Request starts it carries (each counted and charged).
     pub starts: u32,
     pub connection: bool,
+    /// The client is one a trusted peer's PROXY header named (proxy.rs), not
+    /// the packet's source.
+    pub named: bool,
 }
 
 /// Counts `verdict` for the packet and for the request or connection it carries.

@@ -144,6 +144,10 @@ pub struct Policy {
     /// `--fail-mode open`: stop dropping once the daemon has been silent this
     /// long. None: closed, keep enforcing without a daemon.
     pub fail_open_after: Option<Duration>,
+    /// `--trusted-proxy`: peers whose PROXY headers name the client.
+    pub trusted_proxies: Vec<Network>,
+    /// `--proxy-protocol required`.
+    pub proxy_required: bool,
 }
 
 impl Policy {
@@ -163,6 +167,11 @@ impl Policy {
         }
         if self.auth_blocks && self.block_for.is_none() {
             return Err("--require-auth block needs --block-for (how long to block)".into());
+        }
+        if self.proxy_required && self.trusted_proxies.is_empty() {
+            return Err(
+                "--proxy-protocol required needs --trusted-proxy (the peers that send it)".into(),
+            );
         }
         Ok(())
     }
@@ -188,6 +197,12 @@ impl Policy {
         }
         if !self.limits.is_empty() {
             f |= flags::HAS_OVERRIDES;
+        }
+        if !self.trusted_proxies.is_empty() {
+            f |= flags::HAS_TRUSTED_PROXIES;
+        }
+        if self.proxy_required {
+            f |= flags::PROXY_REQUIRED;
         }
         Config {
             requests: limit(self.rate, self.burst),
@@ -215,6 +230,7 @@ impl Policy {
             allow: keys(&self.allow),
             deny: keys(&self.deny),
             limits: self.overrides(),
+            trusted_proxies: keys(&self.trusted_proxies),
             config: self.config(netns_cookie),
         }
     }

@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod client;
 pub mod daemon;
 pub mod deploy;
+pub mod haproxy;
 pub mod netns;
 pub mod nginx;
 pub mod packet;

@@ -46,9 +46,25 @@ impl Nginx {
     /// nginx with `limit_req` per client address: `rate` requests a second with
     /// bursts of `burst`, answered 429 beyond (the usual proxy-side limiter).
     pub fn start_with(ns: &Netns, ports: &[u16], limit_req: Option<(u32, u32)>) -> Result<Self> {
+        Self::start_config(ns, ports, limit_req, false)
+    }
+
+    /// nginx behind a load balancer: every listen takes a PROXY protocol
+    /// header (`listen ... proxy_protocol`), and the access log's client is the
+    /// one the header names (`$proxy_protocol_addr`), as nginx reads it.
+    pub fn start_proxy_protocol(ns: &Netns, ports: &[u16]) -> Result<Self> {
+        Self::start_config(ns, ports, None, true)
+    }
+
+    fn start_config(
+        ns: &Netns,
+        ports: &[u16],
+        limit_req: Option<(u32, u32)>,
+        proxy_protocol: bool,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
         let conf = dir.path().join("nginx.conf");
-        fs::write(&conf, config(dir.path(), ports, limit_req))?;
+        fs::write(&conf, config(dir.path(), ports, limit_req, proxy_protocol))?;
         fs::create_dir_all(dir.path().join("www"))?;
         fs::write(dir.path().join("www/ok.txt"), "ok\n")?;
         let cgroup = TestCgroup::new("nginx")?;
@@ -112,7 +128,12 @@ fn nginx_binary() -> String {
         .to_string()
 }
 
-fn config(dir: &Path, ports: &[u16], limit_req: Option<(u32, u32)>) -> String {
+fn config(
+    dir: &Path,
+    ports: &[u16],
+    limit_req: Option<(u32, u32)>,
+    proxy_protocol: bool,
+) -> String {
     let d = dir.display();
     let (zone, limit) = match limit_req {
         Some((rate, burst)) => (
@@ -123,10 +144,20 @@ fn config(dir: &Path, ports: &[u16], limit_req: Option<(u32, u32)>) -> String {
         ),
         None => (String::new(), String::new()),
     };
+    let pp = if proxy_protocol {
+        " proxy_protocol"
+    } else {
+        ""
+    };
     let listens: String = ports
         .iter()
-        .map(|p| format!("        listen {p};\n        listen [::]:{p};\n"))
+        .map(|p| format!("        listen {p}{pp};\n        listen [::]:{p}{pp};\n"))
         .collect();
+    let client = if proxy_protocol {
+        "$proxy_protocol_addr"
+    } else {
+        "$remote_addr"
+    };
     let temp = |name: &str| -> PathBuf { dir.join(name) };
     format!(
         r#"# Written by the api-guard test harness.
@@ -137,7 +168,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    log_format harness '$remote_addr $server_port $request_method $request_uri $status';
+    log_format harness '{client} $server_port $request_method $request_uri $status';
     access_log {d}/access.log harness;
     client_body_temp_path {body};
     proxy_temp_path {proxy};

@@ -33,6 +33,9 @@ fn packages(llvm: u32) -> Vec<(String, PathBuf)> {
         ("prometheus", "promtool"),
         ("systemd", "systemd-analyze"),
         ("python3", "python3"),
+        // The L4 load balancer of the identity tests (PROXY protocol v2).
+        ("haproxy", "haproxy"),
+        ("openssl", "openssl"),
     ] {
         list.push((
             pkg.into(),

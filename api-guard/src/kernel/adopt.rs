@@ -31,6 +31,11 @@ fn expected_sizes(name: &str) -> Option<(usize, usize)> {
         names::CONNS => (size_of::<conn::ConnKey>(), size_of::<conn::ConnState>()),
         names::PENALTIES => (size_of::<client::ClientKey>(), size_of::<client::Penalty>()),
         names::OPEN_CONNS => (size_of::<client::ClientKey>(), 8),
+        names::TRUSTED_PROXIES => (lpm_key, 1),
+        names::PROXY_CONNS => (
+            size_of::<conn::ConnKey>(),
+            size_of::<api_guard_common::proxy::ProxyConn>(),
+        ),
         _ => return None,
     })
 }

@@ -16,7 +16,8 @@ use aya::{
 use super::{
     adopt, layout,
     object::{
-        FLOOR_PROGRAM, INGRESS_PROGRAM, JUDGE_PROGRAM, OBJECT, RESET_PROGRAM, SAMPLE_PROGRAM,
+        FLOOR_PROGRAM, INGRESS_PROGRAM, JUDGE_PROGRAM, JUDGE_PROXIED_PROGRAM, OBJECT,
+        PROXY_PROGRAM, RESET_PROGRAM, SAMPLE_PROGRAM,
     },
     ring::SampleRing,
     source::{MapSet, MapSource},
@@ -87,6 +88,8 @@ impl Datapath {
         load_tail(&mut ebpf, RESET_PROGRAM, names::TAIL_RESET)?;
         load_tail(&mut ebpf, SAMPLE_PROGRAM, names::TAIL_SAMPLE)?;
         load_tail(&mut ebpf, JUDGE_PROGRAM, names::TAIL_JUDGE)?;
+        load_tail(&mut ebpf, PROXY_PROGRAM, names::TAIL_PROXY)?;
+        load_tail(&mut ebpf, JUDGE_PROXIED_PROGRAM, names::TAIL_JUDGE_PROXIED)?;
         let mut datapath = Self { ebpf };
         // Never leave a new policy zeroed (a zero IPv6 prefix would lump every
         // IPv6 client together): watch-only until the caller sets its own. An

@@ -1,0 +1,264 @@
+//! Who the client is, end to end: a real HAProxy in TCP mode (`send-proxy-v2`)
+//! in front of a real nginx (`listen ... proxy_protocol`), the real daemon
+//! trusting the balancer (`--trusted-proxy`). Judged by nginx's access log, where
+//! each request's client is the one nginx read from the PROXY header
+//! (`$proxy_protocol_addr`): the buckets are the real clients', the balancer is
+//! never limited, and a direct client forging a header is charged itself.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+use api_guard_tests::{
+    bpffs::BpfFs,
+    client::{Connections, Opts, curl, url},
+    daemon::Daemon,
+    haproxy::Haproxy,
+    netns::{Netns, Topology},
+    nginx::Nginx,
+};
+
+const API: u16 = 8080;
+/// Requests a client may send at once, and per second after.
+const BURST: u64 = 3;
+const RATE: u64 = 1;
+
+/// The balancer's listening addresses (on its loopback), and the clients'.
+const LB_LISTEN4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+const LB_LISTEN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+
+fn client4(i: u8) -> IpAddr {
+    Ipv4Addr::new(198, 19, 0, 10 + i).into()
+}
+
+fn client6(i: u8) -> IpAddr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10 + i as u16).into()
+}
+
+/// Client host 0 is the balancer (its clients live on its loopback, as if
+/// behind it); client host 1 reaches nginx directly.
+struct Scene {
+    _daemon: Daemon,
+    _haproxy: Haproxy,
+    nginx: Nginx,
+    topo: Topology,
+    _bpffs: BpfFs,
+}
+
+impl Scene {
+    fn start() -> Result<Self> {
+        let bpffs = BpfFs::mount()?;
+        let topo = Topology::new(2)?;
+        let lb = &topo.clients[0];
+        lb.ns.ip(&["link", "set", "lo", "up"])?;
+        lb.ns
+            .ip(&["addr", "add", &format!("{LB_LISTEN4}/32"), "dev", "lo"])?;
+        lb.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{LB_LISTEN6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ])?;
+        for i in 0..50u8 {
+            for a in [client4(i), client6(i)] {
+                let (plen, nodad) = if a.is_ipv4() {
+                    (32, None)
+                } else {
+                    (128, Some("nodad"))
+                };
+                let cidr = format!("{a}/{plen}");
+                let mut args = vec!["addr", "add", cidr.as_str(), "dev", "lo"];
+                args.extend(nodad);
+                lb.ns.ip(&args)?;
+            }
+        }
+        let nginx = Nginx::start_proxy_protocol(&topo.server, &[API])?;
+        // IPv4 clients reach nginx over IPv4, IPv6 clients over IPv6.
+        let haproxy = Haproxy::start(
+            &lb.ns,
+            &[
+                (
+                    SocketAddr::new(LB_LISTEN4.into(), API),
+                    SocketAddr::new(lb.server4.into(), API),
+                ),
+                (
+                    SocketAddr::new(LB_LISTEN6.into(), API),
+                    SocketAddr::new(lb.server6.into(), API),
+                ),
+            ],
+        )?;
+        let mut args: Vec<String> = [
+            "run",
+            "--port",
+            &API.to_string(),
+            "--pin-dir",
+            &bpffs.pin_dir().display().to_string(),
+            "--cgroup",
+            &nginx.cgroup().display().to_string(),
+            "--rate",
+            &RATE.to_string(),
+            "--burst",
+            &BURST.to_string(),
+            // Refused at once, never served late by a retransmission.
+            "--on-limit",
+            "reset",
+            // One bucket per IPv6 client here, not per /64.
+            "--ipv6-prefix",
+            "128",
+            "--trusted-proxy",
+            &lb.addr4.to_string(),
+            "--trusted-proxy",
+            &lb.addr6.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for iface in &topo.server_ifaces {
+            args.extend(["--iface".into(), iface.clone()]);
+        }
+        let daemon = Daemon::start(&topo.server, &args)?;
+        Ok(Self {
+            _daemon: daemon,
+            _haproxy: haproxy,
+            nginx,
+            topo,
+            _bpffs: bpffs,
+        })
+    }
+
+    fn balancer(&self) -> &Netns {
+        &self.topo.clients[0].ns
+    }
+
+    /// `n` requests for `path` from `client`, each on a new connection through
+    /// the balancer, one after another; returns how long they took.
+    fn via_balancer(&self, client: IpAddr, path: &str, n: usize) -> Result<f64> {
+        let listen: IpAddr = if client.is_ipv4() {
+            LB_LISTEN4.into()
+        } else {
+            LB_LISTEN6.into()
+        };
+        let urls = vec![url(listen, API, path); n];
+        let t = Instant::now();
+        curl(
+            self.balancer(),
+            &urls,
+            Opts::new(Connections::New).source(client),
+        )?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+
+    /// Requests nginx served (200) for `path` to the client it read as `client`.
+    fn served(&self, client: IpAddr, path: &str) -> Result<usize> {
+        Ok(self
+            .nginx
+            .access_log()?
+            .iter()
+            .filter(|l| l.client == client.to_string() && l.uri == path && l.status == 200)
+            .count())
+    }
+}
+
+/// What a bucket of BURST and RATE may admit over `secs`, one more for the
+/// bucket's edge.
+fn at_most(secs: f64) -> usize {
+    (BURST as f64 + RATE as f64 * secs).floor() as usize + 1
+}
+
+fn balancer_clients_are_each_limited_and_the_balancer_never(ipv6: bool) -> Result<()> {
+    let s = Scene::start()?;
+    let client = |i| if ipv6 { client6(i) } else { client4(i) };
+    // 40 clients behind the one balancer, each within its own burst: all
+    // served. Were the balancer the client, BURST in all would be.
+    for i in 0..40 {
+        s.via_balancer(client(i), "/each", BURST as usize)?;
+    }
+    for i in 0..40 {
+        assert_eq!(
+            s.served(client(i), "/each")?,
+            BURST as usize,
+            "client {} behind the balancer",
+            client(i)
+        );
+    }
+    // One client over its own limit: held to its bucket.
+    const SENT: usize = 12;
+    let secs = s.via_balancer(client(45), "/heavy", SENT)?;
+    let heavy = s.served(client(45), "/heavy")?;
+    assert!(
+        heavy >= BURST as usize && heavy <= at_most(secs) && heavy < SENT,
+        "the heavy client was served {heavy} of {SENT} in {secs:.2} s"
+    );
+    // ... and no one else is: a fresh client behind the same balancer.
+    s.via_balancer(client(46), "/after", BURST as usize)?;
+    assert_eq!(s.served(client(46), "/after")?, BURST as usize);
+    Ok(())
+}
+
+#[test]
+fn ipv4_clients_behind_haproxy_are_limited_each_and_the_balancer_never() -> Result<()> {
+    balancer_clients_are_each_limited_and_the_balancer_never(false)
+}
+
+#[test]
+fn ipv6_clients_behind_haproxy_are_limited_each_and_the_balancer_never() -> Result<()> {
+    balancer_clients_are_each_limited_and_the_balancer_never(true)
+}
+
+/// Sends a PROXY v2 header naming `named`, then a request for `path`, on one
+/// connection from the direct client's host to nginx; returns nginx's status
+/// (0: no answer, as when the connection is reset).
+fn forged(ns: &Netns, server: IpAddr, named: Ipv4Addr, path: &str) -> Result<u16> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    header.extend_from_slice(&named.octets());
+    header.extend_from_slice(&[198, 18, 1, 1, 0xd4, 0x31, 0x1f, 0x90]);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n");
+    let wire = [header, request.into_bytes()].concat();
+    ns.within(|| -> Result<u16> {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &SocketAddr::new(server, API),
+            std::time::Duration::from_secs(10),
+        )?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        s.write_all(&wire)?;
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        Ok(text
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|t| t.get(..3))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0))
+    })?
+    .context("forged request")
+}
+
+#[test]
+fn a_direct_client_forging_a_proxy_header_is_charged_itself() -> Result<()> {
+    let s = Scene::start()?;
+    let victim = Ipv4Addr::new(198, 19, 0, 10);
+    let direct = &s.topo.clients[1];
+    // nginx believes any header (it has no list of trusted balancers); the
+    // kernel charges the forger's own address: it is held to one bucket.
+    const SENT: usize = 10;
+    let t = Instant::now();
+    for _ in 0..SENT {
+        forged(&direct.ns, direct.server4.into(), victim, "/forged")?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let forged_served = s.served(victim.into(), "/forged")?;
+    assert!(
+        forged_served >= 1 && forged_served <= at_most(secs) && forged_served < SENT,
+        "forged requests served {forged_served} of {SENT} in {secs:.2} s"
+    );
+    // The victim's own bucket is untouched by all that.
+    s.via_balancer(victim.into(), "/real", BURST as usize)?;
+    assert_eq!(s.served(victim.into(), "/real")?, BURST as usize);
+    Ok(())
+}
