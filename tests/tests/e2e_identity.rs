@@ -13,12 +13,14 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use api_guard_tests::{
+    PREFIX,
     bpffs::BpfFs,
     client::{Connections, Opts, curl, url},
     daemon::Daemon,
     haproxy::Haproxy,
     netns::{Netns, Topology},
     nginx::Nginx,
+    process::wait_until,
 };
 
 const API: u16 = 8080;
@@ -42,6 +44,9 @@ fn client6(i: u8) -> IpAddr {
 /// behind it); client host 1 reaches nginx directly.
 struct Scene {
     _daemon: Daemon,
+    /// The daemon's access log (`--access-log`).
+    log: std::path::PathBuf,
+    _log_dir: tempfile::TempDir,
     _haproxy: Haproxy,
     nginx: Nginx,
     topo: Topology,
@@ -51,6 +56,8 @@ struct Scene {
 impl Scene {
     fn start() -> Result<Self> {
         let bpffs = BpfFs::mount()?;
+        let log_dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
+        let log = log_dir.path().join("access.log");
         let topo = Topology::new(2)?;
         let lb = &topo.clients[0];
         lb.ns.ip(&["link", "set", "lo", "up"])?;
@@ -114,6 +121,8 @@ impl Scene {
             &lb.addr4.to_string(),
             "--trusted-proxy",
             &lb.addr6.to_string(),
+            "--access-log",
+            &log.display().to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -124,6 +133,8 @@ impl Scene {
         let daemon = Daemon::start(&topo.server, &args)?;
         Ok(Self {
             _daemon: daemon,
+            log,
+            _log_dir: log_dir,
             _haproxy: haproxy,
             nginx,
             topo,
@@ -164,6 +175,30 @@ impl Scene {
     }
 }
 
+impl Scene {
+    /// The clients of the access log's lines for `path`, once `n` are there
+    /// (it is flushed every second).
+    fn logged_clients(&self, path: &str, n: usize) -> Result<Vec<String>> {
+        let read = || -> Result<Vec<String>> {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let mut clients = Vec::new();
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line)?;
+                if v["url.path"] == path {
+                    clients.push(v["client.address"].as_str().unwrap_or("").to_string());
+                }
+            }
+            Ok(clients)
+        };
+        wait_until(
+            std::time::Duration::from_secs(30),
+            "the access log's lines",
+            || Ok(read()?.len() >= n),
+        )?;
+        read()
+    }
+}
+
 /// What a bucket of BURST and RATE may admit over `secs`, one more for the
 /// bucket's edge.
 fn at_most(secs: f64) -> usize {
@@ -186,6 +221,11 @@ fn balancer_clients_are_each_limited_and_the_balancer_never(ipv6: bool) -> Resul
             client(i)
         );
     }
+    // The daemon's access log names the same clients, never the balancer.
+    let logged = s.logged_clients("/each", 40 * BURST as usize)?;
+    let want: std::collections::BTreeSet<String> = (0..40).map(|i| client(i).to_string()).collect();
+    let got: std::collections::BTreeSet<String> = logged.iter().cloned().collect();
+    assert_eq!(got, want, "access log clients");
     // One client over its own limit: held to its bucket.
     const SENT: usize = 12;
     let secs = s.via_balancer(client(45), "/heavy", SENT)?;
