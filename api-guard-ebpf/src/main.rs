@@ -124,6 +124,8 @@ pub fn api_guard_proxy(mut ctx: TcContext) -> i32 {
             && let Some(v) = enforce::connection(cfg, &key, state, &mut clock)
         {
             decided = Some((v, true, false));
+        } else if p.identity == proxy::ID_NAMED && cfg.max_conns != 0 {
+            proxy::count_open(&key);
         }
     }
     let Some((verdict, never, account)) = decided else {

@@ -6,26 +6,27 @@
 //! request: the stream stage skips them. Peers outside the trusted networks are
 //! never parsed, so their PROXY bytes are just bytes.
 
-use core::ffi::c_void;
+use core::{ffi::c_void, ptr::read_volatile};
 
 use api_guard_common::{
     client::ClientKey,
     config::{Config, flags},
     conn::ConnKey,
     counters::{Event, Verdict},
-    proxy::{PROXY_CLIENT, PROXY_LOCAL, PROXY_PENDING, ProxyConn},
+    proxy::{PROXY_CLIENT, PROXY_CONN_COUNTED, PROXY_LOCAL, PROXY_PENDING, ProxyConn},
 };
 use aya_ebpf::{
-    bindings::__sk_buff,
+    bindings::{__sk_buff, BPF_NOEXIST},
     helpers::{bpf_loop, bpf_skb_load_bytes},
     maps::lpm_trie::Key,
-    programs::TcContext,
+    programs::{SockOpsContext, TcContext},
 };
 
 use crate::{
+    atomic,
     clock::Clock,
     count, enforce,
-    maps::{PROXY_CONNS, PROXY_SCRATCH, TRUSTED_PROXIES},
+    maps::{OPEN_CONNS, PROXY_CONNS, PROXY_SCRATCH, TRUSTED_PROXIES},
     parse::{TCP_ACK, TCP_SYN, TcpPacket},
     stream,
 };
@@ -221,6 +222,100 @@ pub fn outcome() -> Outcome {
         },
     }
 }
+
+/// Counts the named client's new connection in `OPEN_CONNS` (for
+/// `--max-conns`), to be taken out by [`closed`] when the connection closes.
+/// Only while `--max-conns` is set: the connection tracker that sees the close
+/// is attached only then.
+#[inline(always)]
+pub fn count_open(key: &ClientKey) {
+    let Some(sc) = PROXY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch entry, filled by `identify` in this run.
+    let sc = unsafe { &mut *sc };
+    if OPEN_CONNS.get_ptr_mut(key).is_none()
+        && OPEN_CONNS.insert(key, &0, BPF_NOEXIST as u64).is_err()
+        && OPEN_CONNS.get_ptr_mut(key).is_none()
+    {
+        count::event(Event::OpenConnsFull);
+        return;
+    }
+    let Some(n) = OPEN_CONNS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: the map value lives for this program run (RCU).
+    atomic::add(unsafe { &mut *n }, 1);
+    sc.conn.flags |= PROXY_CONN_COUNTED;
+    let _ = PROXY_CONNS.insert(&sc.key, &sc.conn, 0);
+}
+
+/// A trusted peer's connection closed (sock_ops): its named client's count is
+/// taken out, and the connection forgotten. `peer` is the peer's address (not
+/// bucketed), `port` the server's.
+#[inline(always)]
+pub fn closed(ctx: &SockOpsContext, peer: &ClientKey, port: u16, ipv6_prefix: u32) {
+    let ops = ctx.ops;
+    // SAFETY: `ops` is the program's context; the fields are readable in
+    // sock_ops. Each its own load, as in sockops.rs.
+    let (family, local4, local6, remote_port) = unsafe {
+        (
+            read_volatile(&raw const (*ops).family),
+            read_volatile(&raw const (*ops).local_ip4),
+            [
+                read_volatile(&raw const (*ops).local_ip6[0]),
+                read_volatile(&raw const (*ops).local_ip6[1]),
+                read_volatile(&raw const (*ops).local_ip6[2]),
+                read_volatile(&raw const (*ops).local_ip6[3]),
+            ],
+            read_volatile(&raw const (*ops).remote_port),
+        )
+    };
+    let server = if family == AF_INET {
+        let [a, b, c, d] = local4.to_ne_bytes();
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+    } else {
+        let (w0, w1, w2, w3) = (
+            local6[0].to_ne_bytes(),
+            local6[1].to_ne_bytes(),
+            local6[2].to_ne_bytes(),
+            local6[3].to_ne_bytes(),
+        );
+        [
+            w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3],
+            w3[0], w3[1], w3[2], w3[3],
+        ]
+    };
+    let key = ConnKey {
+        client: peer.addr,
+        server,
+        // remote_port holds the port in network order in its upper 16 bits.
+        client_port: u32::from_be(remote_port) as u16,
+        server_port: port,
+        _pad: 0,
+    };
+    // SAFETY: a live map value (RCU), copied out at once.
+    let Some(conn) = PROXY_CONNS.get_ptr(&key).map(|c| unsafe { *c }) else {
+        return;
+    };
+    let _ = PROXY_CONNS.remove(&key);
+    if conn.flags & PROXY_CONN_COUNTED == 0 {
+        return;
+    }
+    let named = ClientKey {
+        addr: conn.header.client,
+    }
+    .bucketed(ipv6_prefix);
+    let Some(n) = OPEN_CONNS.get_ptr_mut(&named) else {
+        return;
+    };
+    // SAFETY: as in sockops.rs: never below zero.
+    if atomic::dec_floor(unsafe { &mut *n }) == 0 {
+        let _ = OPEN_CONNS.remove(&named);
+    }
+}
+
+const AF_INET: u32 = 2;
 
 /// Who the last `identify` on this CPU charged (the named client, or the
 /// peer), in the same program run.

@@ -55,6 +55,11 @@ struct Scene {
 
 impl Scene {
     fn start() -> Result<Self> {
+        Self::start_with(RATE, BURST, &[])
+    }
+
+    /// With the request limit `rate`:`burst` and the daemon's `extra` flags.
+    fn start_with(rate: u64, burst: u64, extra: &[&str]) -> Result<Self> {
         let bpffs = BpfFs::mount()?;
         let log_dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
         let log = log_dir.path().join("access.log");
@@ -108,9 +113,9 @@ impl Scene {
             "--cgroup",
             &nginx.cgroup().display().to_string(),
             "--rate",
-            &RATE.to_string(),
+            &rate.to_string(),
             "--burst",
-            &BURST.to_string(),
+            &burst.to_string(),
             // Refused at once, never served late by a retransmission.
             "--on-limit",
             "reset",
@@ -130,6 +135,7 @@ impl Scene {
         for iface in &topo.server_ifaces {
             args.extend(["--iface".into(), iface.clone()]);
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let daemon = Daemon::start(&topo.server, &args)?;
         Ok(Self {
             _daemon: daemon,
@@ -300,5 +306,88 @@ fn a_direct_client_forging_a_proxy_header_is_charged_itself() -> Result<()> {
     // The victim's own bucket is untouched by all that.
     s.via_balancer(victim.into(), "/real", BURST as usize)?;
     assert_eq!(s.served(victim.into(), "/real")?, BURST as usize);
+    Ok(())
+}
+
+/// Opens connections through the balancer, `(source, path)` each, all held
+/// open at once: a request on each (keep-alive), its status read (0: no
+/// answer, the connection reset). Python's sockets: std cannot bind a source
+/// address before connecting.
+fn held(ns: &Netns, conns: &[(IpAddr, &str)]) -> Result<Vec<u16>> {
+    let script = r#"
+import socket, sys
+out, socks = [], []
+for arg in sys.argv[2:]:
+    src, path = arg.split(",")
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.bind((src, 0))
+    s.settimeout(5)
+    s.connect((sys.argv[1], 8080))
+    socks.append(s)
+    s.sendall(("GET %s HTTP/1.1\r\nHost: api\r\n\r\n" % path).encode())
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    out.append(data[9:12].decode() if data.startswith(b"HTTP/1.1 ") else "0")
+print(" ".join(out))
+"#;
+    let mut args = vec!["-c".to_string(), script.to_string(), LB_LISTEN4.to_string()];
+    args.extend(conns.iter().map(|(src, path)| format!("{src},{path}")));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ns.exec("python3", &argv)?;
+    out.split_whitespace()
+        .map(|s| s.parse::<u16>().context("status"))
+        .collect()
+}
+
+#[test]
+fn max_conns_holds_each_client_behind_haproxy_and_never_the_balancer() -> Result<()> {
+    // Requests are not what is limited here.
+    let s = Scene::start_with(1000, 1000, &["--max-conns", "2"])?;
+    let (a, b) = (client4(0), client4(1));
+    // a holds three connections at once: the third is refused (reset); b's
+    // two pass, though the balancer then holds four to nginx.
+    let statuses = held(
+        s.balancer(),
+        &[
+            (a, "/held/a1"),
+            (a, "/held/a2"),
+            (a, "/held/a3"),
+            (b, "/held/b1"),
+            (b, "/held/b2"),
+        ],
+    )?;
+    assert_eq!(statuses, [200, 200, 0, 200, 200]);
+    let log = s.nginx.access_log()?;
+    let served = |path: &str| {
+        log.iter()
+            .filter(|l| l.uri == path && l.status == 200)
+            .count()
+    };
+    assert_eq!(
+        (served("/held/a1"), served("/held/a2"), served("/held/a3")),
+        (1, 1, 0)
+    );
+    // Once they close, a's count comes down again: two at once, served.
+    wait_until(
+        std::time::Duration::from_secs(30),
+        "nginx's connections from the balancer to close",
+        || {
+            Ok(s.topo
+                .server
+                .exec("ss", &["-Htn", "state", "connected", "( sport = :8080 )"])?
+                .trim()
+                .is_empty())
+        },
+    )?;
+    let r = held(s.balancer(), &[(a, "/again"), (a, "/again")])?;
+    assert_eq!(r, [200, 200]);
     Ok(())
 }
