@@ -46,25 +46,45 @@ impl Nginx {
     /// nginx with `limit_req` per client address: `rate` requests a second with
     /// bursts of `burst`, answered 429 beyond (the usual proxy-side limiter).
     pub fn start_with(ns: &Netns, ports: &[u16], limit_req: Option<(u32, u32)>) -> Result<Self> {
-        Self::start_config(ns, ports, limit_req, false)
+        Self::start_config(ns, ports, &[], limit_req, false)
     }
 
     /// nginx behind a load balancer: every listen takes a PROXY protocol
     /// header (`listen ... proxy_protocol`), and the access log's client is the
-    /// one the header names (`$proxy_protocol_addr`), as nginx reads it.
-    pub fn start_proxy_protocol(ns: &Netns, ports: &[u16]) -> Result<Self> {
-        Self::start_config(ns, ports, None, true)
+    /// one the header names (`$proxy_protocol_addr`), as nginx reads it. The
+    /// `tls_ports` serve HTTPS with a self-signed certificate made here by
+    /// openssl (the header comes before the TLS ClientHello).
+    pub fn start_proxy_protocol(ns: &Netns, ports: &[u16], tls_ports: &[u16]) -> Result<Self> {
+        Self::start_config(ns, ports, tls_ports, None, true)
     }
 
     fn start_config(
         ns: &Netns,
         ports: &[u16],
+        tls_ports: &[u16],
         limit_req: Option<(u32, u32)>,
         proxy_protocol: bool,
     ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
         let conf = dir.path().join("nginx.conf");
-        fs::write(&conf, config(dir.path(), ports, limit_req, proxy_protocol))?;
+        if !tls_ports.is_empty() {
+            crate::process::run(
+                std::process::Command::new("openssl")
+                    .args([
+                        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    ])
+                    .args(["-subj", "/CN=api"])
+                    .arg("-keyout")
+                    .arg(dir.path().join("key.pem"))
+                    .arg("-out")
+                    .arg(dir.path().join("cert.pem")),
+            )
+            .context("cannot make a certificate with openssl")?;
+        }
+        fs::write(
+            &conf,
+            config(dir.path(), ports, tls_ports, limit_req, proxy_protocol),
+        )?;
         fs::create_dir_all(dir.path().join("www"))?;
         fs::write(dir.path().join("www/ok.txt"), "ok\n")?;
         let cgroup = TestCgroup::new("nginx")?;
@@ -81,7 +101,7 @@ impl Nginx {
             .spawn()
             .context("cannot start nginx")?;
         let mut nginx = Self { child, dir, cgroup };
-        for &port in ports {
+        for &port in ports.iter().chain(tls_ports) {
             let filter = format!("sport = :{port}");
             wait_until(Duration::from_secs(10), "nginx to listen", || {
                 if let Some(status) = nginx.child.try_wait()? {
@@ -131,6 +151,7 @@ fn nginx_binary() -> String {
 fn config(
     dir: &Path,
     ports: &[u16],
+    tls_ports: &[u16],
     limit_req: Option<(u32, u32)>,
     proxy_protocol: bool,
 ) -> String {
@@ -149,10 +170,21 @@ fn config(
     } else {
         ""
     };
-    let listens: String = ports
+    let mut listens: String = ports
         .iter()
         .map(|p| format!("        listen {p}{pp};\n        listen [::]:{p}{pp};\n"))
         .collect();
+    for p in tls_ports {
+        listens.push_str(&format!(
+            "        listen {p} ssl{pp};\n        listen [::]:{p} ssl{pp};\n"
+        ));
+    }
+    if !tls_ports.is_empty() {
+        listens.push_str(&format!(
+            "        ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;\n",
+            d = dir.display()
+        ));
+    }
     let client = if proxy_protocol {
         "$proxy_protocol_addr"
     } else {

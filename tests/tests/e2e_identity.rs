@@ -24,6 +24,8 @@ use api_guard_tests::{
 };
 
 const API: u16 = 8080;
+/// nginx's HTTPS port (the PROXY header before the ClientHello).
+const TLS: u16 = 8443;
 /// Requests a client may send at once, and per second after.
 const BURST: u64 = 3;
 const RATE: u64 = 1;
@@ -89,7 +91,7 @@ impl Scene {
                 lb.ns.ip(&args)?;
             }
         }
-        let nginx = Nginx::start_proxy_protocol(&topo.server, &[API])?;
+        let nginx = Nginx::start_proxy_protocol(&topo.server, &[API], &[TLS])?;
         // IPv4 clients reach nginx over IPv4, IPv6 clients over IPv6.
         let haproxy = Haproxy::start(
             &lb.ns,
@@ -102,12 +104,18 @@ impl Scene {
                     SocketAddr::new(LB_LISTEN6.into(), API),
                     SocketAddr::new(lb.server6.into(), API),
                 ),
+                (
+                    SocketAddr::new(LB_LISTEN4.into(), TLS),
+                    SocketAddr::new(lb.server4.into(), TLS),
+                ),
             ],
         )?;
         let mut args: Vec<String> = [
             "run",
             "--port",
             &API.to_string(),
+            "--port",
+            &TLS.to_string(),
             "--pin-dir",
             &bpffs.pin_dir().display().to_string(),
             "--cgroup",
@@ -389,5 +397,67 @@ fn max_conns_holds_each_client_behind_haproxy_and_never_the_balancer() -> Result
     )?;
     let r = held(s.balancer(), &[(a, "/again"), (a, "/again")])?;
     assert_eq!(r, [200, 200]);
+    Ok(())
+}
+
+/// One HTTPS request for `path` from `client` through the balancer, on a new
+/// connection; its status (0: none, as when the connection is reset).
+fn https(ns: &Netns, client: IpAddr, path: &str) -> Result<u16> {
+    let url = format!("https://{}{path}", SocketAddr::new(LB_LISTEN4.into(), TLS));
+    let out = ns
+        .command("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-H", "Connection: close", "--interface"])
+        .arg(client.to_string())
+        .arg(&url)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0))
+}
+
+#[test]
+fn tls_clients_behind_haproxy_are_held_to_their_own_conn_rate() -> Result<()> {
+    const CONN_BURST: usize = 2;
+    let s = Scene::start_with(1000, 1000, &["--conn-rate", "1", "--conn-burst", "2"])?;
+    let served = |client: IpAddr| -> Result<usize> {
+        Ok(s.nginx
+            .access_log()?
+            .iter()
+            .filter(|l| l.client == client.to_string() && l.server_port == TLS && l.status == 200)
+            .count())
+    };
+    // Each of 10 clients within its own burst: all served over TLS.
+    for i in 0..10 {
+        for _ in 0..CONN_BURST {
+            assert_eq!(https(s.balancer(), client4(i), "/tls")?, 200, "client {i}");
+        }
+    }
+    for i in 0..10 {
+        assert_eq!(served(client4(i))?, CONN_BURST);
+    }
+    // One client opening connections faster: held to its own bucket.
+    const SENT: usize = 8;
+    let heavy = client4(20);
+    let t = Instant::now();
+    for _ in 0..SENT {
+        https(s.balancer(), heavy, "/tls")?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let n = served(heavy)?;
+    let bound = CONN_BURST + secs.floor() as usize + 1;
+    assert!(
+        n >= CONN_BURST && n <= bound && n < SENT,
+        "the heavy TLS client was served {n} of {SENT} in {secs:.2} s"
+    );
     Ok(())
 }
