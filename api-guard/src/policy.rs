@@ -321,6 +321,44 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_become_a_table_and_flags() {
+        let required_alone = Policy {
+            proxy_required: true,
+            ..Default::default()
+        };
+        assert!(
+            required_alone
+                .validate()
+                .unwrap_err()
+                .contains("--trusted-proxy")
+        );
+        let p = Policy {
+            trusted_proxies: vec![
+                "198.18.0.10".parse().unwrap(),
+                "2001:db8::/48".parse().unwrap(),
+            ],
+            proxy_required: true,
+            ipv6_prefix: 64,
+            ..Default::default()
+        };
+        p.validate().unwrap();
+        let t = p.tables(0);
+        assert_eq!(
+            t.config.flags,
+            flags::HAS_TRUSTED_PROXIES | flags::PROXY_REQUIRED
+        );
+        assert_eq!(t.trusted_proxies.len(), 2);
+        // IPv4 as IPv4-mapped, like the kernel's client keys.
+        assert_eq!(t.trusted_proxies[0].0, 128);
+        assert_eq!(t.trusted_proxies[1].0, 48);
+        let optional = Policy {
+            proxy_required: false,
+            ..p
+        };
+        assert_eq!(optional.config(0).flags, flags::HAS_TRUSTED_PROXIES);
+    }
+
+    #[test]
     fn combinations_are_checked() {
         let burst_alone = Policy {
             burst: Some(5),
