@@ -167,6 +167,12 @@ pub mod flags {
     pub const HAS_OVERRIDES: u32 = 1 << 4;
     /// The block list (operator and auth blocks) has entries.
     pub const HAS_BLOCKS: u32 = 1 << 5;
+    /// `--trusted-proxy` networks exist: their connections' PROXY headers name
+    /// the client.
+    pub const HAS_TRUSTED_PROXIES: u32 = 1 << 6;
+    /// `--proxy-protocol required`: a trusted peer's connection without a
+    /// header is reset.
+    pub const PROXY_REQUIRED: u32 = 1 << 7;
 }
 
 #[repr(C)]

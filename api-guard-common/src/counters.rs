@@ -33,10 +33,14 @@ pub enum Verdict {
     /// Would have been dropped, but the daemon's heartbeat stopped and
     /// `--fail-mode open` let it through.
     FailedOpen = 8,
+    /// From a `--trusted-proxy` peer: a connection without a valid PROXY header
+    /// under `--proxy-protocol required` (reset), or a segment past a gap in an
+    /// unfinished header (dropped until the gap is filled).
+    ProxyRefused = 9,
 }
 
 pub const KINDS: [Kind; 3] = [Kind::Packets, Kind::Requests, Kind::Connections];
-pub const VERDICTS: [Verdict; 9] = [
+pub const VERDICTS: [Verdict; 10] = [
     Verdict::Allowed,
     Verdict::Passed,
     Verdict::Malformed,
@@ -46,6 +50,7 @@ pub const VERDICTS: [Verdict; 9] = [
     Verdict::ConnLimited,
     Verdict::WouldDrop,
     Verdict::FailedOpen,
+    Verdict::ProxyRefused,
 ];
 
 /// Per-CPU counts of datapath events that are not verdicts, in the `EVENTS` array.
@@ -76,9 +81,17 @@ pub enum Event {
     /// A client with connections open could not get an `OPEN_CONNS` entry (full):
     /// its connections are not counted for `--max-conns`.
     OpenConnsFull = 7,
+    /// A connection from a `--trusted-proxy` peer whose first bytes are no valid
+    /// PROXY header (counted once, when that is known).
+    ProxyHeaderMissing = 8,
+    /// A connection from a trusted peer whose PROXY header named a client.
+    ProxyClients = 9,
+    /// A segment from a trusted peer on a connection whose start was not seen
+    /// (picked up mid-way, or its entry evicted): charged to the peer's address.
+    ProxyUnknownStreams = 10,
 }
 
-pub const EVENT_SLOTS: u32 = 8;
+pub const EVENT_SLOTS: u32 = 11;
 
 /// The value of the single `COUNTERS` entry (per CPU): every (kind, verdict)
 /// slot in one block, so a packet costs one map lookup however many slots it

@@ -16,6 +16,7 @@ pub mod http;
 pub mod maps;
 pub mod network;
 pub mod ports;
+pub mod proxy;
 pub mod response;
 pub mod sample;
 pub mod stream;

@@ -44,7 +44,20 @@ pub const TAIL_SAMPLE: u32 = 1;
 /// program of its own so the verifier checks it once, whatever path the parser
 /// took (VLAN tags, IP options, extension headers) to reach it.
 pub const TAIL_JUDGE: u32 = 2;
-pub const TAIL_SLOTS: u32 = 3;
+/// Slot of the proxy program: who a `--trusted-proxy` peer's client is (its
+/// PROXY header), before the judge. A program of its own for the verifier, and
+/// so the judge's stack stays its own.
+pub const TAIL_PROXY: u32 = 3;
+/// Slot of the judge for a trusted peer's packets (tail-called by the proxy
+/// program): a program of its own, so the direct judge is verified unchanged.
+pub const TAIL_JUDGE_PROXIED: u32 = 4;
+/// Slots of the judges for a TLS port's packets (direct, and a trusted peer's):
+/// no stream stage (the libssl uprobes count the plaintext), the uprobes'
+/// verdicts and the empty-bucket gate instead. Programs of their own: with
+/// both ways in one program the verifier went past its million instructions.
+pub const TAIL_JUDGE_TLS: u32 = 5;
+pub const TAIL_JUDGE_PROXIED_TLS: u32 = 6;
+pub const TAIL_SLOTS: u32 = 7;
 /// Sampled request heads ([`crate::sample`]), a ring buffer.
 pub const SAMPLES: &str = "SAMPLES";
 /// Per-CPU scratch space where a sample is built before it is copied out.
@@ -71,3 +84,11 @@ pub const EXCHANGES: &str = "EXCHANGES";
 pub const RESPONSES: &str = "RESPONSES";
 /// The per-second sample budget ([`crate::budget::SampleBudget`]), an array of one.
 pub const SAMPLE_BUDGET: &str = "SAMPLE_BUDGET";
+/// Peers whose PROXY protocol headers name the client (`--trusted-proxy`), an
+/// LPM trie of [`crate::network::NetKey`].
+pub const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
+/// Connections from trusted peers and the client their PROXY header named
+/// ([`crate::proxy::ProxyConn`]), an LRU hash keyed by [`crate::conn::ConnKey`].
+pub const PROXY_CONNS: &str = "PROXY_CONNS";
+/// Per-CPU space for the PROXY header stage.
+pub const PROXY_SCRATCH: &str = "PROXY_SCRATCH";

@@ -202,7 +202,10 @@ impl Framing {
         if b == b'\r' || b == b'\n' {
             return false;
         }
-        if self.flags & FRESH != 0 && self.flags & UNTRUSTED == 0 && !is_tchar(b) {
+        // NUL excepted: it follows the CRLFs of a PROXY v2 header, which a
+        // server taking PROXY headers from anyone reads past (a peer outside
+        // --trusted-proxy names no client, but its requests still count).
+        if self.flags & FRESH != 0 && self.flags & UNTRUSTED == 0 && !is_tchar(b) && b != 0 {
             // No method begins with this byte: not HTTP (TLS on this port).
             self.mode = MODE_OPAQUE;
             self.flags &= !FRESH;
@@ -451,6 +454,17 @@ mod tests {
             0
         );
         assert_eq!(f.mode, MODE_OPAQUE);
+    }
+
+    #[test]
+    fn a_proxy_v2_header_is_no_tls_its_request_counts() {
+        // From a peer not trusted to name a client: a server reading PROXY
+        // headers from anyone serves the request after it, so it counts.
+        let mut f = Framing::start();
+        let mut s = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        s.extend_from_slice(&[198, 19, 0, 1, 198, 18, 0, 1, 0xd4, 0x31, 0x1f, 0x90]);
+        s.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+        assert_eq!(feed(&mut f, &s).0, 2);
     }
 
     #[test]

@@ -13,13 +13,27 @@ use crate::{
     maps::{CLIENTS, COUNTERS, EVENTS},
 };
 
+/// The counter slot of (kind, verdict), checked where the verifier sees it:
+/// LLVM takes the enum's range as proved and drops a bounds check, while a
+/// path it thinks unreachable (an `Option<Verdict>`'s None merged by a select)
+/// can reach the verifier with any value. A volatile read hides the range.
+#[inline(always)]
+fn slot(block: &mut counters::CounterBlock, kind: Kind, verdict: Verdict) -> Option<&mut u64> {
+    let i = counters::index(kind, verdict);
+    // SAFETY: a read of a local.
+    let i = unsafe { core::ptr::read_volatile(&i) } as usize;
+    block.get_mut(i)
+}
+
 /// Adds one to the per-CPU counter of (kind, verdict).
 #[inline(always)]
 pub fn verdict(kind: Kind, verdict: Verdict) {
     if let Some(block) = COUNTERS.get_ptr_mut(0) {
         // SAFETY: this CPU's block, written only by this CPU, and the program is
-        // not preempted by itself on one CPU; the index is in range by type.
-        unsafe { (*block)[counters::index(kind, verdict) as usize] += 1 };
+        // not preempted by itself on one CPU.
+        if let Some(c) = slot(unsafe { &mut *block }, kind, verdict) {
+            *c += 1;
+        }
     }
 }
 
@@ -38,6 +52,9 @@ pub struct Seen {
     /// Request starts it carries (each counted and charged).
     pub starts: u32,
     pub connection: bool,
+    /// The client is one a trusted peer's PROXY header named (proxy.rs), not
+    /// the packet's source.
+    pub named: bool,
 }
 
 /// Counts `verdict` for the packet and for the request or connection it carries.
@@ -48,12 +65,18 @@ pub fn verdicts(ev: Seen, v: Verdict) {
     };
     // SAFETY: as in `verdict`: one lookup for up to three slots.
     let block = unsafe { &mut *block };
-    block[counters::index(Kind::Packets, v) as usize] += 1;
-    if ev.starts > 0 {
-        block[counters::index(Kind::Requests, v) as usize] += ev.starts as u64;
+    if let Some(c) = slot(block, Kind::Packets, v) {
+        *c += 1;
     }
-    if ev.connection {
-        block[counters::index(Kind::Connections, v) as usize] += 1;
+    if ev.starts > 0
+        && let Some(c) = slot(block, Kind::Requests, v)
+    {
+        *c += ev.starts as u64;
+    }
+    if ev.connection
+        && let Some(c) = slot(block, Kind::Connections, v)
+    {
+        *c += 1;
     }
 }
 
@@ -106,6 +129,8 @@ pub fn client(state: &mut ClientState, ev: Seen, clock: &mut Clock) {
 pub fn requests(n: u32, v: Verdict) {
     if let Some(block) = COUNTERS.get_ptr_mut(0) {
         // SAFETY: as in `verdict`.
-        unsafe { (*block)[counters::index(Kind::Requests, v) as usize] += n as u64 };
+        if let Some(c) = slot(unsafe { &mut *block }, Kind::Requests, v) {
+            *c += n as u64;
+        }
     }
 }

@@ -85,23 +85,11 @@ pub fn client(
         verdict: Verdict::Allowed,
         never: false,
     };
-    if ev.connection {
-        if cfg.max_conns != 0 && open_conns(key) >= cfg.max_conns {
-            j.verdict = Verdict::ConnLimited;
-            return j;
-        }
-        if cfg.connections.is_set() {
-            let now = clock.now();
-            let taken = cfg
-                .connections
-                .take(&mut Tat(&mut state.conn_tat_ns), now, 1);
-            if taken != Take::Admitted {
-                block(cfg, key, state, now);
-                j.verdict = Verdict::ConnLimited;
-                return j;
-            }
-            debt(&cfg.connections, key, state, &state.conn_tat_ns, now);
-        }
+    if ev.connection
+        && let Some(v) = connection(cfg, key, state, clock)
+    {
+        j.verdict = v;
+        return j;
     }
     if ev.starts > 0 {
         let limit = request_limit(cfg, key);
@@ -118,6 +106,32 @@ pub fn client(
         }
     }
     j
+}
+
+/// The connection limits for a new connection of a client not blocked:
+/// `--max-conns`, then `--conn-rate`.
+#[inline(always)]
+pub fn connection(
+    cfg: &Config,
+    key: &ClientKey,
+    state: &mut ClientState,
+    clock: &mut Clock,
+) -> Option<Verdict> {
+    if cfg.max_conns != 0 && open_conns(key) >= cfg.max_conns {
+        return Some(Verdict::ConnLimited);
+    }
+    if cfg.connections.is_set() {
+        let now = clock.now();
+        let taken = cfg
+            .connections
+            .take(&mut Tat(&mut state.conn_tat_ns), now, 1);
+        if taken != Take::Admitted {
+            block(cfg, key, state, now);
+            return Some(Verdict::ConnLimited);
+        }
+        debt(&cfg.connections, key, state, &state.conn_tat_ns, now);
+    }
+    None
 }
 
 /// A bucket clock in a map value, shared by both CPUs.

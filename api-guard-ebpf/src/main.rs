@@ -18,6 +18,7 @@ mod enforce;
 mod exchange;
 mod maps;
 mod parse;
+mod proxy;
 mod reset;
 mod sample;
 mod sockops;
@@ -26,9 +27,10 @@ mod tail;
 mod tls;
 
 use api_guard_common::{
+    client::ClientKey,
     config::{Config, flags},
     counters::{Event, Kind, Verdict},
-    maps::{TAIL_RESET, TAIL_SAMPLE},
+    maps::{TAIL_JUDGE, TAIL_JUDGE_TLS, TAIL_PROXY, TAIL_RESET, TAIL_SAMPLE},
     ports,
 };
 use aya_ebpf::{
@@ -59,7 +61,116 @@ pub fn api_guard_ingress(mut ctx: TcContext) -> i32 {
 /// the lists did not drop.
 #[classifier]
 pub fn api_guard_judge(mut ctx: TcContext) -> i32 {
-    judge(&mut ctx)
+    judge::<false, false>(&mut ctx)
+}
+
+/// The judge for a TLS port's packets (tls.rs): the uprobes' verdicts.
+#[classifier]
+pub fn api_guard_judge_tls(mut ctx: TcContext) -> i32 {
+    judge::<false, true>(&mut ctx)
+}
+
+/// The proxied judge for a TLS port's packets.
+#[classifier]
+pub fn api_guard_judge_proxied_tls(mut ctx: TcContext) -> i32 {
+    judge::<true, true>(&mut ctx)
+}
+
+/// The judge for a `--trusted-proxy` peer's packet, tail-called by the proxy
+/// program: the same stages, with the client its PROXY header named. A
+/// program of its own, so the verifier walks the direct judge's paths
+/// unchanged (and the allowed path pays nothing for proxies).
+#[classifier]
+pub fn api_guard_judge_proxied(mut ctx: TcContext) -> i32 {
+    judge::<true, false>(&mut ctx)
+}
+
+/// Tail-called by the ingress program for a packet from a `--trusted-proxy`
+/// peer: who its client is (the connection's PROXY header); a segment that
+/// carries no client's request yet, or is refused, is finished here, the rest
+/// go on to the proxied judge.
+#[classifier]
+pub fn api_guard_proxy(mut ctx: TcContext) -> i32 {
+    let (Some(j), Some(cfg)) = (Judge::load(&ctx), CONFIG.get(0)) else {
+        count::verdict(Kind::Packets, Verdict::Malformed);
+        return TC_ACT_PIPE;
+    };
+    let Some(source) = proxy::peer(&ctx, &j.pkt) else {
+        count::verdict(Kind::Packets, Verdict::Malformed);
+        return TC_ACT_PIPE;
+    };
+    let pkt = j.pkt;
+    proxy::identify(&ctx, &pkt, &source, cfg);
+    let p = proxy::outcome();
+    // (verdict, reset, account in the stream stage)
+    let mut decided = match p.identity {
+        // Header bytes only: nobody to charge, nothing to limit.
+        proxy::ID_PENDING => Some((Verdict::Allowed, false, true)),
+        proxy::ID_MISSING => Some((Verdict::ProxyRefused, true, true)),
+        proxy::ID_GAP => Some((Verdict::ProxyRefused, false, false)),
+        // The lists hold for a named client as for a direct one; reset, as
+        // the peer's connection is open already.
+        proxy::ID_NAMED => match p.list {
+            Some(v @ (Verdict::Denied | Verdict::Blocked)) => Some((v, true, false)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut clock = Clock::new();
+    let named = true;
+    let allowed = j.allowed || p.list == Some(Verdict::Allowed);
+    if decided.is_none()
+        && p.opened
+        && let Some(state) = count::state(
+            &ClientKey { addr: p.client }.bucketed(cfg.ipv6_prefix),
+            &mut clock,
+        )
+    {
+        // The client's connection begins here, where its header was decided
+        // (the peer's SYN was no client's): counted and limited here, so the
+        // judge's paths carry no connection.
+        let ev = Seen {
+            starts: 0,
+            connection: true,
+            named,
+        };
+        count::client(state, ev, &mut clock);
+        let key = ClientKey { addr: p.client }.bucketed(cfg.ipv6_prefix);
+        if !allowed
+            && !enforce::is_blocked(state, &mut clock)
+            && let Some(v) = enforce::connection(cfg, &key, state, &mut clock)
+        {
+            decided = Some((v, true, false));
+        } else if p.identity == proxy::ID_NAMED && cfg.max_conns != 0 {
+            proxy::count_open(&key);
+        }
+    }
+    let Some((verdict, never, account)) = decided else {
+        if p.opened {
+            count::verdict(Kind::Connections, Verdict::Allowed);
+        }
+        Judge::call_proxied(&mut ctx, classify::port_flags(&pkt) & ports::TLS != 0);
+        // Only reached if the proxied judge is not loaded: pass, counted.
+        count::verdict(Kind::Packets, Verdict::Passed);
+        return TC_ACT_PIPE;
+    };
+    let acct = if account {
+        stream::account_loaded(&ctx, &pkt, &source.addr, Some(p.skip_before))
+    } else {
+        Accounted::NOTHING
+    };
+    let ev = Seen {
+        starts: if account {
+            acct.starts
+        } else {
+            // Dropped before the stream stage: told by its first bytes.
+            first_bytes_only(&ctx, &pkt, p.opened).starts
+        },
+        connection: p.opened,
+        // The sampler takes the client (named, or the peer) from the scratch.
+        named: true,
+    };
+    finish(&mut ctx, cfg, &pkt, ev, verdict, &acct, never, &mut clock)
 }
 
 /// Tail-called by the ingress program for `--on-limit reset`.
@@ -218,41 +329,76 @@ fn try_ingress(ctx: &mut TcContext) -> i32 {
             &mut clock,
         );
     }
-    Judge::call(ctx, &pkt, list == Some(Verdict::Allowed));
+    let allowed = list == Some(Verdict::Allowed);
+    if cfg.has(flags::HAS_TRUSTED_PROXIES) && proxy::is_trusted(&source) {
+        Judge::call(ctx, &pkt, allowed, TAIL_PROXY);
+        // Only reached if the proxy program is not loaded: its peer is the client.
+    }
+    let judge = if classify::port_flags(&pkt) & ports::TLS != 0 {
+        TAIL_JUDGE_TLS
+    } else {
+        TAIL_JUDGE
+    };
+    Judge::call(ctx, &pkt, allowed, judge);
     // Only reached if the judge is not loaded: pass, counted.
     count::verdict(Kind::Packets, Verdict::Passed);
     TC_ACT_PIPE
 }
 
 /// The judge: per-client state, the stream stage, limits, counts, sampling.
+/// `PROXIED`: for a trusted peer's packet, whose client the proxy program
+/// decided (`proxy::outcome`).
 #[inline(always)]
-fn judge(ctx: &mut TcContext) -> i32 {
+fn judge<const PROXIED: bool, const TLS: bool>(ctx: &mut TcContext) -> i32 {
     let (Some(j), Some(cfg)) = (Judge::load(ctx), CONFIG.get(0)) else {
         count::verdict(Kind::Packets, Verdict::Malformed);
         return TC_ACT_PIPE;
     };
-    let pkt = j.pkt;
+    let mut pkt = j.pkt;
+    if PROXIED {
+        // A trusted peer's SYN opens no client's connection: the proxy program
+        // finishes it (header bytes pending). Telling the verifier so spares it
+        // the stream stage's SYN paths.
+        pkt.flags &= !parse::TCP_SYN;
+    }
     let Ok(source) = parse::source(ctx, pkt.l3_off, pkt.ipv6) else {
         count::verdict(Kind::Packets, Verdict::Malformed);
         return TC_ACT_PIPE;
     };
-    let key = source.bucketed(cfg.ipv6_prefix);
+    let mut key = source.bucketed(cfg.ipv6_prefix);
     let connection = classify::is_connection_start(&pkt);
     let mut clock = Clock::new();
+    let mut allowed = j.allowed;
+    let mut skip_before = None;
+    // A trusted peer's packet: its client (named, or the peer) is the one in
+    // `PROXY_SCRATCH` (for the sampler); a block resets the connection, which
+    // the peer's handshake opened already. A constant, not a value: the
+    // verifier walks no more paths than the direct judge's.
+    let named = PROXIED;
+    if PROXIED {
+        // Values, not branches: the verifier walks the direct judge's paths.
+        let p = proxy::outcome();
+        skip_before = Some(p.skip_before);
+        // The client's connection (where its header was decided) was counted
+        // and limited by the proxy program: none here.
+        key = ClientKey { addr: p.client }.bucketed(cfg.ipv6_prefix);
+        allowed = allowed || p.list == Some(Verdict::Allowed);
+    }
     // A TLS port's requests are counted by the libssl uprobes (tls.rs), which
     // leave their verdicts for the connection's next packet.
-    let tls_port = classify::port_flags(&pkt) & ports::TLS != 0;
+    let tls_port = TLS;
     let Some(state) = count::state(&key, &mut clock) else {
         // The client map refused the entry: fail open, but count it.
         count::event(Event::ClientsRefused);
         let acct = if tls_port {
             Accounted::NOTHING
         } else {
-            stream::account(ctx, &pkt, &source.addr)
+            stream::account(ctx, &pkt, &source.addr, skip_before)
         };
         let ev = Seen {
             starts: acct.starts,
             connection,
+            named,
         };
         return finish(
             ctx,
@@ -265,9 +411,10 @@ fn judge(ctx: &mut TcContext) -> i32 {
             &mut clock,
         );
     };
-    if !j.allowed && enforce::is_blocked(state, &mut clock) {
+    if !allowed && enforce::is_blocked(state, &mut clock) {
         // Dropped whatever it carries: not worth the stream stage's scan.
-        let ev = first_bytes_only(ctx, &pkt, connection);
+        let mut ev = first_bytes_only(ctx, &pkt, connection);
+        ev.named = named;
         count::client(state, ev, &mut clock);
         return finish(
             ctx,
@@ -276,21 +423,24 @@ fn judge(ctx: &mut TcContext) -> i32 {
             ev,
             Verdict::Blocked,
             &Accounted::NOTHING,
-            false,
+            // A trusted peer's connection is open already (its handshake
+            // passed): a drop would only stall it.
+            named,
             &mut clock,
         );
     }
     let (acct, tls_verdict) = if tls_port {
         (Accounted::NOTHING, tls::packet(ctx, &pkt, &source.addr))
     } else {
-        (stream::account(ctx, &pkt, &source.addr), None)
+        (stream::account(ctx, &pkt, &source.addr, skip_before), None)
     };
     let ev = Seen {
         starts: acct.starts,
         connection,
+        named,
     };
     count::client(state, ev, &mut clock);
-    let judged = if j.allowed {
+    let judged = if allowed {
         enforce::Judged {
             verdict: Verdict::Allowed,
             never: false,
@@ -329,6 +479,7 @@ fn first_bytes_only(ctx: &TcContext, pkt: &TcpPacket, connection: bool) -> Seen 
     Seen {
         starts: classify::request_method(ctx, pkt).is_some() as u32,
         connection,
+        named: false,
     }
 }
 
@@ -361,14 +512,18 @@ fn finish(
     if !drop {
         acct.commit();
     }
+    // `never`: the connection can never be admitted (a segment over the burst,
+    // a trusted peer's connection refused or over a limit once open).
     let reset =
-        drop && verdict == Verdict::RateLimited && (never || cfg.has(flags::ON_LIMIT_RESET));
+        drop && (never || (verdict == Verdict::RateLimited && cfg.has(flags::ON_LIMIT_RESET)));
     if reset && never {
         count::event(Event::ConnectionsReset);
     }
     let first_off = acct.first_off;
     if ev.starts > 0 && sample::chosen(cfg) {
-        Handoff::new(pkt, first_off, outcome as u32, reset, drop).call(ctx, TAIL_SAMPLE);
+        Handoff::new(pkt, first_off, outcome as u32, reset, drop)
+            .named(ev.named)
+            .call(ctx, TAIL_SAMPLE);
         // Only reached if the sampler is not loaded: go on without a sample.
     }
     if reset {

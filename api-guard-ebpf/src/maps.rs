@@ -111,3 +111,18 @@ pub static REPLY_SCRATCH: PerCpuArray<crate::egress::ReplyScratch> =
 #[map(name = "SAMPLE_BUDGET")]
 pub static SAMPLE_BUDGET: Array<api_guard_common::budget::SampleBudget> =
     Array::with_max_entries(1, 0);
+/// `--trusted-proxy` networks: their connections' PROXY headers name the client.
+#[map(name = "TRUSTED_PROXIES")]
+pub static TRUSTED_PROXIES: LpmTrie<NetKey, u8> =
+    LpmTrie::with_max_entries(NETWORK_SLOTS, BPF_F_NO_PREALLOC);
+
+/// Connections from trusted peers: where their PROXY header's parser stands and
+/// the client it named (proxy.rs).
+#[map(name = "PROXY_CONNS")]
+pub static PROXY_CONNS: LruHashMap<ConnKey, api_guard_common::proxy::ProxyConn> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONNS_TRACKED, 0);
+
+/// Per-CPU space for the PROXY header stage.
+#[map(name = "PROXY_SCRATCH")]
+pub static PROXY_SCRATCH: PerCpuArray<crate::proxy::ProxyScratch> =
+    PerCpuArray::with_max_entries(1, 0);

@@ -52,6 +52,13 @@ pub fn emit(ctx: &TcContext, h: &Handoff, capture_bytes: u32) -> Result<(), ()> 
         hdr.server = mapped([ip[16], ip[17], ip[18], ip[19]]);
         hdr.flags = 0;
     }
+    if h.named
+        && let Some(client) = crate::proxy::named_client()
+    {
+        // A trusted peer's packet: the client its PROXY header named (or the
+        // peer, if none).
+        hdr.client = client;
+    }
     let tcp = header::<20>(ctx, h.l4_off).map_err(|_| ())?;
     hdr.client_port = u16::from_be_bytes([tcp[0], tcp[1]]);
     hdr.server_port = u16::from_be_bytes([tcp[2], tcp[3]]);

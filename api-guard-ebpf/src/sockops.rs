@@ -6,7 +6,7 @@
 
 use core::ptr::read_volatile;
 
-use api_guard_common::{client::ClientKey, counters::Event};
+use api_guard_common::{client::ClientKey, config::flags, counters::Event};
 use aya_ebpf::{
     bindings::{
         BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
@@ -72,8 +72,20 @@ pub fn handle(ctx: &SockOpsContext) {
             ClientKey::v6(addr)
         }
         _ => return,
+    };
+    // A trusted proxy's connections are its clients', not its own: never
+    // counted against the proxy (it would hit --max-conns for all of them). The
+    // client its header named was counted by the proxy program; it is taken
+    // out when the connection closes.
+    if cfg.has(flags::HAS_TRUSTED_PROXIES) && crate::proxy::is_trusted(&key) {
+        if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        } else if ctx.arg(1) == BPF_TCP_CLOSE {
+            crate::proxy::closed(ctx, &key, port, cfg.ipv6_prefix);
+        }
+        return;
     }
-    .bucketed(cfg.ipv6_prefix);
+    let key = key.bucketed(cfg.ipv6_prefix);
     let open = if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         // Ask for state changes on this socket, to see it close.
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);

@@ -71,6 +71,9 @@ pub struct StreamScratch {
     method: [u8; 8],
     /// A new connection's pairing entry, before it is inserted.
     fresh: api_guard_common::exchange::Exchange,
+    /// Payload bytes before this offset are a PROXY header's (proxy.rs): no
+    /// request is in them.
+    skip: u32,
 }
 
 /// Where a scan stands (payload offsets), and what it found.
@@ -140,26 +143,84 @@ struct Scan {
     sc: *mut StreamScratch,
 }
 
-/// Accounts the segment `pkt` from `client` (its address, not its bucket).
+/// Accounts the segment `pkt` from `client` (its address, not its bucket);
+/// stream bytes before `skip_before` (a PROXY header's) are not scanned.
 #[inline(always)]
-pub fn account(ctx: &TcContext, pkt: &TcpPacket, client: &[u8; 16]) -> Accounted {
+pub fn account(
+    ctx: &TcContext,
+    pkt: &TcpPacket,
+    client: &[u8; 16],
+    skip_before: Option<u32>,
+) -> Accounted {
+    account_with::<false>(ctx, pkt, client, skip_before)
+}
+
+/// [`account`] reading the headers with a helper, for a program whose packet
+/// offsets the verifier knows only from a handoff and where LLVM merges the
+/// direct reads' checks out of its sight (the proxy program).
+#[inline(always)]
+pub fn account_loaded(
+    ctx: &TcContext,
+    pkt: &TcpPacket,
+    client: &[u8; 16],
+    skip_before: Option<u32>,
+) -> Accounted {
+    account_with::<true>(ctx, pkt, client, skip_before)
+}
+
+#[inline(always)]
+fn account_with<const LOADED: bool>(
+    ctx: &TcContext,
+    pkt: &TcpPacket,
+    client: &[u8; 16],
+    skip_before: Option<u32>,
+) -> Accounted {
     let Some(sc) = STREAM_SCRATCH.get_ptr_mut(0) else {
         return Accounted::NOTHING;
     };
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let sc = unsafe { &mut *sc };
     sc.pushed = Pushed::NONE;
-    if conn_key(ctx, pkt, client, &mut sc.key).is_err() {
-        return Accounted::NOTHING;
-    }
-    let key = &sc.key;
-    let Ok(th) = header::<12>(ctx, pkt.l4_off) else {
+    let Some(seq) = (if LOADED {
+        conn_key_loaded(ctx, pkt, client, &mut sc.key)
+    } else {
+        conn_key(ctx, pkt, client, &mut sc.key)
+    }) else {
         return Accounted::NOTHING;
     };
-    let seq = u32::from_be_bytes([th[4], th[5], th[6], th[7]]);
-    sc.pushed.ack = u32::from_be_bytes([th[8], th[9], th[10], th[11]]);
+    let key = &sc.key;
+    let ack = if LOADED {
+        ctx.load::<[u8; 4]>(pkt.l4_off + 8).ok()
+    } else {
+        header::<12>(ctx, pkt.l4_off)
+            .ok()
+            .map(|th| [th[8], th[9], th[10], th[11]])
+    };
+    let Some(ack) = ack else {
+        return Accounted::NOTHING;
+    };
+    sc.pushed.ack = u32::from_be_bytes(ack);
     let len = pkt.payload_len as u32;
     let mut out = Accounted::NOTHING;
+    sc.skip = match skip_before {
+        Some(end) => {
+            // Data on a SYN starts after the SYN's own number.
+            let data_seq = if pkt.flags & TCP_SYN != 0 {
+                seq.wrapping_add(1)
+            } else {
+                seq
+            };
+            let ahead = end.wrapping_sub(data_seq) as i32;
+            if ahead <= 0 {
+                0
+            } else if ahead as u32 > len {
+                len
+            } else {
+                ahead as u32
+            }
+        }
+        None => 0,
+    };
 
     if pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         // A new connection: its stream starts right after the SYN. A SYN with
@@ -292,6 +353,10 @@ fn scan(
     };
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let scr = unsafe { &mut *sc };
+    let from = if from < scr.skip { scr.skip } else { from };
+    if from >= to {
+        return;
+    }
     scr.framing = *framing;
     scr.cur = Cursor {
         base: pkt.payload_off as u32,
@@ -418,29 +483,52 @@ fn note_head(skb: *mut __sk_buff, c: &mut Cursor, method: &mut [u8; 8]) {
     }
 }
 
-/// The connection's key: client and server address and port.
+/// The connection's key: client and server address and port; and the
+/// segment's sequence number.
 #[inline(always)]
 pub(crate) fn conn_key(
     ctx: &TcContext,
     pkt: &TcpPacket,
     client: &[u8; 16],
     key: &mut ConnKey,
-) -> Result<(), ()> {
+) -> Option<u32> {
     let server = if pkt.ipv6 {
-        *header::<16>(ctx, pkt.l3_off + 24).map_err(|_| ())?
+        *header::<16>(ctx, pkt.l3_off + 24).ok()?
     } else {
-        let d = header::<4>(ctx, pkt.l3_off + 16).map_err(|_| ())?;
+        let d = header::<4>(ctx, pkt.l3_off + 16).ok()?;
         [
             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, d[0], d[1], d[2], d[3],
         ]
     };
-    let th = header::<4>(ctx, pkt.l4_off).map_err(|_| ())?;
+    let th = header::<8>(ctx, pkt.l4_off).ok()?;
     key.client = *client;
     key.server = server;
     key.client_port = u16::from_be_bytes([th[0], th[1]]);
     key.server_port = u16::from_be_bytes([th[2], th[3]]);
     key._pad = 0;
-    Ok(())
+    Some(u32::from_be_bytes([th[4], th[5], th[6], th[7]]))
+}
+
+/// [`conn_key`] through `bpf_skb_load_bytes` (see [`account_loaded`]).
+#[inline(always)]
+pub fn conn_key_loaded(
+    ctx: &TcContext,
+    pkt: &TcpPacket,
+    client: &[u8; 16],
+    key: &mut ConnKey,
+) -> Option<u32> {
+    key.server = if pkt.ipv6 {
+        ctx.load::<[u8; 16]>(pkt.l3_off + 24).ok()?
+    } else {
+        let [a, b, c, d] = ctx.load::<[u8; 4]>(pkt.l3_off + 16).ok()?;
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+    };
+    let th = ctx.load::<[u8; 8]>(pkt.l4_off).ok()?;
+    key.client = *client;
+    key.client_port = u16::from_be_bytes([th[0], th[1]]);
+    key.server_port = u16::from_be_bytes([th[2], th[3]]);
+    key._pad = 0;
+    Some(u32::from_be_bytes([th[4], th[5], th[6], th[7]]))
 }
 
 /// The server socket's next expected sequence number and the bytes it has

@@ -4,7 +4,7 @@
 
 use aya_ebpf::programs::TcContext;
 
-use api_guard_common::maps::TAIL_JUDGE;
+use api_guard_common::maps::{TAIL_JUDGE_PROXIED, TAIL_JUDGE_PROXIED_TLS};
 
 use crate::{
     maps::TAILS,
@@ -14,6 +14,8 @@ use crate::{
 const IPV6: u32 = 1 << 0;
 const RESET: u32 = 1 << 1;
 const DROP: u32 = 1 << 2;
+/// The client is the one a PROXY header named (in `PROXY_SCRATCH`).
+const NAMED: u32 = 1 << 3;
 const VERDICT_SHIFT: u32 = 8;
 
 /// What the ingress program decided, for the program it tail-calls.
@@ -29,6 +31,8 @@ pub struct Handoff {
     pub reset: bool,
     /// Drop the packet (when not reset).
     pub drop: bool,
+    /// The client is the one a trusted peer's PROXY header named.
+    pub named: bool,
 }
 
 impl Handoff {
@@ -47,7 +51,14 @@ impl Handoff {
             verdict,
             reset,
             drop,
+            named: false,
         }
+    }
+
+    #[inline(always)]
+    pub fn named(mut self, named: bool) -> Self {
+        self.named = named;
+        self
     }
 
     /// Stores the handoff in skb->cb and tail-calls `slot`. Returns only if the
@@ -60,6 +71,7 @@ impl Handoff {
         cb[2] = (self.ipv6 as u32 * IPV6)
             | (self.reset as u32 * RESET)
             | (self.drop as u32 * DROP)
+            | (self.named as u32 * NAMED)
             | ((self.verdict & 0xff) << VERDICT_SHIFT);
         cb[3] = self.payload_len as u32;
         cb[4] = self.start_off as u32;
@@ -85,6 +97,7 @@ impl Handoff {
             verdict: (cb[2] >> VERDICT_SHIFT) & 0xff,
             reset: cb[2] & RESET != 0,
             drop: cb[2] & DROP != 0,
+            named: cb[2] & NAMED != 0,
         })
     }
 }
@@ -101,10 +114,11 @@ pub struct Judge {
 }
 
 impl Judge {
-    /// Stores the handoff in skb->cb and tail-calls the judge. Returns only if
-    /// the call failed (nothing in the slot).
+    /// Stores the handoff in skb->cb and tail-calls the judge, or first the
+    /// proxy program (`slot` TAIL_PROXY) for a trusted peer. Returns only if the
+    /// call failed (nothing in the slot).
     #[inline(always)]
-    pub fn call(ctx: &mut TcContext, pkt: &TcpPacket, allowed: bool) {
+    pub fn call(ctx: &mut TcContext, pkt: &TcpPacket, allowed: bool, slot: u32) {
         let cb = ctx.cb_mut();
         cb[0] = pkt.l3_off as u32;
         cb[1] = pkt.l4_off as u32;
@@ -115,7 +129,21 @@ impl Judge {
             | (allowed as u32 * ALLOWED)
             | pkt.ipv6 as u32;
         // SAFETY: the context is the program's own; on success the call does not return.
-        unsafe { TAILS.tail_call(ctx, TAIL_JUDGE) };
+        unsafe { TAILS.tail_call(ctx, slot) };
+    }
+
+    /// From the proxy program: on to the proxied judge, with the outcome in
+    /// `PROXY_SCRATCH` (the skb->cb handoff unchanged). Returns only if the
+    /// call failed.
+    #[inline(always)]
+    pub fn call_proxied(ctx: &mut TcContext, tls: bool) {
+        let slot = if tls {
+            TAIL_JUDGE_PROXIED_TLS
+        } else {
+            TAIL_JUDGE_PROXIED
+        };
+        // SAFETY: the context is the program's own; on success the call does not return.
+        unsafe { TAILS.tail_call(ctx, slot) };
     }
 
     #[inline(always)]

@@ -37,7 +37,7 @@ use crate::{
     clock::Clock,
     count::{self, Seen},
     enforce,
-    maps::{CONFIG, CONNS, PORTS, SAMPLE_SCRATCH, SAMPLES},
+    maps::{CONFIG, CONNS, PORTS, PROXY_CONNS, SAMPLE_SCRATCH, SAMPLES},
     parse::{TCP_SYN, TcpPacket},
     sample,
 };
@@ -509,6 +509,24 @@ extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
+/// Who a connection's requests are charged to: the client a trusted proxy's
+/// PROXY header named (proxy.rs, read by the TC path before the ClientHello),
+/// else its peer. Without this a balancer in front of a TLS port would be
+/// charged for every client behind it.
+#[inline(always)]
+fn client_of(cfg: &api_guard_common::config::Config, conn: &ConnKey) -> [u8; 16] {
+    if cfg.has(api_guard_common::config::flags::HAS_TRUSTED_PROXIES)
+        && let Some(p) = PROXY_CONNS.get_ptr(conn)
+    {
+        // SAFETY: a live map value, read at once.
+        let h = unsafe { &(*p).header };
+        if h.state == api_guard_common::proxy::PROXY_CLIENT {
+            return h.client;
+        }
+    }
+    conn.client
+}
+
 /// Charges `starts` requests of the connection's client as the TC judge does:
 /// lists, blocks, the request bucket; counts them by verdict; an over-limit
 /// verdict goes to the packet path. Returns the verdict.
@@ -518,10 +536,13 @@ fn charge(conn: &ConnKey, starts: u32) -> Verdict {
         return Verdict::Allowed;
     };
     let mut clock = Clock::new();
-    let source = ClientKey { addr: conn.client };
+    let source = ClientKey {
+        addr: client_of(cfg, conn),
+    };
     let ev = Seen {
         starts,
         connection: false,
+        named: false,
     };
     let verdict = match enforce::lists(cfg, &source, &mut clock) {
         Some(v) => v,
@@ -573,9 +594,12 @@ fn emit(key: &ConnKey, buf: u64, first: u32, len: u32, verdict: Verdict, capture
     let hdr = &mut b.header;
     // SAFETY: no preconditions.
     hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
-    hdr.client = key.client;
+    hdr.client = match CONFIG.get(0) {
+        Some(cfg) => client_of(cfg, key),
+        None => key.client,
+    };
     hdr.server = key.server;
-    hdr.flags = if is_mapped(&key.client) {
+    hdr.flags = if is_mapped(&hdr.client) {
         0
     } else {
         SAMPLE_IPV6
@@ -626,7 +650,7 @@ pub fn packet(ctx: &TcContext, pkt: &TcpPacket, client: &[u8; 16]) -> Option<Ver
     let key = TLS_TC_KEY.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let key = unsafe { &mut *key };
-    crate::stream::conn_key(ctx, pkt, client, key).ok()?;
+    crate::stream::conn_key(ctx, pkt, client, key)?;
     let key: &ConnKey = key;
     if pkt.flags & TCP_SYN != 0 {
         let s = TlsStream {

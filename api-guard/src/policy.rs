@@ -144,6 +144,10 @@ pub struct Policy {
     /// `--fail-mode open`: stop dropping once the daemon has been silent this
     /// long. None: closed, keep enforcing without a daemon.
     pub fail_open_after: Option<Duration>,
+    /// `--trusted-proxy`: peers whose PROXY headers name the client.
+    pub trusted_proxies: Vec<Network>,
+    /// `--proxy-protocol required`.
+    pub proxy_required: bool,
 }
 
 impl Policy {
@@ -163,6 +167,11 @@ impl Policy {
         }
         if self.auth_blocks && self.block_for.is_none() {
             return Err("--require-auth block needs --block-for (how long to block)".into());
+        }
+        if self.proxy_required && self.trusted_proxies.is_empty() {
+            return Err(
+                "--proxy-protocol required needs --trusted-proxy (the peers that send it)".into(),
+            );
         }
         Ok(())
     }
@@ -188,6 +197,12 @@ impl Policy {
         }
         if !self.limits.is_empty() {
             f |= flags::HAS_OVERRIDES;
+        }
+        if !self.trusted_proxies.is_empty() {
+            f |= flags::HAS_TRUSTED_PROXIES;
+        }
+        if self.proxy_required {
+            f |= flags::PROXY_REQUIRED;
         }
         Config {
             requests: limit(self.rate, self.burst),
@@ -215,6 +230,7 @@ impl Policy {
             allow: keys(&self.allow),
             deny: keys(&self.deny),
             limits: self.overrides(),
+            trusted_proxies: keys(&self.trusted_proxies),
             config: self.config(netns_cookie),
         }
     }
@@ -302,6 +318,44 @@ mod tests {
             ..p
         };
         assert_eq!(open.config(7).heartbeat_timeout_ns, 15_000_000_000);
+    }
+
+    #[test]
+    fn trusted_proxies_become_a_table_and_flags() {
+        let required_alone = Policy {
+            proxy_required: true,
+            ..Default::default()
+        };
+        assert!(
+            required_alone
+                .validate()
+                .unwrap_err()
+                .contains("--trusted-proxy")
+        );
+        let p = Policy {
+            trusted_proxies: vec![
+                "198.18.0.10".parse().unwrap(),
+                "2001:db8::/48".parse().unwrap(),
+            ],
+            proxy_required: true,
+            ipv6_prefix: 64,
+            ..Default::default()
+        };
+        p.validate().unwrap();
+        let t = p.tables(0);
+        assert_eq!(
+            t.config.flags,
+            flags::HAS_TRUSTED_PROXIES | flags::PROXY_REQUIRED
+        );
+        assert_eq!(t.trusted_proxies.len(), 2);
+        // IPv4 as IPv4-mapped, like the kernel's client keys.
+        assert_eq!(t.trusted_proxies[0].0, 128);
+        assert_eq!(t.trusted_proxies[1].0, 48);
+        let optional = Policy {
+            proxy_required: false,
+            ..p
+        };
+        assert_eq!(optional.config(0).flags, flags::HAS_TRUSTED_PROXIES);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod client;
 pub mod daemon;
 pub mod deploy;
 pub mod fleet;
+pub mod haproxy;
 pub mod netns;
 pub mod nginx;
 pub mod packet;

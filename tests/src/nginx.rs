@@ -46,24 +46,59 @@ impl Nginx {
     /// nginx with `limit_req` per client address: `rate` requests a second with
     /// bursts of `burst`, answered 429 beyond (the usual proxy-side limiter).
     pub fn start_with(ns: &Netns, ports: &[u16], limit_req: Option<(u32, u32)>) -> Result<Self> {
-        Self::start_conf(ns, ports, limit_req, None)
+        Self::start_config(ns, ports, &[], limit_req, false, None)
+    }
+
+    /// nginx behind a load balancer: every listen takes a PROXY protocol
+    /// header (`listen ... proxy_protocol`), and the access log's client is the
+    /// one the header names (`$proxy_protocol_addr`), as nginx reads it. The
+    /// `tls_ports` serve HTTPS with a self-signed certificate made here by
+    /// openssl (the header comes before the TLS ClientHello).
+    pub fn start_proxy_protocol(ns: &Netns, ports: &[u16], tls_ports: &[u16]) -> Result<Self> {
+        Self::start_config(ns, ports, tls_ports, None, true, None)
     }
 
     /// nginx whose server block has `locations` (nginx `location` blocks)
     /// instead of the harness's answer-200-to-everything one.
     pub fn start_locations(ns: &Netns, ports: &[u16], locations: &str) -> Result<Self> {
-        Self::start_conf(ns, ports, None, Some(locations))
+        Self::start_config(ns, ports, &[], None, false, Some(locations))
     }
 
-    fn start_conf(
+    fn start_config(
         ns: &Netns,
         ports: &[u16],
+        tls_ports: &[u16],
         limit_req: Option<(u32, u32)>,
+        proxy_protocol: bool,
         locations: Option<&str>,
     ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
         let conf = dir.path().join("nginx.conf");
-        fs::write(&conf, config(dir.path(), ports, limit_req, locations))?;
+        if !tls_ports.is_empty() {
+            crate::process::run(
+                std::process::Command::new("openssl")
+                    .args([
+                        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    ])
+                    .args(["-subj", "/CN=api"])
+                    .arg("-keyout")
+                    .arg(dir.path().join("key.pem"))
+                    .arg("-out")
+                    .arg(dir.path().join("cert.pem")),
+            )
+            .context("cannot make a certificate with openssl")?;
+        }
+        fs::write(
+            &conf,
+            config(
+                dir.path(),
+                ports,
+                tls_ports,
+                limit_req,
+                proxy_protocol,
+                locations,
+            ),
+        )?;
         fs::create_dir_all(dir.path().join("www"))?;
         fs::write(dir.path().join("www/ok.txt"), "ok\n")?;
         let cgroup = TestCgroup::new("nginx")?;
@@ -80,7 +115,7 @@ impl Nginx {
             .spawn()
             .context("cannot start nginx")?;
         let mut nginx = Self { child, dir, cgroup };
-        for &port in ports {
+        for &port in ports.iter().chain(tls_ports) {
             let filter = format!("sport = :{port}");
             wait_until(Duration::from_secs(10), "nginx to listen", || {
                 if let Some(status) = nginx.child.try_wait()? {
@@ -137,7 +172,9 @@ fn nginx_binary() -> String {
 fn config(
     dir: &Path,
     ports: &[u16],
+    tls_ports: &[u16],
     limit_req: Option<(u32, u32)>,
+    proxy_protocol: bool,
     locations: Option<&str>,
 ) -> String {
     let d = dir.display();
@@ -150,10 +187,31 @@ fn config(
         ),
         None => (String::new(), String::new()),
     };
-    let listens: String = ports
+    let pp = if proxy_protocol {
+        " proxy_protocol"
+    } else {
+        ""
+    };
+    let mut listens: String = ports
         .iter()
-        .map(|p| format!("        listen {p};\n        listen [::]:{p};\n"))
+        .map(|p| format!("        listen {p}{pp};\n        listen [::]:{p}{pp};\n"))
         .collect();
+    for p in tls_ports {
+        listens.push_str(&format!(
+            "        listen {p} ssl{pp};\n        listen [::]:{p} ssl{pp};\n"
+        ));
+    }
+    if !tls_ports.is_empty() {
+        listens.push_str(&format!(
+            "        ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;\n",
+            d = dir.display()
+        ));
+    }
+    let client = if proxy_protocol {
+        "$proxy_protocol_addr"
+    } else {
+        "$remote_addr"
+    };
     let temp = |name: &str| -> PathBuf { dir.join(name) };
     let default_location = format!(
         r#"        location / {{
@@ -175,7 +233,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    log_format harness '$remote_addr $server_port $request_method $request_uri $status';
+    log_format harness '{client} $server_port $request_method $request_uri $status';
     access_log {d}/access.log harness;
     log_format timed '$remote_addr $remote_port $request_method $request_uri $status $request_time $connection $connection_requests';
     access_log {d}/timed.log timed;

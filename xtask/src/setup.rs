@@ -38,6 +38,8 @@ fn packages(llvm: u32) -> Vec<(String, PathBuf)> {
         ("pkg-config", "pkg-config"),
         // The fleet tests' shared store (e2e_fleet), and its TLS certificates.
         ("redis-server", "redis-server"),
+        // The L4 load balancer of the identity tests (PROXY protocol v2).
+        ("haproxy", "haproxy"),
         ("openssl", "openssl"),
     ] {
         list.push((

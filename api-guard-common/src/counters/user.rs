@@ -26,6 +26,7 @@ impl Verdict {
             Verdict::ConnLimited => "conn_limited",
             Verdict::WouldDrop => "would_drop",
             Verdict::FailedOpen => "failed_open",
+            Verdict::ProxyRefused => "proxy_refused",
         }
     }
 }

@@ -373,6 +373,24 @@ pub struct RunArgs {
     /// cgroup v2 root, found in /proc/self/mounts].
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+
+    /// Load balancer or proxy whose PROXY protocol header (v1 or v2, at the
+    /// start of each connection) names the client: that client, not the peer,
+    /// is charged and limited (repeatable). Headers from other peers are
+    /// ignored (their bytes are just bytes).
+    #[arg(long, value_name = "CIDR", help_heading = "Identity")]
+    pub trusted_proxy: Vec<Network>,
+
+    /// A --trusted-proxy connection without a valid PROXY header: required:
+    /// reset (counted "proxy_refused"); optional: its peer is the client.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = ProxyProtocol::Optional, help_heading = "Identity")]
+    pub proxy_protocol: ProxyProtocol,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProxyProtocol {
+    Required,
+    Optional,
 }
 
 /// The environment variable a long flag reads from: `--max-clients` →
@@ -510,6 +528,8 @@ impl RunArgs {
             capture_bytes: self.capture_bytes,
             auth_blocks: self.require_auth == RequireAuth::Block,
             fail_open_after: (self.fail_mode == FailMode::Open).then_some(self.heartbeat_timeout),
+            trusted_proxies: self.trusted_proxy.clone(),
+            proxy_required: self.proxy_protocol == ProxyProtocol::Required,
         };
         // --fleet-rate: the kernel starts at the fallback's limit, which the
         // fleet task raises once Redis answers.

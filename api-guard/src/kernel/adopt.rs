@@ -40,6 +40,11 @@ fn expected_sizes(name: &str) -> Option<(usize, usize)> {
             size_of::<api_guard_common::exchange::Exchange>(),
         ),
         names::RESPONSES => (4, size_of::<api_guard_common::exchange::ResponseBlock>()),
+        names::TRUSTED_PROXIES => (lpm_key, 1),
+        names::PROXY_CONNS => (
+            size_of::<conn::ConnKey>(),
+            size_of::<api_guard_common::proxy::ProxyConn>(),
+        ),
         _ => return None,
     })
 }

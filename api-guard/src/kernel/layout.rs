@@ -14,7 +14,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/api-guard";
 /// The maps pinned for operators and for the next daemon. The tail-call table is
 /// among them: the kernel empties a program array once no file holds it, which
 /// would leave the attached programs of a stopped daemon without their tails.
-pub const PINNED: [&str; 17] = [
+pub const PINNED: [&str; 19] = [
     names::PORTS,
     names::CONFIG,
     names::CLIENTS,
@@ -32,6 +32,8 @@ pub const PINNED: [&str; 17] = [
     api_guard_common::tls::TLS_STATUS,
     names::EXCHANGES,
     names::RESPONSES,
+    names::TRUSTED_PROXIES,
+    names::PROXY_CONNS,
 ];
 
 /// Where the loader pins (or finds) each map of `PINNED` in `dir`.

@@ -16,7 +16,8 @@ use aya::{
 use super::{
     adopt, layout,
     object::{
-        EGRESS_PROGRAM, FLOOR_PROGRAM, INGRESS_PROGRAM, JUDGE_PROGRAM, OBJECT, RESET_PROGRAM,
+        EGRESS_PROGRAM, FLOOR_PROGRAM, INGRESS_PROGRAM, JUDGE_PROGRAM, JUDGE_PROXIED_PROGRAM,
+        JUDGE_PROXIED_TLS_PROGRAM, JUDGE_TLS_PROGRAM, OBJECT, PROXY_PROGRAM, RESET_PROGRAM,
         SAMPLE_PROGRAM,
     },
     ring::SampleRing,
@@ -91,6 +92,14 @@ impl Datapath {
         egress_mut(&mut ebpf)?.load().map_err(|e| {
             Failure::Rejected(format!("the kernel rejected the egress program: {e:#}"))
         })?;
+        load_tail(&mut ebpf, PROXY_PROGRAM, names::TAIL_PROXY)?;
+        load_tail(&mut ebpf, JUDGE_PROXIED_PROGRAM, names::TAIL_JUDGE_PROXIED)?;
+        load_tail(&mut ebpf, JUDGE_TLS_PROGRAM, names::TAIL_JUDGE_TLS)?;
+        load_tail(
+            &mut ebpf,
+            JUDGE_PROXIED_TLS_PROGRAM,
+            names::TAIL_JUDGE_PROXIED_TLS,
+        )?;
         let mut datapath = Self { ebpf };
         // Never leave a new policy zeroed (a zero IPv6 prefix would lump every
         // IPv6 client together): watch-only until the caller sets its own. An

@@ -31,6 +31,8 @@ pub struct PolicyTables {
     pub deny: Vec<LpmKey>,
     /// Per-network request limits.
     pub limits: Vec<(LpmKey, Limit)>,
+    /// `--trusted-proxy` networks.
+    pub trusted_proxies: Vec<LpmKey>,
     pub config: Config,
 }
 
@@ -106,6 +108,8 @@ pub trait KernelMaps: MapSource {
         self.add_networks(names::ALLOW, &tables.allow)?;
         self.add_networks(names::DENY, &tables.deny)?;
         self.add_overrides(&tables.limits)?;
+        self.clear_networks(names::TRUSTED_PROXIES)?;
+        self.add_networks(names::TRUSTED_PROXIES, &tables.trusted_proxies)?;
         let mut config = tables.config;
         if !tables.limits.is_empty() {
             config.flags |= config_flags::HAS_OVERRIDES;

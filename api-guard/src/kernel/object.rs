@@ -21,6 +21,14 @@ pub const SAMPLE_PROGRAM: &str = "api_guard_sample";
 /// Tail-called by the ingress program for every packet to a watched port that
 /// the lists did not drop: per-client state, the stream stage, limits, counts.
 pub const JUDGE_PROGRAM: &str = "api_guard_judge";
+/// Tail-called by the ingress program for a `--trusted-proxy` peer's packet:
+/// who its client is (the connection's PROXY header), then the judge.
+pub const PROXY_PROGRAM: &str = "api_guard_proxy";
+/// The judge for a trusted peer's packets, tail-called by the proxy program.
+pub const JUDGE_PROXIED_PROGRAM: &str = "api_guard_judge_proxied";
+/// The judges for a TLS port's packets (direct and proxied).
+pub const JUDGE_TLS_PROGRAM: &str = "api_guard_judge_tls";
+pub const JUDGE_PROXIED_TLS_PROGRAM: &str = "api_guard_judge_proxied_tls";
 /// A classifier that does nothing: the floor benchmarks compare against.
 pub const FLOOR_PROGRAM: &str = "api_guard_floor";
 /// The connection tracker's name in the object.

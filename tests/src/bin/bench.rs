@@ -351,16 +351,34 @@ fn k1() -> Result<Section> {
         b"POST /v1/upload HTTP/1.1\r\nHost: api\r\nContent-Length: 1000000000000\r\n\r\n";
     let pipelined = GET.repeat(10);
     let body = vec![b'x'; 1400];
-    // (case, a head sent first, the payload of every measured segment)
-    type StreamCase<'a> = (&'a str, Option<&'a [u8]>, &'a [u8]);
+    // The sender as a --trusted-proxy load balancer: a PROXY v2 header naming
+    // a client first, then its requests (the proxy program, then the proxied
+    // judge, on every segment).
+    let proxied = harness(&["--trusted-proxy", &packet::CLIENT4.to_string()])?;
+    let mut proxy_header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    proxy_header.extend_from_slice(&[198, 19, 0, 7, 198, 18, 0, 1, 0xd4, 0x31, 0x1f, 0x90]);
+    // (case, its harness, a head sent first, the payload of every measured segment)
+    type StreamCase<'a> = (&'a str, &'a Harness, Option<&'a [u8]>, &'a [u8]);
     let stream_cases: Vec<StreamCase> = vec![
-        ("in order: one request a segment", None, GET),
+        ("in order: one request a segment", &plain, None, GET),
         (
             "in order: 10 pipelined requests in one segment",
+            &plain,
             None,
             &pipelined,
         ),
-        ("in order: 1400-byte body segment", Some(body_head), &body),
+        (
+            "in order: 1400-byte body segment",
+            &plain,
+            Some(body_head),
+            &body,
+        ),
+        (
+            "in order: one request a segment, from a trusted proxy (client named by its PROXY v2 header)",
+            &proxied,
+            Some(&proxy_header),
+            GET,
+        ),
     ];
     let singles: usize = if repeat >= 1_000_000 { 20_000 } else { 2_000 };
     let mut single_floor = Vec::new();
@@ -369,11 +387,11 @@ fn k1() -> Result<Section> {
     for run in 0..RUNS {
         let f = median_single(floor_prog, std::iter::repeat_n(get.clone(), singles))?;
         single_floor.push(f);
-        for (i, (_, head, payload)) in stream_cases.iter().enumerate() {
+        for (i, (_, h, head, payload)) in stream_cases.iter().enumerate() {
             let sport = 20000 + (run * stream_cases.len() + i) as u16;
             let n = median_single(
-                plain.datapath.ingress()?,
-                in_order(&plain, sport, *head, payload, singles)?,
+                h.datapath.ingress()?,
+                in_order(h, sport, *head, payload, singles)?,
             )?;
             stream_ns[i].push(n);
             stream_ratio[i].push(n / f);
@@ -443,7 +461,7 @@ fn k1() -> Result<Section> {
         ],
         target: None,
     });
-    for (i, (name, _, _)) in stream_cases.iter().enumerate() {
+    for (i, (name, _, _, _)) in stream_cases.iter().enumerate() {
         rows.push(Row {
             case: name.to_string(),
             figures: vec![

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Event counters of the stream stage and the eviction-proof tables.
-const STREAM_EVENTS: [(Event, &str, &str); 4] = [
+const STREAM_EVENTS: [(Event, &str, &str); 7] = [
     (
         Event::StreamsUntrusted,
         "api_guard_streams_untrusted_total",
@@ -43,6 +43,21 @@ const STREAM_EVENTS: [(Event, &str, &str); 4] = [
         Event::OpenConnsFull,
         "api_guard_open_conns_full_total",
         "Clients whose open connections could not be counted for --max-conns (the table was full)",
+    ),
+    (
+        Event::ProxyClients,
+        "api_guard_proxy_clients_total",
+        "Connections from --trusted-proxy peers whose PROXY header named a client",
+    ),
+    (
+        Event::ProxyHeaderMissing,
+        "api_guard_proxy_header_missing_total",
+        "Connections from --trusted-proxy peers without a valid PROXY header (reset under --proxy-protocol required)",
+    ),
+    (
+        Event::ProxyUnknownStreams,
+        "api_guard_proxy_unknown_streams_total",
+        "Segments from --trusted-proxy peers on connections whose start was not seen: charged to the peer",
     ),
 ];
 
