@@ -39,7 +39,15 @@ impl Source for TcIngress {
     }
 
     fn decode(&self, hdr: &SampleHeader, data: &[u8]) -> Result<Event, DecodeError> {
-        Ok(Event::Request(RequestSample {
+        Ok(Event::Request(RequestSample::of(hdr, data)))
+    }
+}
+
+impl RequestSample {
+    /// A request record's header and captured head (TC ingress and the TLS
+    /// uprobes write the same layout).
+    pub(super) fn of(hdr: &SampleHeader, data: &[u8]) -> Self {
+        RequestSample {
             ts_ns: hdr.ts_ns,
             client: address(hdr.client),
             client_port: hdr.client_port,
@@ -51,7 +59,7 @@ impl Source for TcIngress {
             payload_len: hdr.payload_len,
             head: data.to_vec(),
             exchange: hdr.exchange,
-        }))
+        }
     }
 }
 

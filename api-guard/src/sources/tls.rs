@@ -3,12 +3,9 @@
 //! Records of family `0x02nn`; the same [`RequestSample`] as TC ingress,
 //! marked as TLS so the sinks say `https` and where it was seen.
 
-use api_guard_common::{
-    sample::{SAMPLE_IPV6, SampleHeader},
-    tls::SOURCE_TLS_READ,
-};
+use api_guard_common::{sample::SampleHeader, tls::SOURCE_TLS_READ};
 
-use super::{DecodeError, Event, Family, RequestSample, Source, SourceId, tc_ingress::address};
+use super::{DecodeError, Event, Family, RequestSample, Source, SourceId};
 
 /// `SSL_read`'s return as a source.
 pub struct TlsRead;
@@ -25,19 +22,7 @@ impl Source for TlsRead {
     }
 
     fn decode(&self, hdr: &SampleHeader, data: &[u8]) -> Result<Event, DecodeError> {
-        Ok(Event::TlsRequest(RequestSample {
-            ts_ns: hdr.ts_ns,
-            client: address(hdr.client),
-            client_port: hdr.client_port,
-            server: address(hdr.server),
-            server_port: hdr.server_port,
-            ipv6: hdr.flags & SAMPLE_IPV6 != 0,
-            ifindex: hdr.ifindex,
-            verdict: hdr.verdict,
-            payload_len: hdr.payload_len,
-            exchange: hdr.exchange,
-            head: data.to_vec(),
-        }))
+        Ok(Event::TlsRequest(RequestSample::of(hdr, data)))
     }
 }
 
