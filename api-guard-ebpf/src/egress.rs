@@ -273,11 +273,16 @@ fn answered(sc: &mut ReplyScratch) {
     }
     let h = &mut sc.out.header;
     h.ts_ns = sc.now;
-    h.client = sc.key.client;
+    // The client the request's sample named: a trusted proxy's header's, if
+    // any (the join matches on it).
+    h.client = match crate::maps::CONFIG.get(0) {
+        Some(cfg) => crate::proxy::named_by_conn(cfg, &sc.key).unwrap_or(sc.key.client),
+        None => sc.key.client,
+    };
     h.server = sc.key.server;
     h.source = Source::TcEgress as u16;
     h.verdict = 0;
-    h.flags = if is_v4_mapped(&sc.key.client) {
+    h.flags = if is_v4_mapped(&h.client) {
         0
     } else {
         SAMPLE_IPV6

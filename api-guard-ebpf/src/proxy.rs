@@ -326,6 +326,21 @@ pub fn named_client() -> Option<[u8; 16]> {
     Some(unsafe { (*sc).client })
 }
 
+/// The client a trusted peer's PROXY header named on connection `key` (peer
+/// side as the client), for the programs that see the connection without the
+/// ingress path's scratch: egress (response records join their requests on
+/// the same client) and the libssl uprobes (charged to the named client).
+#[inline(always)]
+pub fn named_by_conn(cfg: &api_guard_common::config::Config, key: &ConnKey) -> Option<[u8; 16]> {
+    if !cfg.has(api_guard_common::config::flags::HAS_TRUSTED_PROXIES) {
+        return None;
+    }
+    let p = PROXY_CONNS.get_ptr(key)?;
+    // SAFETY: a live map value, read at once.
+    let h = unsafe { &(*p).header };
+    (h.state == api_guard_common::proxy::PROXY_CLIENT).then_some(h.client)
+}
+
 /// What the `bpf_loop` callback needs that only the stack can carry.
 #[repr(C)]
 struct Feed {

@@ -37,7 +37,7 @@ use crate::{
     clock::Clock,
     count::{self, Seen},
     enforce,
-    maps::{CONFIG, CONNS, PORTS, PROXY_CONNS, SAMPLE_SCRATCH, SAMPLES},
+    maps::{CONFIG, CONNS, PORTS, SAMPLE_SCRATCH, SAMPLES},
     parse::{TCP_SYN, TcpPacket},
     sample,
 };
@@ -515,16 +515,7 @@ extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
 /// charged for every client behind it.
 #[inline(always)]
 fn client_of(cfg: &api_guard_common::config::Config, conn: &ConnKey) -> [u8; 16] {
-    if cfg.has(api_guard_common::config::flags::HAS_TRUSTED_PROXIES)
-        && let Some(p) = PROXY_CONNS.get_ptr(conn)
-    {
-        // SAFETY: a live map value, read at once.
-        let h = unsafe { &(*p).header };
-        if h.state == api_guard_common::proxy::PROXY_CLIENT {
-            return h.client;
-        }
-    }
-    conn.client
+    crate::proxy::named_by_conn(cfg, conn).unwrap_or(conn.client)
 }
 
 /// Charges `starts` requests of the connection's client as the TC judge does:

@@ -196,7 +196,9 @@ impl Scene {
         let read = || -> Result<Vec<String>> {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let mut clients = Vec::new();
-            for line in text.lines() {
+            // Whole lines only: the daemon may be writing the last one.
+            let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+            for line in whole.lines() {
                 let v: serde_json::Value = serde_json::from_str(line)?;
                 if v["url.path"] == path {
                     clients.push(v["client.address"].as_str().unwrap_or("").to_string());
