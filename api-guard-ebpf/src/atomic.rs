@@ -50,3 +50,18 @@ pub fn dec_floor(v: &mut u64) -> u64 {
     }
     read(v)
 }
+
+/// A bucket clock in a map value, shared by every CPU: GCRA's theoretical
+/// arrival time, read and swapped atomically.
+pub struct Tat<'a>(pub &'a mut u64);
+
+impl api_guard_common::config::TatCell for Tat<'_> {
+    #[inline(always)]
+    fn load(&mut self) -> u64 {
+        read(self.0)
+    }
+    #[inline(always)]
+    fn cas(&mut self, current: u64, new: u64) -> bool {
+        cas(self.0, current, new)
+    }
+}

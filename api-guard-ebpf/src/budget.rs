@@ -3,26 +3,10 @@
 //! from a bucket shared by every CPU (GCRA, compare-and-swap). Over it, the
 //! sample is not taken, and counted.
 
-use api_guard_common::{
-    config::{Take, TatCell},
-    exchange::ResponseCount,
-};
+use api_guard_common::{config::Take, exchange::ResponseCount};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
-use crate::{atomic, exchange::count, maps::SAMPLE_BUDGET};
-
-struct Tat<'a>(&'a mut u64);
-
-impl TatCell for Tat<'_> {
-    #[inline(always)]
-    fn load(&mut self) -> u64 {
-        atomic::read(self.0)
-    }
-    #[inline(always)]
-    fn cas(&mut self, current: u64, new: u64) -> bool {
-        atomic::cas(self.0, current, new)
-    }
-}
+use crate::{atomic::Tat, exchange::count, maps::SAMPLE_BUDGET};
 
 /// Whether this sample fits in the second's budget (always, with none set).
 #[inline(always)]

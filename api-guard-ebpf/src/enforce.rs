@@ -3,13 +3,13 @@
 
 use api_guard_common::{
     client::{ClientKey, ClientState, Penalty},
-    config::{Config, Limit, Take, TatCell, flags},
+    config::{Config, Limit, Take, flags},
     counters::{Event, Verdict},
 };
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
-    atomic,
+    atomic::{self, Tat},
     clock::Clock,
     count::{self, Seen},
     maps::{ALLOW, BLOCKS, CLIENTS, DENY, HEARTBEAT, OPEN_CONNS, OVERRIDES, PENALTIES},
@@ -132,20 +132,6 @@ pub fn connection(
         debt(&cfg.connections, key, state, &state.conn_tat_ns, now);
     }
     None
-}
-
-/// A bucket clock in a map value, shared by both CPUs.
-struct Tat<'a>(&'a mut u64);
-
-impl TatCell for Tat<'_> {
-    #[inline(always)]
-    fn load(&mut self) -> u64 {
-        atomic::read(self.0)
-    }
-    #[inline(always)]
-    fn cas(&mut self, current: u64, new: u64) -> bool {
-        atomic::cas(self.0, current, new)
-    }
 }
 
 /// Open connections of the client (`OPEN_CONNS`, kept by the sock_ops program).

@@ -6,8 +6,7 @@
 //! into the same links atomically (no gap, no second attachment).
 
 mod sockops;
-mod tc_egress;
-mod tc_ingress;
+mod tc;
 mod uprobe;
 
 use std::{
@@ -62,8 +61,12 @@ impl Datapath {
     /// atomically. A pinned link attached elsewhere is replaced, never taken over.
     pub fn attach(&mut self, what: Attachment<'_>, pin: Option<&Path>) -> Result<Attached> {
         match what {
-            Attachment::TcIngress { iface } => tc_ingress::attach(self, iface, pin),
-            Attachment::TcEgress { iface } => tc_egress::attach(self, iface, pin),
+            Attachment::TcIngress { iface } => {
+                tc::attach(self, iface, aya::programs::TcAttachType::Ingress, pin)
+            }
+            Attachment::TcEgress { iface } => {
+                tc::attach(self, iface, aya::programs::TcAttachType::Egress, pin)
+            }
             Attachment::SockOps { cgroup } => sockops::attach(self, cgroup, pin),
         }
     }

@@ -1,4 +1,5 @@
-//! The egress classifier (responses) on an interface, through a tcx link.
+//! A classifier on an interface, through a tcx link: the ingress program
+//! (requests) or the egress program (responses).
 
 use std::path::Path;
 
@@ -12,11 +13,23 @@ use aya::programs::{
 use super::{Attached, pin_new, pinned_target_is, remove_pin};
 use crate::{
     failure::Failure,
-    kernel::{loader::Datapath, loader::egress_mut, preflight, sys::LinkTarget},
+    kernel::{
+        loader::{Datapath, egress_mut, ingress_mut},
+        preflight,
+        sys::LinkTarget,
+    },
 };
 
-pub(super) fn attach(dp: &mut Datapath, iface: &str, pin: Option<&Path>) -> Result<Attached> {
-    let prog = egress_mut(&mut dp.ebpf)?;
+pub(super) fn attach(
+    dp: &mut Datapath,
+    iface: &str,
+    side: TcAttachType,
+    pin: Option<&Path>,
+) -> Result<Attached> {
+    let (prog, name) = match side {
+        TcAttachType::Egress => (egress_mut(&mut dp.ebpf)?, "egress"),
+        _ => (ingress_mut(&mut dp.ebpf)?, "ingress"),
+    };
     if let Some(pin) = pin.filter(|p| p.exists()) {
         // A renamed interface, or one moved away, leaves a link that is not
         // on `iface`: replaced, never taken over.
@@ -38,8 +51,8 @@ pub(super) fn attach(dp: &mut Datapath, iface: &str, pin: Option<&Path>) -> Resu
         }
     }
     let id = prog
-        .attach(iface, TcAttachType::Egress)
-        .map_err(|e| Failure::Rejected(format!("cannot attach to the egress of {iface}: {e}")))?;
+        .attach(iface, side)
+        .map_err(|e| Failure::Rejected(format!("cannot attach to the {name} of {iface}: {e}")))?;
     if let Some(pin) = pin {
         let link = FdLink::try_from(prog.take_link(id)?)
             .context("the kernel has no tcx links (api-guard needs Linux 6.6 or newer)")?;
