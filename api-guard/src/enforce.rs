@@ -115,9 +115,7 @@ impl Enforcer {
 
     /// Acts on a finding; true when it changed what the kernel does.
     pub fn apply(&mut self, finding: &Finding) -> Result<bool> {
-        match *finding {
-            Finding::Block { client, .. } => self.block_client(client),
-        }
+        self.block_client(finding.client)
     }
 
     /// Blocks the client's bucket (the address, or its IPv6 prefix) for

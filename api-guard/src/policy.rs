@@ -141,6 +141,8 @@ pub struct Policy {
     pub capture_bytes: u32,
     /// `--require-auth block`: clients without credentials get blocked too.
     pub auth_blocks: bool,
+    /// Detectors whose findings block (`--detect NAME=block`), by name.
+    pub detect_blocks: Vec<&'static str>,
     /// `--fail-mode open`: stop dropping once the daemon has been silent this
     /// long. None: closed, keep enforcing without a daemon.
     pub fail_open_after: Option<Duration>,
@@ -160,10 +162,21 @@ impl Policy {
             return Err("--conn-burst needs --conn-rate".into());
         }
         let has_limit = self.rate.is_some() || self.conn_rate.is_some() || !self.limits.is_empty();
-        if self.block_for.is_some() && !has_limit && !self.auth_blocks {
+        if self.block_for.is_some()
+            && !has_limit
+            && !self.auth_blocks
+            && self.detect_blocks.is_empty()
+        {
             return Err(
-                "--block-for needs something to block for (--rate, --conn-rate, --limit or --require-auth block)".into(),
+                "--block-for needs something to block for (--rate, --conn-rate, --limit, --require-auth block or --detect NAME=block)".into(),
             );
+        }
+        if let Some(name) = self.detect_blocks.first()
+            && self.block_for.is_none()
+        {
+            return Err(format!(
+                "--detect {name}=block needs --block-for (how long to block)"
+            ));
         }
         if self.auth_blocks && self.block_for.is_none() {
             return Err("--require-auth block needs --block-for (how long to block)".into());

@@ -342,6 +342,33 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_failures: u32,
 
+    /// What a detector's findings do (repeatable): NAME is bola (object-ID
+    /// enumeration), stuffing (failed logins, many credentials) or probing
+    /// (many missing paths); off, log (the default: findings logged and
+    /// counted) or block (also blocked for --block-for).
+    #[arg(long = "detect", value_name = "NAME=off|log|block", help_heading = "Detection",
+          value_parser = parse_detect_setting)]
+    pub detect: Vec<DetectSetting>,
+
+    /// A detector's threshold (repeatable), for every route or one route
+    /// template: bola (distinct IDs of a route, default 40), stuffing
+    /// (401/403s on a route, 20), credentials (distinct credentials from a
+    /// client, 10), probing (distinct 404 paths, 20), all in --detect-window.
+    #[arg(long = "detect-threshold", value_name = "KEY[@ROUTE]=N", help_heading = "Detection",
+          value_parser = parse_detect_threshold)]
+    pub detect_thresholds: Vec<crate::detect::Threshold>,
+
+    /// The detectors' sliding window: long, so that a client pacing itself
+    /// under the rate limit still adds up (1m to 24h).
+    #[arg(long, value_name = "DURATION", default_value = "10m", help_heading = "Detection",
+          value_parser = parse_detect_window)]
+    pub detect_window: Duration,
+
+    /// Write the detectors' findings (JSON lines) here, for `api-guard
+    /// report`; SIGHUP reopens it.
+    #[arg(long, value_name = "PATH", help_heading = "Detection")]
+    pub findings_log: Option<PathBuf>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(
         long,
@@ -527,6 +554,11 @@ impl RunArgs {
             sample: self.sample,
             capture_bytes: self.capture_bytes,
             auth_blocks: self.require_auth == RequireAuth::Block,
+            detect_blocks: crate::detect::DetectorName::ALL
+                .into_iter()
+                .filter(|d| self.detect_action(*d) == crate::detect::Action::Block)
+                .map(|d| d.name())
+                .collect(),
             fail_open_after: (self.fail_mode == FailMode::Open).then_some(self.heartbeat_timeout),
             trusted_proxies: self.trusted_proxy.clone(),
             proxy_required: self.proxy_protocol == ProxyProtocol::Required,
@@ -538,6 +570,64 @@ impl RunArgs {
         }
         policy.validate()?;
         Ok(policy)
+    }
+}
+
+/// One `--detect NAME=ACTION`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DetectSetting {
+    pub detector: crate::detect::DetectorName,
+    pub action: crate::detect::Action,
+}
+
+/// `NAME=off|log|block`; `auth` is --require-auth's.
+pub fn parse_detect_setting(s: &str) -> Result<DetectSetting, String> {
+    use crate::detect::{Action, DetectorName};
+    let (name, action) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=off|log|block"))?;
+    let detector: DetectorName = name.trim().parse()?;
+    if detector == DetectorName::Auth {
+        return Err("requests without credentials are --require-auth's".into());
+    }
+    let action = match action.trim() {
+        "off" => Action::Off,
+        "log" => Action::Log,
+        "block" => Action::Block,
+        other => return Err(format!("unknown action {other:?} (off, log, block)")),
+    };
+    Ok(DetectSetting { detector, action })
+}
+
+pub fn parse_detect_threshold(s: &str) -> Result<crate::detect::Threshold, String> {
+    s.parse()
+}
+
+/// The detectors' window: 1m to 24h.
+pub fn parse_detect_window(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d < Duration::from_secs(60) => Err("must be at least 1m".into()),
+        d if d > Duration::from_secs(86_400) => Err("must be at most 24h".into()),
+        d => Ok(d),
+    }
+}
+
+impl RunArgs {
+    /// What `--detect` (the last one naming it) says for `detector`; `auth`
+    /// follows --require-auth.
+    pub fn detect_action(&self, detector: crate::detect::DetectorName) -> crate::detect::Action {
+        use crate::detect::{Action, DetectorName};
+        if detector == DetectorName::Auth {
+            return match self.require_auth {
+                RequireAuth::Block => Action::Block,
+                _ => Action::Off,
+            };
+        }
+        self.detect
+            .iter()
+            .rev()
+            .find(|d| d.detector == detector)
+            .map_or(Action::Log, |d| d.action)
     }
 }
 

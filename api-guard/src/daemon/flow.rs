@@ -15,7 +15,7 @@ use tracing::{debug, info, trace, warn};
 use crate::{
     clock::WallClock,
     detect::{
-        Detector, Finding, Observation,
+        self, Action, DetectConfig, Detector, DetectorName, Finding, Observation,
         auth::{self, AuthCheck, AuthMisses},
     },
     enforce::Enforcer,
@@ -29,6 +29,7 @@ use crate::{
     },
     sinks::{
         access_log::{AccessLog, AccessRecord},
+        findings::FindingsLog,
         metrics::Metrics,
         metrics::status_label,
         verdict_name,
@@ -56,6 +57,11 @@ pub struct FlowConfig {
     /// How long a sampled request waits for its response before it is logged
     /// without it.
     pub response_timeout: Duration,
+    /// The answered-event detectors' window, thresholds and caps.
+    pub detect: DetectConfig,
+    /// What each detector's findings do (`--detect`; auth's from
+    /// `--require-auth`).
+    pub actions: HashMap<DetectorName, Action>,
 }
 
 /// Client buckets whose response classes are kept (LRU past it, counted).
@@ -84,10 +90,15 @@ pub struct Flow {
     auth: AuthCheck,
     ipv6_prefix: u8,
     ifnames: HashMap<u32, String>,
+    /// Request-time detectors (auth misses).
     detectors: Vec<Box<dyn Detector>>,
+    /// Detectors of requests joined with their responses.
+    answered: Vec<Box<dyn Detector>>,
+    actions: HashMap<DetectorName, Action>,
     /// Acts on the detectors' findings; without it they are only reported.
     enforcer: Option<Enforcer>,
     log: Option<AccessLog>,
+    findings_log: Option<FindingsLog>,
     metrics: Arc<Metrics>,
     wall: WallClock,
     routes: Routes,
@@ -103,6 +114,7 @@ impl Flow {
     pub fn new(
         cfg: FlowConfig,
         log: Option<AccessLog>,
+        findings_log: Option<FindingsLog>,
         metrics: Arc<Metrics>,
         enforcer: Option<Enforcer>,
     ) -> Result<Self> {
@@ -110,7 +122,12 @@ impl Flow {
         if cfg.auth == AuthCheck::Block {
             detectors.push(Box::new(AuthMisses::new(cfg.auth_failures)));
         }
+        let action = |d: DetectorName| cfg.actions.get(&d).copied().unwrap_or(Action::Log);
+        let answered = detect::build(&cfg.detect, |d| action(d) != Action::Off);
         Ok(Self {
+            answered,
+            actions: cfg.actions.clone(),
+            findings_log,
             routes: Routes::new(&cfg.routes)?,
             join: Join::new(
                 JOIN_CAP,
@@ -176,6 +193,7 @@ impl Flow {
         if missing {
             self.metrics.unauthenticated.inc();
         }
+        let mut found: Vec<Finding> = Vec::new();
         if !self.detectors.is_empty() {
             let seen = Observation {
                 client,
@@ -187,11 +205,11 @@ impl Flow {
                 missing_auth: missing,
             };
             let now = Instant::now();
-            for detector in &mut self.detectors {
-                if let Some(finding) = detector.observe(&seen, now) {
-                    act(self.enforcer.as_mut(), &self.metrics, &finding);
-                }
-            }
+            found.extend(
+                self.detectors
+                    .iter_mut()
+                    .filter_map(|d| d.observe(&seen, now)),
+            );
         }
         // What the access log has, redacted the same way, for a daemon run
         // without one.
@@ -206,6 +224,9 @@ impl Flow {
             "sampled request"
         );
         let route = self.routes.route(head.method, head.path);
+        for finding in found {
+            self.found(finding, sample.ts_ns);
+        }
         let overflowed = self.routes.stats.overflow;
         if overflowed > self.metrics.routes.routes_overflow.get() {
             self.metrics
@@ -262,6 +283,7 @@ impl Flow {
         let seconds = r.ttfb_ns as f64 / 1e9;
         let head = self.heads.parse(&w.sample.head).ok();
         let method = pipeline::method_label(head.as_ref().map_or("OTHER", |h| h.method));
+        let mut found = Vec::new();
         if let Some(head) = &head {
             let answered = Answered {
                 client: w.sample.client,
@@ -274,8 +296,15 @@ impl Flow {
                 status: r.status,
                 duration_ns: r.ttfb_ns,
                 auth: head.auth,
+                credential: match self.answered.is_empty() {
+                    true => None,
+                    false => self.heads.fingerprint(&w.sample.head),
+                },
                 verdict: w.sample.verdict,
             };
+            for detector in &mut self.answered {
+                found.extend(detector.answered(&answered, r.ts_ns));
+            }
             self.classes
                 .observe(answered.bucket, answered.status, r.ts_ns);
             let evicted = self.classes.stats.evicted;
@@ -286,6 +315,9 @@ impl Flow {
                     .classes_evicted
                     .inc_by(evicted - counted);
             }
+        }
+        for finding in found {
+            self.found(finding, r.ts_ns);
         }
         let route = w.route.template.as_str();
         self.metrics
@@ -378,13 +410,81 @@ impl Flow {
             warn!("cannot flush the access log: {e}");
         }
         let now = Instant::now();
-        for detector in &mut self.detectors {
-            detector.prune(now);
+        let now_ns = crate::clock::monotonic_ns();
+        for detector in self.detectors.iter_mut().chain(&mut self.answered) {
+            detector.prune(now, now_ns);
+            let name = detector.name().name();
+            let counted = self.metrics.detect_evicted.with_label_values(&[name]);
+            let evicted = detector.evicted();
+            if evicted > counted.get() {
+                counted.inc_by(evicted - counted.get());
+            }
         }
     }
 
-    /// SIGHUP: reopens the access log.
+    /// A detector's finding: logged, counted, remembered for `status` and
+    /// `top`, and acted on as its detector's `--detect` action says.
+    fn found(&mut self, finding: Finding, at_ns: u64) {
+        let action = match finding.detector {
+            DetectorName::Auth => Action::Block,
+            d => self.actions.get(&d).copied().unwrap_or(Action::Log),
+        };
+        let mut blocked = false;
+        if action == Action::Block {
+            blocked = act(self.enforcer.as_mut(), &self.metrics, &finding);
+        }
+        let action_label = if action == Action::Block {
+            "block"
+        } else {
+            "log"
+        };
+        self.metrics
+            .findings
+            .with_label_values(&[finding.detector.name(), action_label])
+            .inc();
+        info!(
+            detector = finding.detector.name(),
+            client = %finding.client,
+            route = finding.route.as_deref(),
+            action = action_label,
+            score = finding.score,
+            "finding: {}",
+            finding.reason
+        );
+        let Some(log) = &mut self.findings_log else {
+            return;
+        };
+        let line = serde_json::json!({
+            "timestamp": humantime::format_rfc3339_nanos(self.wall.at(at_ns)).to_string(),
+            "detector": finding.detector.name(),
+            "owasp": finding.detector.owasp(),
+            "client": finding.client.to_string(),
+            "route": finding.route,
+            "action": action_label,
+            "blocked": blocked,
+            "block_for_secs": self
+                .enforcer
+                .as_ref()
+                .and_then(|e| e.block_for())
+                .filter(|_| blocked)
+                .map(|d| d.as_secs()),
+            "score": (finding.score * 100.0).round() / 100.0,
+            "reason": finding.reason,
+            "evidence": finding.evidence,
+        });
+        if let Err(e) = log.write(&line) {
+            warn!("cannot write the findings log: {e:#}");
+        }
+    }
+
+    /// SIGHUP: reopens the access log and the findings log.
     pub fn reopen(&mut self) {
+        if let Some(log) = &mut self.findings_log {
+            match log.reopen() {
+                Ok(()) => info!("SIGHUP: findings log reopened"),
+                Err(e) => warn!("cannot reopen the findings log: {e:#}"),
+            }
+        }
         if let Some(log) = &mut self.log {
             match log.reopen() {
                 Ok(()) => info!("SIGHUP: access log reopened"),
@@ -408,12 +508,13 @@ impl Answer {
     }
 }
 
-/// Acts on a finding through the enforcer, if findings are acted on.
-fn act(enforcer: Option<&mut Enforcer>, metrics: &Metrics, finding: &Finding) {
-    let Finding::Block { client, reason } = *finding;
+/// Blocks a finding's client through the enforcer; whether it changed what
+/// the kernel does.
+fn act(enforcer: Option<&mut Enforcer>, metrics: &Metrics, finding: &Finding) -> bool {
+    let client = finding.client;
     let Some(enforcer) = enforcer else {
-        debug!(client = %client, "finding not acted on: {}", reason.describe());
-        return;
+        debug!(client = %client, "finding not acted on: {}", finding.reason);
+        return false;
     };
     let refused = enforcer.refused;
     let applied = enforcer.apply(finding);
@@ -422,11 +523,17 @@ fn act(enforcer: Option<&mut Enforcer>, metrics: &Metrics, finding: &Finding) {
     }
     match applied {
         Ok(true) => {
-            metrics.auth_blocks.inc();
+            if finding.detector == DetectorName::Auth {
+                metrics.auth_blocks.inc();
+            }
             let for_secs = enforcer.block_for().map_or(0, |d: Duration| d.as_secs());
-            warn!(client = %client, for_secs, "blocked: {}", reason.describe());
+            warn!(client = %client, detector = finding.detector.name(), for_secs, "blocked: {}", finding.reason);
+            true
         }
-        Ok(false) => {}
-        Err(e) => warn!("cannot block {client}: {e:#}"),
+        Ok(false) => false,
+        Err(e) => {
+            warn!("cannot block {client}: {e:#}");
+            false
+        }
     }
 }

@@ -24,8 +24,9 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    cli::{FailMode, RequireAuth, RunArgs, TlsMode},
+    cli::{FailMode, RunArgs, TlsMode},
     clock::monotonic_ns,
+    detect::{Action, DetectConfig, DetectorName, Thresholds},
     enforce::Enforcer,
     failure::Failure,
     kernel::{
@@ -78,6 +79,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // earlier daemon's policy is touched.
     let log = match &args.access_log {
         Some(path) => Some(AccessLog::open(path).map_err(|e| Failure::Host(format!("{e:#}")))?),
+        None => None,
+    };
+    let findings_log = match &args.findings_log {
+        Some(path) => Some(
+            crate::sinks::findings::FindingsLog::open(path)
+                .map_err(|e| Failure::Host(format!("{e:#}")))?,
+        ),
         None => None,
     };
     if let Some(fleet) = args.fleet().map_err(Failure::Usage)? {
@@ -219,12 +227,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
         datapath.handles("opened for the response metrics", &ResponseCollector::MAPS)?,
     )?;
     // Always there: expired blocks and penalties are pruned whatever the flags.
-    // It acts on findings only under --require-auth block.
+    // It acts on findings only of detectors set to block (--require-auth
+    // block, --detect NAME=block).
+    let actions: HashMap<DetectorName, Action> = DetectorName::ALL
+        .into_iter()
+        .map(|d| (d, args.detect_action(d)))
+        .collect();
     let enforcer = Some(Enforcer::new(
         datapath.handles("opened for enforcing", &Enforcer::MAPS)?,
         policy
             .block_for
-            .filter(|_| args.require_auth == RequireAuth::Block),
+            .filter(|_| actions.values().any(|a| *a == Action::Block)),
         policy.ipv6_prefix,
     ));
     let flow = Flow::new(
@@ -240,8 +253,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 ..Default::default()
             },
             response_timeout: args.response_timeout,
+            detect: DetectConfig {
+                window: args.detect_window,
+                thresholds: Thresholds::new(&args.detect_thresholds),
+                ..Default::default()
+            },
+            actions,
         },
         log,
+        findings_log,
         metrics.clone(),
         enforcer,
     )?;

@@ -10,7 +10,7 @@ use std::{
 
 use api_guard_common::counters::Verdict;
 
-use super::{Detector, Finding, Observation, Reason};
+use super::{Detector, DetectorName, Finding, Observation};
 use crate::pipeline::http::{AuthScheme, Completeness, RequestHead};
 
 /// What `--require-auth` asks for, as a plain value.
@@ -55,15 +55,24 @@ impl Detector for AuthMisses {
         let admitted = [Verdict::Allowed, Verdict::WouldDrop, Verdict::FailedOpen]
             .iter()
             .any(|v| seen.verdict == *v as u8);
-        (seen.missing_auth && admitted && self.failures.miss(seen.bucket, now)).then_some(
-            Finding::Block {
-                client: seen.client,
-                reason: Reason::NoCredentials,
-            },
-        )
+        (seen.missing_auth && admitted && self.failures.miss(seen.bucket, now)).then(|| Finding {
+            detector: DetectorName::Auth,
+            client: seen.bucket,
+            route: None,
+            reason: "too many requests without credentials".into(),
+            score: 1.0,
+            evidence: serde_json::json!({
+                "misses_over": self.failures.limit,
+                "window_secs": WINDOW.as_secs(),
+            }),
+        })
     }
 
-    fn prune(&mut self, now: Instant) {
+    fn name(&self) -> DetectorName {
+        DetectorName::Auth
+    }
+
+    fn prune(&mut self, now: Instant, _now_ns: u64) {
         self.failures.prune(now);
     }
 }
@@ -149,13 +158,8 @@ mod tests {
         assert_eq!(d.observe(&seen(Verdict::Blocked), t0), None);
         assert_eq!(d.observe(&seen(Verdict::Blocked), t0), None);
         assert_eq!(d.observe(&seen(Verdict::Allowed), t0), None);
-        assert_eq!(
-            d.observe(&seen(Verdict::WouldDrop), t0),
-            Some(Finding::Block {
-                client: c,
-                reason: Reason::NoCredentials
-            })
-        );
+        let found = d.observe(&seen(Verdict::WouldDrop), t0).unwrap();
+        assert_eq!((found.detector, found.client), (DetectorName::Auth, c));
     }
 
     #[test]

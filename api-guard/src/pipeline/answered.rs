@@ -21,6 +21,9 @@ pub struct Answered<'a> {
     pub duration_ns: u64,
     /// The credential's scheme (`None`: no credential).
     pub auth: AuthScheme,
+    /// A keyed fingerprint of the credential (see `fingerprint`), never the
+    /// credential itself.
+    pub credential: Option<u64>,
     /// The kernel's verdict on the request.
     pub verdict: u8,
 }

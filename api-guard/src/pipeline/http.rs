@@ -154,6 +154,27 @@ pub fn parse<'a>(data: &'a [u8], auth_headers: &'a [String]) -> Result<RequestHe
     Ok(head)
 }
 
+/// The value of the credential header `parse` would pick (the first of
+/// `auth_headers` present and not blank), for fingerprinting only: it never
+/// leaves the pipeline.
+pub(super) fn credential<'a>(data: &'a [u8], auth_headers: &[String]) -> Option<&'a [u8]> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(data).ok()?;
+    let mut best: Option<(usize, &'a [u8])> = None;
+    for h in req.headers.iter().filter(|h| !h.name.is_empty()) {
+        if let Some(rank) = auth_headers
+            .iter()
+            .position(|a| h.name.eq_ignore_ascii_case(a))
+            && best.is_none_or(|(r, _)| rank < r)
+            && !h.value.iter().all(u8::is_ascii_whitespace)
+        {
+            best = Some((rank, h.value));
+        }
+    }
+    best.map(|(_, v)| v)
+}
+
 /// The path-and-query of a request target: absolute-form loses its scheme and
 /// authority.
 fn origin_form(target: &str) -> &str {

@@ -18,11 +18,25 @@ use http::{NotHttp, RequestHead};
 pub struct HeadStage {
     /// Credential header names, lower-case.
     auth_headers: Vec<String>,
+    /// The key of credential fingerprints: random per daemon, so a
+    /// fingerprint cannot be matched against a list of known credentials.
+    fingerprint_key: std::hash::RandomState,
 }
 
 impl HeadStage {
     pub fn new(auth_headers: Vec<String>) -> Self {
-        Self { auth_headers }
+        Self {
+            auth_headers,
+            fingerprint_key: std::hash::RandomState::new(),
+        }
+    }
+
+    /// A keyed hash (SipHash, random key) of the head's credential: the
+    /// same credential gives the same fingerprint for this daemon's life,
+    /// and nothing of it can be read back.
+    pub fn fingerprint(&self, head: &[u8]) -> Option<u64> {
+        use std::hash::BuildHasher as _;
+        http::credential(head, &self.auth_headers).map(|v| self.fingerprint_key.hash_one(v))
     }
 
     pub fn parse<'a>(&'a self, head: &'a [u8]) -> Result<RequestHead<'a>, NotHttp> {
@@ -42,6 +56,31 @@ pub fn method_label(method: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints_tell_credentials_apart_and_hold_none() {
+        let stage = HeadStage::new(vec!["authorization".into(), "x-api-key".into()]);
+        let a = stage.fingerprint(b"GET / HTTP/1.1\r\nAuthorization: Bearer aaa\r\n\r\n");
+        let a2 = stage.fingerprint(b"GET /x HTTP/1.1\r\nauthorization: Bearer aaa\r\n\r\n");
+        let b = stage.fingerprint(b"GET / HTTP/1.1\r\nAuthorization: Bearer aab\r\n\r\n");
+        let key = stage
+            .fingerprint(b"GET / HTTP/1.1\r\nX-API-Key: aaa\r\nAuthorization: Bearer aab\r\n\r\n");
+        assert!(a.is_some());
+        assert_eq!(a, a2);
+        assert_ne!(a, b);
+        // The first-ranked header wins, as in the parse.
+        assert_eq!(key, b);
+        assert_eq!(
+            stage.fingerprint(b"GET / HTTP/1.1\r\nAuthorization:  \r\n\r\n"),
+            None
+        );
+        // Another daemon's key: other fingerprints.
+        let other = HeadStage::new(vec!["authorization".into()]);
+        assert_ne!(
+            other.fingerprint(b"GET / HTTP/1.1\r\nAuthorization: Bearer aaa\r\n\r\n"),
+            a
+        );
+    }
 
     #[test]
     fn method_labels_are_bounded() {

@@ -3,6 +3,7 @@
 //! heads and kernel counters; they decide nothing.
 
 pub mod access_log;
+pub mod findings;
 pub mod fleet;
 pub mod metrics;
 pub mod report;

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub auth_blocks_refused: IntCounter,
     /// Request rate of the busiest clients.
     pub top_clients: GaugeVec,
+    /// Detectors' findings by detector and what was done (log, block).
+    pub findings: IntCounterVec,
+    /// Keys the detectors' tables pushed out (their caps reached), by detector.
+    pub detect_evicted: IntCounterVec,
     /// `sampled` children by (method, scheme), resolved once: a label lookup per
     /// sample hashes and locks, and samples come by the hundred thousand.
     sampled_by: HashMap<(&'static str, &'static str), IntCounter>,
@@ -86,6 +90,26 @@ impl Metrics {
             ),
             &["client"],
         )?;
+        let findings = IntCounterVec::new(
+            Opts::new(
+                "api_guard_findings_total",
+                "Detectors' findings by detector (auth, bola, stuffing, probing) and action (log: reported; block: the client blocked)",
+            ),
+            &["detector", "action"],
+        )?;
+        let detect_evicted = IntCounterVec::new(
+            Opts::new(
+                "api_guard_detect_evicted_total",
+                "Keys (client, route) the detectors' bounded tables pushed out, by detector",
+            ),
+            &["detector"],
+        )?;
+        for detector in ["auth", "bola", "stuffing", "probing"] {
+            detect_evicted.with_label_values(&[detector]);
+            for action in ["log", "block"] {
+                findings.with_label_values(&[detector, action]);
+            }
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("api_guard_build_info", "api-guard's version"),
             &["version"],
@@ -103,6 +127,8 @@ impl Metrics {
         registry.register(Box::new(auth_blocks.clone()))?;
         registry.register(Box::new(auth_blocks_refused.clone()))?;
         registry.register(Box::new(top_clients.clone()))?;
+        registry.register(Box::new(findings.clone()))?;
+        registry.register(Box::new(detect_evicted.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(KernelCollector::new(kernel_maps, max_clients)?))?;
         let methods = Method::ALL.iter().map(|m| m.as_str()).chain(["OTHER"]);
@@ -121,6 +147,8 @@ impl Metrics {
             auth_blocks,
             auth_blocks_refused,
             top_clients,
+            findings,
+            detect_evicted,
         })
     }
 
