@@ -121,6 +121,23 @@ pub enum Command {
         #[command(flatten)]
         pins: PinArgs,
     },
+    /// What this host saw, as the OWASP API Security Top 10 (2023): which
+    /// risks the detectors observed, from which clients, and what was done,
+    /// read from the daemon's --findings-log.
+    #[command(after_help = "Examples:
+  api-guard report --findings-log /var/log/api-guard/findings.log --since 1h
+  api-guard report --findings-log findings.log --since 24h --json | jq '.risks[0]'")]
+    Report {
+        /// The findings log the daemon writes (`run --findings-log`).
+        #[arg(long, value_name = "PATH")]
+        findings_log: PathBuf,
+        /// How far back (e.g. 15m, 1h, 7d).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_nonzero_duration)]
+        since: Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (e.g. `api-guard completions bash >
     /// /etc/bash_completion.d/api-guard`).
     Completions {

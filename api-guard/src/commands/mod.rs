@@ -6,12 +6,14 @@
 //! - `block`: `block` and `unblock`;
 //! - `limit`: per-network limits, set and removed;
 //! - `detach`: removes a stopped daemon's pins;
+//! - `report`: the OWASP API Top 10 view of the findings log;
 //! - `docs`: shell completions and man pages.
 
 pub mod block;
 pub mod detach;
 pub mod docs;
 pub mod limit;
+pub mod report;
 pub mod status;
 pub mod top;
 
@@ -29,11 +31,19 @@ pub fn run(command: Command, out: &mut impl Write) -> Result<()> {
     match command {
         Command::Completions { shell } => return docs::completions(shell, out),
         Command::Man { command } => return docs::man(command.as_deref(), out),
+        // A file an operator may read needs no privilege.
+        Command::Report {
+            findings_log,
+            since,
+            json,
+        } => return report::report(&findings_log, since, json, out),
         _ => {}
     }
     preflight::check_privileges()?;
     match command {
-        Command::Completions { .. } | Command::Man { .. } => unreachable!("printed above"),
+        Command::Completions { .. } | Command::Man { .. } | Command::Report { .. } => {
+            unreachable!("printed above")
+        }
         Command::Run(_) => unreachable!("handled by the daemon"),
         Command::Status { pins, json } => status::status(&pins.pin_dir, json, out),
         Command::Top {
