@@ -1,7 +1,11 @@
 //! Probing (OWASP API9, improper inventory: looking for endpoints that should
 //! not be there): per client, the distinct paths answered 404 in the window. A
 //! finding at the `probing` threshold. A client retrying one missing path
-//! counts one.
+//! counts one. A 404 for an object of a known route (its last parameter an
+//! identifier: `{id}`, `{uuid}`, `{hex}` or an operator's `{name}`) is an
+//! object that does not exist, the BOLA detector's; a path whose segments the
+//! route stage had to generalise (`{param}`, `{token}`, `{rest}`) still
+//! counts here.
 
 use std::{
     collections::VecDeque,
@@ -49,6 +53,14 @@ impl Probing {
     }
 }
 
+/// Whether the request named an object of a known route.
+fn names_an_object(seen: &Answered<'_>) -> bool {
+    seen.route
+        .params
+        .last()
+        .is_some_and(|(name, _)| !matches!(name.as_str(), "param" | "token" | "rest"))
+}
+
 impl Detector for Probing {
     fn name(&self) -> DetectorName {
         DetectorName::Probing
@@ -61,7 +73,7 @@ impl Detector for Probing {
         let path = self.paths.hash_one(seen.path);
         let st = self.clients.touch(&seen.bucket);
         st.counts.add(1, now_ns, slot);
-        if seen.status != 404 {
+        if seen.status != 404 || names_an_object(seen) {
             return None;
         }
         st.counts.add(0, now_ns, slot);
@@ -140,6 +152,29 @@ mod tests {
             a.path = "/favicon.ico";
             assert!(d.answered(&a, S + i).is_none());
         }
+        // Missing objects of a route are the BOLA detector's.
+        for i in 0..100u64 {
+            let r = Route {
+                template: "/v1/docs/{id}".into(),
+                params: vec![("id".into(), i.to_string())],
+            };
+            let mut a = answer(ip(4), &r, 404);
+            let p = format!("/v1/docs/{i}");
+            a.path = &p;
+            assert!(d.answered(&a, S + i).is_none());
+        }
+        // Generalised segments are not objects.
+        let r = Route {
+            template: "/{param}".into(),
+            params: vec![("param".into(), "x".into())],
+        };
+        let mut hits = 0;
+        for (i, p) in paths.iter().enumerate() {
+            let mut a = answer(ip(5), &r, 404);
+            a.path = p;
+            hits += usize::from(d.answered(&a, S + i as u64).is_some());
+        }
+        assert_eq!(hits, 1);
         // 200s on many paths are not probing.
         for (i, p) in paths.iter().enumerate() {
             let mut a = answer(ip(3), &r, 200);

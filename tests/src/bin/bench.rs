@@ -1048,8 +1048,12 @@ fn bench_sampler() -> Result<BenchFlow> {
             ifnames: [(2u32, "eth0".to_string())].into(),
             routes: Default::default(),
             response_timeout: std::time::Duration::from_secs(30),
+            // The detectors as a daemon runs them by default (log).
+            detect: Default::default(),
+            actions: Default::default(),
         },
         Some(AccessLog::open("/dev/null".as_ref())?),
+        None,
         metrics,
         None,
     )?;
