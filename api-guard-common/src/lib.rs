@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod counters;
+pub mod detect;
 pub mod exchange;
 pub mod http;
 pub mod maps;

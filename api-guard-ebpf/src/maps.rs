@@ -126,3 +126,9 @@ pub static PROXY_CONNS: LruHashMap<ConnKey, api_guard_common::proxy::ProxyConn> 
 #[map(name = "PROXY_SCRATCH")]
 pub static PROXY_SCRATCH: PerCpuArray<crate::proxy::ProxyScratch> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// What the daemon's detectors know per client, for `api-guard status` and
+/// `top`: written by the daemon, pinned, never read here.
+#[map(name = "DETECT_CLIENTS")]
+pub static DETECT_CLIENTS: HashMap<ClientKey, api_guard_common::detect::DetectClient> =
+    HashMap::with_max_entries(api_guard_common::detect::DETECT_SLOTS, 0);

@@ -329,6 +329,60 @@ fn attackers_are_found_and_blocked_and_look_alikes_are_left_alone() -> Result<()
     assert_eq!(risk("API1:2023")["clients_blocked"], 2, "{doc}");
     assert_eq!(risk("API3:2023")["observed"], false);
 
+    // `status` and `top` show the findings, and per-client response classes
+    // over the last minute (the retrier asks again for its missing path).
+    let again: Vec<String> = (0..5)
+        .map(|_| url(retrier.server4.into(), API, "/v1/missing"))
+        .collect();
+    curl(&retrier.ns, &again, Opts::new(Connections::KeepAlive))?;
+    let retrier_addr = retrier.addr4.to_string();
+    let of = |doc: &Value, key: &str, client: &str| {
+        doc[key]
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["client"] == client))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the retrier's 404s in status",
+        || {
+            let out = s.ctl(&["status", "--json"])?;
+            let doc: Value = serde_json::from_slice(&out.stdout)?;
+            Ok(of(&doc, "detections", &retrier_addr)["responses"]["404"]
+                .as_u64()
+                .is_some_and(|n| n >= 5))
+        },
+    )?;
+    let status: Value = serde_json::from_slice(&s.ctl(&["status", "--json"])?.stdout)?;
+    for attacker in &attackers {
+        let d = of(&status, "detections", attacker);
+        assert!(d["findings"].as_u64().unwrap_or(0) >= 1, "{status}");
+        assert_eq!(d["last_action"], "block", "{status}");
+    }
+    assert_eq!(
+        of(&status, "detections", &retrier_addr)["findings"],
+        0,
+        "{status}"
+    );
+    let text = String::from_utf8(s.ctl(&["status"])?.stdout)?;
+    assert!(
+        text.contains(&format!("finding: client {}", fast.addr4)),
+        "{text}"
+    );
+    let top = s.ctl(&["top", "--once", "--json", "-n", "50"])?;
+    let top: Value = serde_json::from_slice(&top.stdout)?;
+    assert!(
+        of(&top, "clients", &retrier_addr)["responses"]["404"]
+            .as_u64()
+            .is_some_and(|n| n >= 5),
+        "{top}"
+    );
+    assert!(
+        of(&top, "findings", &fast.addr4.to_string())["last_detector"] == "bola",
+        "{top}"
+    );
+
     // No credential anywhere: the findings log, the daemon's output, the
     // metrics, the report.
     let (stopped, ..) = s.stop()?;

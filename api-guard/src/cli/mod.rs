@@ -128,6 +128,10 @@ pub enum Command {
   api-guard report --findings-log /var/log/api-guard/findings.log --since 1h
   api-guard report --findings-log findings.log --since 24h --json | jq '.risks[0]'")]
     Report {
+        /// The daemon whose kernel counters (rate and connection limits:
+        /// API4) join the findings, when its pins can be read.
+        #[command(flatten)]
+        pins: PinArgs,
         /// The findings log the daemon writes (`run --findings-log`).
         #[arg(long, value_name = "PATH")]
         findings_log: PathBuf,

@@ -33,10 +33,14 @@ pub fn run(command: Command, out: &mut impl Write) -> Result<()> {
         Command::Man { command } => return docs::man(command.as_deref(), out),
         // A file an operator may read needs no privilege.
         Command::Report {
+            pins,
             findings_log,
             since,
             json,
-        } => return report::report(&findings_log, since, json, out),
+        } => {
+            let limited = report::kernel_limits(&pins.pin_dir);
+            return report::report(&findings_log, since, limited, json, out);
+        }
         _ => {}
     }
     preflight::check_privileges()?;

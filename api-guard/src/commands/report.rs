@@ -59,7 +59,27 @@ struct ClientRow {
     last_reason: String,
 }
 
-pub fn report(path: &Path, since: Duration, as_json: bool, out: &mut impl Write) -> Result<()> {
+/// Requests and connections the kernel refused for going over a limit, since
+/// its pinned state was made (API4's evidence), if the pins can be read.
+pub fn kernel_limits(pin_dir: &Path) -> Option<(u64, u64)> {
+    use crate::kernel::{KernelMaps, pins::Pinned};
+    use api_guard_common::counters::{Kind, Verdict};
+    let maps = Pinned::open(pin_dir).ok()?;
+    let c = maps.counters().ok()?;
+    Some((
+        c.get(Kind::Requests, Verdict::RateLimited) + c.get(Kind::Requests, Verdict::WouldDrop),
+        c.get(Kind::Connections, Verdict::ConnLimited)
+            + c.get(Kind::Connections, Verdict::WouldDrop),
+    ))
+}
+
+pub fn report(
+    path: &Path,
+    since: Duration,
+    limited: Option<(u64, u64)>,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
     let (all, unreadable) = findings::read(path)?;
     let from = SystemTime::now()
         .checked_sub(since)
@@ -101,6 +121,9 @@ pub fn report(path: &Path, since: Duration, as_json: bool, out: &mut impl Write)
             row.last_reason = f["reason"].as_str().unwrap_or("").into();
         }
         let findings: u64 = clients.values().map(|c| c.findings).sum();
+        // API4 from the kernel's counters (whole life of the pinned state,
+        // not the period: the kernel keeps totals).
+        let kernel = (id == "API4:2023").then_some(limited).flatten();
         let blocked: u64 = clients.values().map(|c| c.blocked).sum();
         let mut rows: Vec<(String, ClientRow)> = clients.into_iter().collect();
         rows.sort_by(|a, b| b.1.findings.cmp(&a.1.findings).then(a.0.cmp(&b.0)));
@@ -109,7 +132,8 @@ pub fn report(path: &Path, since: Duration, as_json: bool, out: &mut impl Write)
             "name": name,
             "watched_by": coverage(id, detectors),
             "detectors": detectors,
-            "observed": findings > 0,
+            "observed": findings > 0 || kernel.is_some_and(|(r, c)| r + c > 0),
+            "kernel_limited": kernel.map(|(r, c)| json!({"requests": r, "connections": c})),
             "findings": findings,
             "clients_blocked": rows.iter().filter(|(_, r)| r.blocked > 0).count(),
             "blocks": blocked,
@@ -149,6 +173,10 @@ pub fn report(path: &Path, since: Duration, as_json: bool, out: &mut impl Write)
     }
     for r in &risks {
         let state = match (r["observed"] == true, r["watched_by"].as_str()) {
+            (true, _) if !r["kernel_limited"].is_null() => format!(
+                "OBSERVED: {} requests and {} connections over the limits (kernel, since start)",
+                r["kernel_limited"]["requests"], r["kernel_limited"]["connections"]
+            ),
             (true, _) => format!(
                 "OBSERVED: {} findings, {} clients, {} blocked",
                 r["findings"],
@@ -218,7 +246,14 @@ mod tests {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(&path, text + "not json\n").unwrap();
         let mut out = Vec::new();
-        report(&path, Duration::from_secs(3600), true, &mut out).unwrap();
+        report(
+            &path,
+            Duration::from_secs(3600),
+            Some((0, 3)),
+            true,
+            &mut out,
+        )
+        .unwrap();
         let doc: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(doc["findings"], 2);
         assert_eq!(doc["unreadable_lines"], 1);
@@ -234,9 +269,11 @@ mod tests {
         assert_eq!(risk("API1:2023")["observed"], true);
         assert_eq!(risk("API1:2023")["clients"][0]["blocked"], true);
         assert_eq!(risk("API2:2023")["observed"], false);
+        assert_eq!(risk("API4:2023")["observed"], true);
+        assert_eq!(risk("API4:2023")["kernel_limited"]["connections"], 3);
         assert_eq!(risk("API9:2023")["clients"][0]["client"], "198.18.1.2");
         let mut text = Vec::new();
-        report(&path, Duration::from_secs(3600), false, &mut text).unwrap();
+        report(&path, Duration::from_secs(3600), None, false, &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(
             text.contains("API1:2023") && text.contains("OBSERVED"),

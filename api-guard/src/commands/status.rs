@@ -78,6 +78,7 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
             .collect();
         verdicts.insert(kind.name().into(), by.into());
     }
+    let detections = detections_json(&maps.detect_clients()?, now);
     let doc = json!({
         "config": {
             "requests": limit(&cfg.requests),
@@ -107,6 +108,9 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
             "remaining_secs": remaining_secs(c.state.blocked_until_ns, now),
         })).collect::<Vec<_>>(),
         "blocked_networks": nets.iter().map(|(n, r)| json!({"network": n, "remaining_secs": r})).collect::<Vec<_>>(),
+        // The detectors' findings per client, and per-client response
+        // classes over the last minute (published by the daemon each second).
+        "detections": detections,
     });
     if as_json {
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
@@ -167,5 +171,83 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
             None => writeln!(out, "blocked network {n} (until unblocked)")?,
         }
     }
+    for d in doc["detections"].as_array().into_iter().flatten() {
+        if d["findings"].as_u64().unwrap_or(0) == 0 {
+            continue;
+        }
+        writeln!(
+            out,
+            "finding: client {} {} findings, last {} ({}, {}s ago); answers last minute {}",
+            d["client"].as_str().unwrap_or("?"),
+            d["findings"],
+            d["last_detector"].as_str().unwrap_or("?"),
+            d["last_action"].as_str().unwrap_or("?"),
+            d["last_finding_secs_ago"],
+            classes_text(&d["responses"]),
+        )?;
+    }
     Ok(())
+}
+
+/// What the daemon's detectors published, as JSON: clients with findings
+/// first (latest first), then the busiest by response classes.
+pub(super) fn detections_json(
+    entries: &[(std::net::IpAddr, api_guard_common::detect::DetectClient)],
+    now: u64,
+) -> Vec<serde_json::Value> {
+    use api_guard_common::detect::{ACTION_BLOCK, ACTION_LOG, CLASSES, DETECTORS};
+    let mut sorted: Vec<_> = entries.to_vec();
+    sorted.sort_by(|a, b| {
+        b.1.last_finding_ns
+            .cmp(&a.1.last_finding_ns)
+            .then(
+                b.1.classes
+                    .iter()
+                    .sum::<u32>()
+                    .cmp(&a.1.classes.iter().sum::<u32>()),
+            )
+            .then(a.0.cmp(&b.0))
+    });
+    sorted
+        .iter()
+        .map(|(ip, d)| {
+            let responses: serde_json::Map<String, serde_json::Value> = CLASSES
+                .iter()
+                .zip(d.classes)
+                .map(|(c, n)| (c.to_string(), n.into()))
+                .collect();
+            let detector = (d.last_detector as usize)
+                .checked_sub(1)
+                .and_then(|i| DETECTORS.get(i));
+            json!({
+                "client": ip.to_string(),
+                "findings": d.findings,
+                "last_detector": detector,
+                "last_action": match d.last_action {
+                    ACTION_BLOCK => Some("block"),
+                    ACTION_LOG => Some("log"),
+                    _ => None,
+                },
+                "last_finding_secs_ago": (d.last_finding_ns > 0)
+                    .then(|| now.saturating_sub(d.last_finding_ns) / 1_000_000_000),
+                "responses": responses,
+            })
+        })
+        .collect()
+}
+
+/// `401:3 404:20`, the classes with answers.
+pub(super) fn classes_text(responses: &serde_json::Value) -> String {
+    let parts: Vec<String> = api_guard_common::detect::CLASSES
+        .iter()
+        .filter_map(|c| {
+            let n = responses[*c].as_u64().unwrap_or(0);
+            (n > 0).then(|| format!("{c}:{n}"))
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
 }

@@ -111,6 +111,14 @@ fn top_frame(maps: &Pinned, before: &Snapshot, now: &Snapshot, n: usize) -> Resu
             Some((network_string(prefix, addr).parse().ok()?, until))
         })
         .collect();
+    // The detectors' view, by client bucket: response classes and findings.
+    let detected = super::status::detections_json(&maps.detect_clients()?, mono);
+    let detected_of = |addr: &IpAddr| {
+        detected
+            .iter()
+            .find(|d| d["client"] == addr.to_string().as_str())
+            .cloned()
+    };
     let clients: Vec<Value> = top_k(rates, n)
         .into_iter()
         .filter_map(|(addr, rps)| {
@@ -130,6 +138,10 @@ fn top_frame(maps: &Pinned, before: &Snapshot, now: &Snapshot, n: usize) -> Resu
                 "open_connections": st.open_conns,
                 "blocked": until > mono,
                 "blocked_secs_left": remaining_secs(until, mono).filter(|_| until > mono),
+                // 401/403/404/429/5xx over the last minute, and the last
+                // finding's detector.
+                "responses": detected_of(&addr).map_or(Value::Null, |d| d["responses"].clone()),
+                "finding": detected_of(&addr).map_or(Value::Null, |d| d["last_detector"].clone()),
             }))
         })
         .collect();
@@ -163,6 +175,12 @@ fn top_frame(maps: &Pinned, before: &Snapshot, now: &Snapshot, n: usize) -> Resu
         "requests_per_second": verdicts,
         "clients": clients,
         "blocked_networks": blocked_networks,
+        "findings": detected
+            .iter()
+            .filter(|d| d["findings"].as_u64().unwrap_or(0) > 0)
+            .take(n)
+            .cloned()
+            .collect::<Vec<_>>(),
     }))
 }
 
@@ -197,8 +215,8 @@ fn render_top(frame: &Value, opts: &TopOptions, out: &mut impl Write) -> Result<
     writeln!(out)?;
     writeln!(
         out,
-        "{:<40} {:>9} {:>10} {:>8} {:>5}  STATUS",
-        "CLIENT", "REQ/S", "REQUESTS", "CONNS", "OPEN"
+        "{:<40} {:>9} {:>10} {:>8} {:>5}  {:<24} STATUS",
+        "CLIENT", "REQ/S", "REQUESTS", "CONNS", "OPEN", "ERRORS/MIN"
     )?;
     for c in frame["clients"].as_array().into_iter().flatten() {
         let status = match c["blocked_secs_left"].as_u64() {
@@ -206,15 +224,32 @@ fn render_top(frame: &Value, opts: &TopOptions, out: &mut impl Write) -> Result<
             None if c["blocked"] == true => "blocked".to_string(),
             None => String::new(),
         };
+        let status = match c["finding"].as_str() {
+            Some(d) if status.is_empty() => format!("finding: {d}"),
+            Some(d) => format!("{status}, finding: {d}"),
+            None => status,
+        };
         writeln!(
             out,
-            "{:<40} {:>9.1} {:>10} {:>8} {:>5}  {}",
+            "{:<40} {:>9.1} {:>10} {:>8} {:>5}  {:<24} {}",
             c["client"].as_str().unwrap_or("?"),
             f(&c["requests_per_second"]),
             c["requests"].as_u64().unwrap_or(0),
             c["connections"].as_u64().unwrap_or(0),
             c["open_connections"].as_u64().unwrap_or(0),
+            super::status::classes_text(&c["responses"]),
             status
+        )?;
+    }
+    for d in frame["findings"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "finding: {} {} ({}, {}s ago, {} in all)",
+            d["client"].as_str().unwrap_or("?"),
+            d["last_detector"].as_str().unwrap_or("?"),
+            d["last_action"].as_str().unwrap_or("?"),
+            d["last_finding_secs_ago"],
+            d["findings"]
         )?;
     }
     for n in frame["blocked_networks"].as_array().into_iter().flatten() {

@@ -99,6 +99,10 @@ pub struct Flow {
     enforcer: Option<Enforcer>,
     log: Option<AccessLog>,
     findings_log: Option<FindingsLog>,
+    /// Per client: findings and response classes, published each second for
+    /// `status` and `top` through `publish` (the pinned `DETECT_CLIENTS`).
+    detected: super::detected::Detected,
+    publish: Option<crate::kernel::MapSet>,
     metrics: Arc<Metrics>,
     wall: WallClock,
     routes: Routes,
@@ -128,6 +132,8 @@ impl Flow {
             answered,
             actions: cfg.actions.clone(),
             findings_log,
+            detected: Default::default(),
+            publish: None,
             routes: Routes::new(&cfg.routes)?,
             join: Join::new(
                 JOIN_CAP,
@@ -341,6 +347,12 @@ impl Flow {
         )
     }
 
+    /// Publishes findings and response classes per client, every second,
+    /// through `maps` (handles of its own to `DETECT_CLIENTS`).
+    pub fn publish_to(&mut self, maps: crate::kernel::MapSet) {
+        self.publish = Some(maps);
+    }
+
     /// The per-client response classes (401/403/404/429/5xx over the last
     /// minute, from joined samples), for the detectors and `top`.
     pub fn client_classes(&self) -> &ClientClasses {
@@ -411,6 +423,12 @@ impl Flow {
         }
         let now = Instant::now();
         let now_ns = crate::clock::monotonic_ns();
+        if let Some(maps) = &mut self.publish {
+            let entries = self.detected.entries(&self.classes, now_ns);
+            if let Err(e) = crate::kernel::KernelMaps::set_detect_clients(maps, &entries) {
+                warn!("cannot publish what the detectors know: {e:#}");
+            }
+        }
         for detector in self.detectors.iter_mut().chain(&mut self.answered) {
             detector.prune(now, now_ns);
             let name = detector.name().name();
@@ -433,6 +451,8 @@ impl Flow {
         if action == Action::Block {
             blocked = act(self.enforcer.as_mut(), &self.metrics, &finding);
         }
+        self.detected
+            .record(&finding, action == Action::Block, at_ns);
         let action_label = if action == Action::Block {
             "block"
         } else {

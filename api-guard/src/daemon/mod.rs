@@ -4,6 +4,7 @@
 //! detectors → enforce / sinks), the metrics server, and the periodic walks of
 //! the client map (threads), each with map handles of its own.
 
+mod detected;
 mod fleet;
 mod flow;
 mod tls;
@@ -265,6 +266,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         metrics.clone(),
         enforcer,
     )?;
+    let mut flow = flow;
+    flow.publish_to(datapath.handles(
+        "opened for the detectors' status",
+        &[api_guard_common::detect::DETECT_CLIENTS],
+    )?);
     let reader = RingReader::new(ring, Sources::kernel())?;
     // --fleet: a thread of its own with handles of its own; Redis never
     // stands between a packet, the heartbeat or the event loop and its work.

@@ -45,6 +45,10 @@ fn expected_sizes(name: &str) -> Option<(usize, usize)> {
             size_of::<conn::ConnKey>(),
             size_of::<api_guard_common::proxy::ProxyConn>(),
         ),
+        api_guard_common::detect::DETECT_CLIENTS => (
+            size_of::<client::ClientKey>(),
+            size_of::<api_guard_common::detect::DetectClient>(),
+        ),
         _ => return None,
     })
 }

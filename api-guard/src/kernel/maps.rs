@@ -474,6 +474,48 @@ pub trait KernelMaps: MapSource {
         Ok(())
     }
 
+    /// What the detectors know per client (`api_guard_common::detect`).
+    fn detect_clients(&self) -> Result<Vec<(IpAddr, api_guard_common::detect::DetectClient)>> {
+        use api_guard_common::detect::{DETECT_CLIENTS, DetectClient};
+        let map: HashMap<&MapData, ClientKey, DetectClient> =
+            HashMap::try_from(self.map(DETECT_CLIENTS)?)?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, v) = entry?;
+            out.push((k.ip(), v));
+        }
+        Ok(out)
+    }
+
+    /// Replaces what `detect_clients` reads (at most `DETECT_SLOTS`; the rest
+    /// is left out).
+    fn set_detect_clients(
+        &mut self,
+        entries: &[(IpAddr, api_guard_common::detect::DetectClient)],
+    ) -> Result<()> {
+        use api_guard_common::detect::{DETECT_CLIENTS, DETECT_SLOTS, DetectClient};
+        let mut map: HashMap<&mut MapData, ClientKey, DetectClient> =
+            HashMap::try_from(self.map_mut(DETECT_CLIENTS)?)?;
+        let keep: std::collections::HashSet<ClientKey> = entries
+            .iter()
+            .take(DETECT_SLOTS as usize)
+            .map(|(ip, _)| ClientKey::from(*ip))
+            .collect();
+        let stale: Vec<ClientKey> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for k in stale {
+            let _ = map.remove(&k);
+        }
+        for (ip, v) in entries.iter().take(DETECT_SLOTS as usize) {
+            map.insert(ClientKey::from(*ip), *v, 0)
+                .context("cannot record what the detectors know (table full)")?;
+        }
+        Ok(())
+    }
+
     /// The flags of each watched port (`api_guard_common::ports`).
     fn port_flags(&self) -> Result<Vec<(u16, u8)>> {
         let map: Array<&MapData, u8> = Array::try_from(self.map(names::PORTS)?)?;

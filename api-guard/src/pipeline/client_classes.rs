@@ -134,6 +134,21 @@ impl ClientClasses {
         all
     }
 
+    /// The `n` clients with the most answers of any kept class in the window,
+    /// with their counts.
+    pub fn busiest(&self, n: usize, now_ns: u64) -> Vec<(IpAddr, ClassCounts)> {
+        let mut all: Vec<(IpAddr, ClassCounts)> = self
+            .clients
+            .keys()
+            .map(|c| (*c, self.counts(c, now_ns)))
+            .filter(|(_, k)| k.iter().any(|v| *v > 0))
+            .collect();
+        let total = |k: &ClassCounts| k.iter().map(|v| u64::from(*v)).sum::<u64>();
+        all.sort_by(|a, b| total(&b.1).cmp(&total(&a.1)).then(a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
     fn make_room(&mut self) {
         while self.clients.len() >= self.cap {
             let Some((c, t)) = self.lru.pop_front() else {
@@ -173,6 +188,10 @@ mod tests {
         assert_eq!(t.counts(&ip(1), 65 * S), [1, 0, 0, 0, 1]);
         assert_eq!(t.counts(&ip(1), 200 * S), [0; 5]);
         assert_eq!(t.top(2, 5, 30 * S), [(ip(1), 3)]);
+        assert_eq!(
+            t.busiest(5, 30 * S),
+            [(ip(1), [1, 0, 3, 0, 1]), (ip(2), [0, 0, 0, 1, 0])]
+        );
     }
 
     #[test]
