@@ -498,7 +498,7 @@ fn an_expired_narrower_block_never_hides_a_live_broader_one() {
 fn spoofed_findings_cannot_fill_the_block_list_and_a_full_list_is_a_clear_error() {
     use api_guard::{
         clock::monotonic_ns,
-        detect::{Finding, Reason},
+        detect::{DetectorName, Finding},
         enforce::{self, Enforcer},
         kernel::KernelMaps as _,
     };
@@ -513,9 +513,13 @@ fn spoofed_findings_cannot_fill_the_block_list_and_a_full_list_is_a_clear_error(
     let acted = (1..=5)
         .filter(|i| {
             enforcer
-                .apply(&Finding::Block {
+                .apply(&Finding {
+                    detector: DetectorName::Bola,
                     client: v4(100 + i),
-                    reason: Reason::NoCredentials,
+                    route: None,
+                    reason: "spoofed".into(),
+                    score: 1.0,
+                    evidence: serde_json::Value::Null,
                 })
                 .unwrap()
         })

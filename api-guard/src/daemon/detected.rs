@@ -53,7 +53,7 @@ impl Detected {
                 (*ip, v)
             })
             .collect();
-        out.sort_by(|a, b| b.1.last_finding_ns.cmp(&a.1.last_finding_ns));
+        out.sort_by_key(|e| std::cmp::Reverse(e.1.last_finding_ns));
         out.truncate(cap);
         for (ip, counts) in classes.busiest(cap, now_ns) {
             if out.len() >= cap {

@@ -70,23 +70,13 @@ fn live(no: u64, now: u64) -> bool {
 /// Distinct values seen in a sliding window. Exact (each value with its last
 /// sighting) while at most `bound` are in the window; past it, a HyperLogLog
 /// per slot, merged to count, until the window empties.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Distinct {
     /// Value → when last seen; with the order they were seen in, for expiry.
     exact: HashMap<u64, u64>,
     order: VecDeque<(u64, u64)>,
     /// Past the bound: per slot, its number and the values seen in it.
     approx: Option<Box<[(u64, Hll); SLOTS]>>,
-}
-
-impl Default for Distinct {
-    fn default() -> Self {
-        Self {
-            exact: HashMap::new(),
-            order: VecDeque::new(),
-            approx: None,
-        }
-    }
 }
 
 impl Distinct {
