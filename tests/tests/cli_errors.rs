@@ -81,6 +81,30 @@ fn ports_out_of_range_exit_2() {
 }
 
 #[test]
+fn detector_flags_are_checked_before_anything_is_attached() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--iface", "lo", "--port", "80"];
+        args.extend_from_slice(extra);
+        api_guard(&args)
+    };
+    assert_fails(&run(&["--detect", "bola=block"]), 2, "--block-for");
+    assert_fails(&run(&["--detect", "bola=maybe"]), 2, "off, log, block");
+    assert_fails(&run(&["--detect", "auth=block"]), 2, "--require-auth");
+    assert_fails(
+        &run(&["--detect-threshold", "bola@orders=5"]),
+        2,
+        "template",
+    );
+    assert_fails(&run(&["--detect-window", "5s"]), 2, "at least 1m");
+    // A findings log that cannot be read is a clear error, not a panic.
+    assert_fails(
+        &api_guard(&["report", "--findings-log", "/nonexistent/findings.log"]),
+        1,
+        "cannot read the findings log",
+    );
+}
+
+#[test]
 fn missing_flags_exit_2() {
     assert_fails(&api_guard(&["run", "--port", "80"]), 2, "--iface");
     assert_fails(&api_guard(&["run", "--iface", "lo"]), 2, "--port");
@@ -248,7 +272,9 @@ fn help_has_examples_and_names_the_environment() {
     assert!(help.contains("Examples:"), "{help}");
     assert!(help.contains("[env: API_GUARD_RATE=]"), "{help}");
     assert!(help.contains("--fail-mode"), "{help}");
-    for command in ["status", "top", "block", "unblock", "limit", "detach"] {
+    for command in [
+        "status", "top", "block", "unblock", "limit", "detach", "report",
+    ] {
         let out = api_guard(&[command, "--help"]);
         assert!(out.status.success(), "{command}");
         let help = String::from_utf8_lossy(&out.stdout);

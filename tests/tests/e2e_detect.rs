@@ -396,5 +396,58 @@ fn attackers_are_found_and_blocked_and_look_alikes_are_left_alone() -> Result<()
     for secret in &secrets {
         assert!(!everything.contains(secret.as_str()), "{secret} leaked");
     }
+    // No client ever went over the rate limit: the limit alone would have
+    // stopped none of the attackers.
+    assert_eq!(stopped.counter("requests", "rate_limited")?, 0);
+    Ok(())
+}
+
+#[test]
+fn findings_are_only_logged_until_an_operator_opts_in_to_blocking() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
+    let log = dir.path().join("findings.log");
+    let s = Scenario::start_locations(1, LOCATIONS, &["--findings-log", log.to_str().unwrap()])?;
+    let c = s.client(0);
+    let walk: Vec<String> = (1000..1300)
+        .map(|i| url(c.server4.into(), API, &format!("/v1/orders/{i}")))
+        .collect();
+    let b = curl(&c.ns, &walk, Opts::new(Connections::KeepAlive))?;
+    assert!(
+        b.statuses.iter().all(|s| *s == 200 || *s == 403),
+        "{:?}",
+        b.statuses
+    );
+    wait_until(Duration::from_secs(30), "the enumerator's finding", || {
+        Ok(!findings(&log)?.is_empty())
+    })?;
+    // Found, logged, not blocked: nginx served every request.
+    let all = findings(&log)?;
+    assert_eq!(all.len(), 1, "one finding per window: {all:?}");
+    assert_eq!(all[0]["detector"], "bola");
+    assert_eq!(all[0]["action"], "log");
+    assert_eq!(all[0]["blocked"], false);
+    assert_eq!(served(&s, c)?, 300);
+    let again = curl(
+        &c.ns,
+        &[url(c.server4.into(), API, "/v1/orders/1")],
+        Opts::new(Connections::New),
+    )?;
+    assert_eq!(again.statuses, [403]);
+    let metrics = s.scrape()?;
+    let counted = |action: &str| {
+        api_guard_tests::prom::value(
+            &metrics,
+            "api_guard_findings_total",
+            &[("detector", "bola"), ("action", action)],
+        )
+    };
+    assert_eq!((counted("log"), counted("block")), (Some(1.0), Some(0.0)));
+    let text = s.ctl(&["report", "--findings-log", log.to_str().unwrap()])?;
+    let text = String::from_utf8(text.stdout)?;
+    assert!(
+        text.contains("API1:2023") && text.contains("logged"),
+        "{text}"
+    );
+    println!("{text}");
     Ok(())
 }

@@ -739,6 +739,49 @@ mod tests {
     }
 
     #[test]
+    fn detect_flags() {
+        use crate::detect::{Action, DetectorName};
+        let r = run(&[
+            "--iface",
+            "a",
+            "--port",
+            "80",
+            "--detect",
+            "bola=block",
+            "--detect",
+            "probing=off",
+            "--detect-threshold",
+            "bola@/v1/orders/{id}=100",
+            "--block-for",
+            "5m",
+        ])
+        .unwrap();
+        assert_eq!(r.detect_action(DetectorName::Bola), Action::Block);
+        assert_eq!(r.detect_action(DetectorName::Probing), Action::Off);
+        // Not named: log.
+        assert_eq!(r.detect_action(DetectorName::Stuffing), Action::Log);
+        assert_eq!(r.detect_action(DetectorName::Auth), Action::Off);
+        assert_eq!(r.detect_thresholds[0].value, 100);
+        assert_eq!(r.detect_window, Duration::from_secs(600));
+        assert!(r.policy().is_ok());
+        // Blocking needs a duration, and --block-for alone needs a reason.
+        let no_for = run(&["--iface", "a", "--port", "80", "--detect", "bola=block"]).unwrap();
+        assert!(no_for.policy().unwrap_err().contains("--block-for"));
+        for bad in [
+            vec!["--detect", "bola"],
+            vec!["--detect", "bola=maybe"],
+            vec!["--detect", "auth=block"],
+            vec!["--detect", "nosuch=log"],
+            vec!["--detect-threshold", "bola=1"],
+            vec!["--detect-window", "10s"],
+        ] {
+            let mut args = vec!["--iface", "a", "--port", "80"];
+            args.extend(bad.iter().copied());
+            assert!(run(&args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn policy_flags() {
         let r = run(&[
             "--iface",

@@ -184,6 +184,9 @@ pub fn report(
                 r["clients_blocked"]
             ),
             (false, Some("detector")) => "not observed".into(),
+            (false, _) if !r["kernel_limited"].is_null() => {
+                "not observed (the kernel's limit counters are at zero)".into()
+            }
             (false, Some(how)) => format!("not watched by a detector ({how})"),
             (false, None) => String::new(),
         };
