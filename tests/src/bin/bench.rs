@@ -935,6 +935,7 @@ fn k4(o: &Options) -> Result<Section> {
         sampler.flush();
         pipe_rate.push(n as f64 / t.elapsed().as_secs_f64());
     }
+    let detect_rate = detectors_rate(n);
     let pipe = Stat::of(pipe_rate);
     let notes = match profile_pipeline() {
         Some(top) => vec![format!(
@@ -959,9 +960,60 @@ fn k4(o: &Options) -> Result<Section> {
                 figures: vec![("records/s".into(), pipe.show(0))],
                 target: Some(("≥ 500000/s per core".into(), pipe.median >= 500_000.0)),
             },
+            Row {
+                case: "joined event → detectors (bola, stuffing, probing)".into(),
+                figures: vec![("events/s".into(), Stat::of(detect_rate).show(0))],
+                target: None,
+            },
         ],
         notes,
     })
+}
+
+/// The three answered-event detectors on `n` joined events a run: 1000
+/// clients, each walking object IDs on one of 20 routes, a third answered
+/// 403/404/401, with credentials (their state past the exact bound, as a
+/// scan leaves it).
+fn detectors_rate(n: usize) -> Vec<f64> {
+    use api_guard::{
+        detect::{self, DetectConfig},
+        pipeline::{answered::Answered, http::AuthScheme, routes::Route},
+    };
+    let routes: Vec<Route> = (0..20)
+        .map(|r| Route {
+            template: format!("/v1/r{r}/{{id}}"),
+            params: vec![("id".into(), String::new())],
+        })
+        .collect();
+    let paths: Vec<String> = (0..20).map(|r| format!("/v1/r{r}/x")).collect();
+    let mut out = Vec::new();
+    for run in 0..RUNS {
+        let mut detectors = detect::build(&DetectConfig::default(), |_| true);
+        let mut route_of: Vec<Route> = routes.clone();
+        let t = Instant::now();
+        for i in 0..n {
+            let client = std::net::IpAddr::from(Ipv4Addr::from(0xc612_0000 + (i % 1000) as u32));
+            let r = &mut route_of[i % 20];
+            r.params[0].1 = (i / 1000 + run * n).to_string();
+            let seen = Answered {
+                client,
+                bucket: client,
+                method: "GET",
+                path: &paths[i % 20],
+                route: r,
+                status: [200, 200, 403, 404, 200, 401][i % 6],
+                duration_ns: 1,
+                auth: AuthScheme::Bearer,
+                credential: Some((i % 7) as u64),
+                verdict: 0,
+            };
+            for d in &mut detectors {
+                std::hint::black_box(d.answered(&seen, 1_000 + i as u64 * 1_000));
+            }
+        }
+        out.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    out
 }
 
 /// Runs the pipeline loop in a child under `perf record`; returns the top
