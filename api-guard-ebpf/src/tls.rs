@@ -181,7 +181,8 @@ pub fn saw_sock(sk: u64, kind: u32) {
 }
 
 /// Return of `SSL_read` (`ex` false: the return value is the byte count) or
-/// `SSL_read_ex` (1 on success, the count in `*readbytes`).
+/// `SSL_read_ex` and the internal function it shares with `SSL_read` (above 0
+/// on success, the count in `*readbytes`).
 #[inline(always)]
 pub fn read_return(ctx: &RetProbeContext, ex: bool) {
     let id = bpf_get_current_pid_tgid();
@@ -195,7 +196,7 @@ pub fn read_return(ctx: &RetProbeContext, ex: bool) {
     }
     let ret: i64 = ctx.ret::<i32>() as i64;
     let n: u64 = if ex {
-        if ret != 1 {
+        if ret <= 0 {
             return;
         }
         // SAFETY: reads the process's `size_t` through the checked helper.

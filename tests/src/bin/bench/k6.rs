@@ -25,12 +25,15 @@ fn is_tls_program(name: &str) -> bool {
     name.starts_with("api_guard_ssl") || name.starts_with("api_guard_sock")
 }
 
-/// Run time and run count of every TLS program loaded now, by id.
-fn tls_stats() -> HashMap<u32, (Duration, u64)> {
+/// Run time, run count and name of every TLS program loaded now, by id.
+fn tls_stats() -> HashMap<u32, (Duration, u64, String)> {
     loaded_programs()
         .filter_map(|p| p.ok())
         .filter(|p| p.name_as_str().is_some_and(is_tls_program))
-        .map(|p| (p.id(), (p.run_time(), p.run_count())))
+        .map(|p| {
+            let name = p.name_as_str().unwrap_or_default().to_string();
+            (p.id(), (p.run_time(), p.run_count(), name))
+        })
         .collect()
 }
 
@@ -63,6 +66,9 @@ pub(super) fn k6(o: &Options) -> Result<Section> {
     let mut rel_p99 = vec![Vec::new(); n];
     let mut ns_per_request = vec![Vec::new(); n];
     let mut counted_share = vec![Vec::new(); n];
+    // Per program: ns per request and runs per request, by set-up.
+    let mut by_program: Vec<std::collections::BTreeMap<String, (Vec<f64>, Vec<f64>)>> =
+        vec![Default::default(); n];
     for _ in 0..runs {
         let mut base = None;
         for (i, (_, flags)) in configs.iter().enumerate() {
@@ -108,15 +114,22 @@ pub(super) fn k6(o: &Options) -> Result<Section> {
             let done = wrk_requests(&report).context("no request count in wrk's report")?;
             if let Some(d) = daemon {
                 // Only this daemon's programs: those loaded since `before`.
-                let ns: f64 = end
-                    .iter()
-                    .filter(|(id, _)| !before.contains_key(id))
-                    .map(|(id, (t, _))| {
-                        let t0 = start.get(id).map_or(Duration::ZERO, |s| s.0);
-                        (t.saturating_sub(t0)).as_nanos() as f64
-                    })
-                    .sum();
+                let mut ns = 0.0;
+                let mut per_name: HashMap<&str, (f64, f64)> = HashMap::new();
+                for (id, (t, runs, name)) in end.iter().filter(|(id, _)| !before.contains_key(id)) {
+                    let (t0, r0) = start.get(id).map_or((Duration::ZERO, 0), |s| (s.0, s.1));
+                    let t = t.saturating_sub(t0).as_nanos() as f64;
+                    ns += t;
+                    let e = per_name.entry(name.as_str()).or_default();
+                    e.0 += t;
+                    e.1 += runs.saturating_sub(r0) as f64;
+                }
                 ns_per_request[i].push(ns / done.max(1) as f64);
+                for (name, (t, runs)) in per_name {
+                    let e = by_program[i].entry(name.to_string()).or_default();
+                    e.0.push(t / done.max(1) as f64);
+                    e.1.push(runs / done.max(1) as f64);
+                }
                 let stopped = d.stop()?;
                 let counted = stopped.counter("requests", "allowed")?;
                 counted_share[i].push(counted as f64 / done.max(1) as f64);
@@ -130,6 +143,26 @@ pub(super) fn k6(o: &Options) -> Result<Section> {
             rel_rps[i].push(r.requests_per_sec / b_rps);
             rel_p99[i].push(r.p99_ms / b_p99);
         }
+    }
+    let mut notes = Vec::new();
+    for (i, (name, flags)) in configs.iter().enumerate() {
+        if flags.is_none() {
+            continue;
+        }
+        let parts: Vec<String> = by_program[i]
+            .iter()
+            .map(|(prog, (ns, runs))| {
+                format!(
+                    "`{prog}` {} ns/request ({} runs/request)",
+                    Stat::of(ns.clone()).show(0),
+                    Stat::of(runs.clone()).show(2)
+                )
+            })
+            .collect();
+        notes.push(format!(
+            "Program time by program, {name}: {}.",
+            parts.join("; ")
+        ));
     }
     let mut rows = Vec::new();
     for (i, (name, flags)) in configs.iter().enumerate() {
@@ -168,6 +201,6 @@ pub(super) fn k6(o: &Options) -> Result<Section> {
             "nginx (master and one worker, TLS with the system's libssl.so.3, ECDSA P-256 certificate) in a server namespace, `wrk -t2 -c50 -d{secs}s --latency` over https from a client namespace, {runs} runs; each run measures the set-ups back to back and the ratios are to the run's own no-api-guard figures. api-guard follows nginx's SSL_read/SSL_write (`--tls auto`) under a limit high enough to admit everything, access log to /dev/null. The uprobe cost is the kernel's run time of the TLS programs (SSL_read/SSL_write entry and return uprobes, the socket tracepoints) from BPF_ENABLE_STATS, divided by the requests wrk completed; it does not include the uprobe trap itself (the kernel's breakpoint and return trampoline), which shows in the throughput ratio. \"Requests counted\" is the daemon's allowed-request counter over wrk's completed requests (wrk's last in-flight requests count at the server but not at wrk)."
         ),
         rows,
-        notes: Vec::new(),
+        notes,
     })
 }
