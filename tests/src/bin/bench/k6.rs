@@ -6,6 +6,10 @@
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context as _, Result};
+use api_guard::kernel::{
+    Datapath, LoadOptions,
+    attach::{Site, SslSites},
+};
 use api_guard_tests::{
     bpffs::BpfFs,
     client::{parse_wrk, wrk},
@@ -45,7 +49,104 @@ fn wrk_requests(report: &str) -> Option<u64> {
         .and_then(|(n, _)| n.trim().parse().ok())
 }
 
+// Two functions of this binary for the trap rows: the same work behind a first
+// instruction the kernel single-steps under a breakpoint (`sub $n,%rsp`, as
+// OpenSSL's SSL_read opens) and one it emulates (`push`, as its internal
+// ssl_read_internal opens).
+std::arch::global_asm!(
+    ".globl bench_trap_stepped",
+    ".type bench_trap_stepped,@function",
+    "bench_trap_stepped:",
+    "sub rsp, 0x18",
+    "add rsp, 0x18",
+    "lea rax, [rdi + 1]",
+    "ret",
+    ".size bench_trap_stepped, .-bench_trap_stepped",
+    ".globl bench_trap_emulated",
+    ".type bench_trap_emulated,@function",
+    "bench_trap_emulated:",
+    "push r13",
+    "pop r13",
+    "lea rax, [rdi + 1]",
+    "ret",
+    ".size bench_trap_emulated, .-bench_trap_emulated",
+);
+
+unsafe extern "C" {
+    fn bench_trap_stepped(x: u64) -> u64;
+    fn bench_trap_emulated(x: u64) -> u64;
+}
+
+/// ns per call of `f`, `calls` times.
+fn per_call(f: unsafe extern "C" fn(u64) -> u64, calls: u64) -> f64 {
+    let start = std::time::Instant::now();
+    let mut acc = 0u64;
+    for i in 0..calls {
+        // SAFETY: both functions only compute on their argument.
+        acc = acc.wrapping_add(unsafe { f(std::hint::black_box(i)) });
+    }
+    std::hint::black_box(acc);
+    start.elapsed().as_nanos() as f64 / calls as f64
+}
+
+/// The cost of one uprobe hit on this kernel and machine: this binary's two
+/// functions called with no probe, with an entry probe, and with an entry and
+/// a return probe (TLS programs that return at once for a process not
+/// followed), attached to this process only.
+fn trap_rows(runs: usize) -> Result<Vec<Row>> {
+    const CALLS: u64 = 20_000;
+    let exe = std::path::Path::new("/proc/self/exe");
+    let shapes: [(&str, &'static str, unsafe extern "C" fn(u64) -> u64); 2] = [
+        (
+            "first instruction single-stepped (sub $n,%rsp, as SSL_read)",
+            "bench_trap_stepped",
+            bench_trap_stepped,
+        ),
+        (
+            "first instruction emulated (push, as OpenSSL's internal read/write)",
+            "bench_trap_emulated",
+            bench_trap_emulated,
+        ),
+    ];
+    let mut dp = Datapath::load(&LoadOptions::default())?;
+    dp.tls_load(std::path::Path::new("/sys/kernel/btf/vmlinux"))?;
+    let mut rows = Vec::new();
+    for (what, symbol, f) in shapes {
+        let mut entry = Vec::new();
+        let mut both = Vec::new();
+        for _ in 0..runs {
+            let bare = per_call(f, CALLS);
+            for (with_return, out) in [(false, &mut entry), (true, &mut both)] {
+                let mut probes = vec![(Site::Symbol(symbol), "api_guard_ssl_handshake")];
+                if with_return {
+                    probes.push((Site::Symbol(symbol), "api_guard_ssl_write_ret"));
+                }
+                let sites = SslSites {
+                    probes,
+                    how: String::new(),
+                };
+                let links = dp.tls_attach(exe, &sites, std::process::id())?;
+                out.push(per_call(f, CALLS) - bare);
+                dp.tls_detach(links);
+            }
+        }
+        rows.push(Row {
+            case: format!("uprobe hit, {what}"),
+            figures: vec![
+                ("entry probe ns/call".into(), Stat::of(entry).show(0)),
+                (
+                    "entry and return probe ns/call".into(),
+                    Stat::of(both).show(0),
+                ),
+            ],
+            target: None,
+        });
+    }
+    Ok(rows)
+}
+
 pub(super) fn k6(o: &Options) -> Result<Section> {
+    let traps = trap_rows(if o.quick { 3 } else { RUNS })?;
     let secs = if o.quick { 2 } else { 8 };
     let runs = if o.quick { 3 } else { RUNS };
     let configs: [(&str, Option<&[&str]>); 3] = [
@@ -200,7 +301,7 @@ pub(super) fn k6(o: &Options) -> Result<Section> {
         about: format!(
             "nginx (master and one worker, TLS with the system's libssl.so.3, ECDSA P-256 certificate) in a server namespace, `wrk -t2 -c50 -d{secs}s --latency` over https from a client namespace, {runs} runs; each run measures the set-ups back to back and the ratios are to the run's own no-api-guard figures. api-guard follows nginx's SSL_read/SSL_write (`--tls auto`) under a limit high enough to admit everything, access log to /dev/null. The uprobe cost is the kernel's run time of the TLS programs (SSL_read/SSL_write entry and return uprobes, the socket tracepoints) from BPF_ENABLE_STATS, divided by the requests wrk completed; it does not include the uprobe trap itself (the kernel's breakpoint and return trampoline), which shows in the throughput ratio. \"Requests counted\" is the daemon's allowed-request counter over wrk's completed requests (wrk's last in-flight requests count at the server but not at wrk)."
         ),
-        rows,
+        rows: rows.into_iter().chain(traps).collect(),
         notes,
     })
 }
