@@ -186,8 +186,9 @@ pub fn handshake(ctx: &ProbeContext) {
     let _ = TLS_FRESH.insert(&key, &1, 0);
 }
 
-/// `tcp_recvmsg`/`tcp_sendmsg` (`struct sock *sk, ...`): the socket of the SSL
-/// call this thread is in, if any.
+/// `sock_recv_length`/`sock_send_length` (`struct sock *sk, ...`): the socket
+/// of the SSL call this thread is in, if any. A write is tied to its
+/// connection here, at its first send: `SSL_write` needs no return probe.
 #[inline(always)]
 pub fn saw_sock(sk: u64, kind: u32) {
     let id = bpf_get_current_pid_tgid();
@@ -196,8 +197,22 @@ pub fn saw_sock(sk: u64, kind: u32) {
     };
     // SAFETY: a live map value of this thread's call.
     let call = unsafe { &mut *call };
-    if call.kind == kind && call.sock == 0 {
-        call.sock = sk;
+    if call.kind != kind || call.sock != 0 {
+        return;
+    }
+    call.sock = sk;
+    if kind == CALL_WRITE {
+        let call = *call;
+        let mut key = ConnKey {
+            client: [0; 16],
+            server: [0; 16],
+            client_port: 0,
+            server_port: 0,
+            _pad: 0,
+        };
+        if attribute(&call, (id >> 32) as u32, &mut key).is_ok() {
+            event(TlsEvent::Writes);
+        }
     }
 }
 
@@ -304,27 +319,6 @@ pub fn read_return(ctx: &RetProbeContext, ex: bool) {
         && crate::budget::take()
     {
         emit(&sc.key, call.buf, first, len, verdict, cfg.capture_bytes);
-    }
-}
-
-/// Return of `SSL_write`/`SSL_write_ex`: ties the `SSL*` to its connection (the
-/// responses work builds on this hook).
-#[inline(always)]
-pub fn write_return() {
-    let id = bpf_get_current_pid_tgid();
-    let Some(call) = take_call(id) else {
-        return;
-    };
-    if call.kind != CALL_WRITE || call.sock == 0 {
-        return;
-    }
-    let Some(sc) = TLS_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's scratch entry, used by this program run.
-    let sc = unsafe { &mut *sc };
-    if attribute(&call, (id >> 32) as u32, &mut sc.key).is_ok() {
-        event(TlsEvent::Writes);
     }
 }
 

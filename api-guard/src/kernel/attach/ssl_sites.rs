@@ -41,8 +41,9 @@ pub struct SslSites {
 const READ_ENTER: &str = "api_guard_ssl_read_enter";
 const READ_RET: &str = "api_guard_ssl_read_ret";
 const READ_EX_RET: &str = "api_guard_ssl_read_ex_ret";
+/// Writes have no return probe: their socket is seen during the call, and
+/// their plaintext is in the buffer at entry.
 const WRITE_ENTER: &str = "api_guard_ssl_write_enter";
-const WRITE_RET: &str = "api_guard_ssl_write_ret";
 const HANDSHAKE: &str = "api_guard_ssl_handshake";
 
 /// An ELF function: its virtual address and first bytes.
@@ -93,7 +94,6 @@ pub fn ssl_sites(path: &Path) -> Result<SslSites> {
     {
         Some(offset) => {
             probes.push((Site::Offset(offset), WRITE_ENTER));
-            probes.push((Site::Offset(offset), WRITE_RET));
             how.push(format!(
                 "SSL_write and SSL_write_ex at their shared callee (file offset {offset:#x})"
             ));
@@ -126,9 +126,7 @@ fn exported(reads: bool, writes: bool) -> SslSites {
     if writes {
         probes.extend([
             (Site::Symbol("SSL_write"), WRITE_ENTER),
-            (Site::Symbol("SSL_write"), WRITE_RET),
             (Site::Symbol("SSL_write_ex"), WRITE_ENTER),
-            (Site::Symbol("SSL_write_ex"), WRITE_RET),
         ]);
     }
     SslSites {
@@ -219,7 +217,7 @@ mod tests {
                 Site::Symbol(_) => None,
             })
             .collect();
-        assert_eq!(offsets.len(), 4, "{sites:?}");
+        assert_eq!(offsets.len(), 3, "{sites:?}");
         for o in offsets {
             let b = &data[o as usize..o as usize + 2];
             let push =

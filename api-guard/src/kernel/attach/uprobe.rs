@@ -35,13 +35,12 @@ const TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// The uprobe programs (loaded once; attached per process at the sites).
-pub const UPROBE_PROGRAMS: [&str; 6] = [
+pub const UPROBE_PROGRAMS: [&str; 5] = [
     "api_guard_ssl_handshake",
     "api_guard_ssl_read_enter",
     "api_guard_ssl_read_ret",
     "api_guard_ssl_read_ex_ret",
     "api_guard_ssl_write_enter",
-    "api_guard_ssl_write_ret",
 ];
 
 impl Datapath {

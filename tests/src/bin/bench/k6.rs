@@ -119,7 +119,7 @@ fn trap_rows(runs: usize) -> Result<Vec<Row>> {
             for (with_return, out) in [(false, &mut entry), (true, &mut both)] {
                 let mut probes = vec![(Site::Symbol(symbol), "api_guard_ssl_handshake")];
                 if with_return {
-                    probes.push((Site::Symbol(symbol), "api_guard_ssl_write_ret"));
+                    probes.push((Site::Symbol(symbol), "api_guard_ssl_read_ex_ret"));
                 }
                 let sites = SslSites {
                     probes,
