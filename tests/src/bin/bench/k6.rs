@@ -145,6 +145,9 @@ fn trap_rows(runs: usize) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// Per program name: ns per request and runs per request, one of each a run.
+type ByProgram = std::collections::BTreeMap<String, (Vec<f64>, Vec<f64>)>;
+
 pub(super) fn k6(o: &Options) -> Result<Section> {
     let traps = trap_rows(if o.quick { 3 } else { RUNS })?;
     let secs = if o.quick { 2 } else { 8 };
@@ -168,8 +171,7 @@ pub(super) fn k6(o: &Options) -> Result<Section> {
     let mut ns_per_request = vec![Vec::new(); n];
     let mut counted_share = vec![Vec::new(); n];
     // Per program: ns per request and runs per request, by set-up.
-    let mut by_program: Vec<std::collections::BTreeMap<String, (Vec<f64>, Vec<f64>)>> =
-        vec![Default::default(); n];
+    let mut by_program: Vec<ByProgram> = vec![Default::default(); n];
     for _ in 0..runs {
         let mut base = None;
         for (i, (_, flags)) in configs.iter().enumerate() {
