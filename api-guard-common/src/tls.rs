@@ -46,6 +46,9 @@ pub struct SslKey {
 /// `TlsCall::kind`.
 pub const CALL_READ: u32 = 0;
 pub const CALL_WRITE: u32 = 1;
+/// The thread is in no SSL call: its entry stays (an update in place costs a
+/// fraction of an LRU insert and delete per call) until the LRU evicts it.
+pub const CALL_NONE: u32 = 2;
 
 /// One thread's `SSL_read`/`SSL_write` in progress, from entry to return
 /// (`TLS_CALLS`, keyed by pid_tgid).

@@ -242,13 +242,6 @@ pub fn api_guard_ssl_write_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Return of `SSL_write` and `SSL_write_ex`: the `SSL*` tied to its connection.
-#[uretprobe]
-pub fn api_guard_ssl_write_ret(_ctx: RetProbeContext) -> u32 {
-    tls::write_return();
-    0
-}
-
 /// The socket layer's `sock_recv_length` tracepoint (`struct sock *sk, int
 /// ret, int flags`, from `sock_recvmsg`) during an `SSL_read`: the call's
 /// socket. A raw tracepoint: it needs neither kprobes (not in every kernel)

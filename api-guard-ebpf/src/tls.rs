@@ -18,7 +18,7 @@ use api_guard_common::{
     sample::{HEADER_LEN, MAX_CAPTURE, SAMPLE_IPV6, SampleBuf},
     stream::{Framing, MODE_BODY, MODE_OPAQUE},
     tls::{
-        AF_INET, AF_INET6, CALL_READ, CALL_SLOTS, CALL_WRITE, ConnVerdict, PID_SLOTS,
+        AF_INET, AF_INET6, CALL_NONE, CALL_READ, CALL_SLOTS, CALL_WRITE, ConnVerdict, PID_SLOTS,
         SOURCE_TLS_READ, SSL_SLOTS, STATUS_SLOTS, STREAM_H2, SockOffsets, SslKey, TLS_EVENT_SLOTS,
         TlsCall, TlsEvent, TlsStatus, TlsStatusKey, TlsStream, VERDICT_SLOTS,
     },
@@ -145,7 +145,28 @@ pub fn enter(ctx: &ProbeContext, kind: u32) {
         kind,
         _pad: 0,
     };
-    let _ = TLS_CALLS.insert(&id, &call, 0);
+    match TLS_CALLS.get_ptr_mut(&id) {
+        // The thread's entry from its last call: rewritten in place.
+        // SAFETY: a live map value of this thread, which only this thread writes.
+        Some(c) => unsafe { *c = call },
+        None => {
+            let _ = TLS_CALLS.insert(&id, &call, 0);
+        }
+    }
+}
+
+/// This thread's call in progress, taken (its entry marked idle, not removed).
+#[inline(always)]
+fn take_call(id: u64) -> Option<TlsCall> {
+    let c = TLS_CALLS.get_ptr_mut(&id)?;
+    // SAFETY: a live map value of this thread, which only this thread writes.
+    let c = unsafe { &mut *c };
+    if c.kind == CALL_NONE {
+        return None;
+    }
+    let call = *c;
+    c.kind = CALL_NONE;
+    Some(call)
 }
 
 /// Entry of `SSL_do_handshake` (`SSL *ssl`): a connection whose plaintext
@@ -165,8 +186,9 @@ pub fn handshake(ctx: &ProbeContext) {
     let _ = TLS_FRESH.insert(&key, &1, 0);
 }
 
-/// `tcp_recvmsg`/`tcp_sendmsg` (`struct sock *sk, ...`): the socket of the SSL
-/// call this thread is in, if any.
+/// `sock_recv_length`/`sock_send_length` (`struct sock *sk, ...`): the socket
+/// of the SSL call this thread is in, if any. A write is tied to its
+/// connection here, at its first send: `SSL_write` needs no return probe.
 #[inline(always)]
 pub fn saw_sock(sk: u64, kind: u32) {
     let id = bpf_get_current_pid_tgid();
@@ -175,27 +197,40 @@ pub fn saw_sock(sk: u64, kind: u32) {
     };
     // SAFETY: a live map value of this thread's call.
     let call = unsafe { &mut *call };
-    if call.kind == kind && call.sock == 0 {
-        call.sock = sk;
+    if call.kind != kind || call.sock != 0 {
+        return;
+    }
+    call.sock = sk;
+    if kind == CALL_WRITE {
+        let call = *call;
+        let mut key = ConnKey {
+            client: [0; 16],
+            server: [0; 16],
+            client_port: 0,
+            server_port: 0,
+            _pad: 0,
+        };
+        if attribute(&call, (id >> 32) as u32, &mut key).is_ok() {
+            event(TlsEvent::Writes);
+        }
     }
 }
 
 /// Return of `SSL_read` (`ex` false: the return value is the byte count) or
-/// `SSL_read_ex` (1 on success, the count in `*readbytes`).
+/// `SSL_read_ex` and the internal function it shares with `SSL_read` (above 0
+/// on success, the count in `*readbytes`).
 #[inline(always)]
 pub fn read_return(ctx: &RetProbeContext, ex: bool) {
     let id = bpf_get_current_pid_tgid();
-    // SAFETY: a live map value, copied out at once.
-    let Some(call) = TLS_CALLS.get_ptr(&id).map(|c| unsafe { *c }) else {
+    let Some(call) = take_call(id) else {
         return;
     };
-    let _ = TLS_CALLS.remove(&id);
     if call.kind != CALL_READ {
         return;
     }
     let ret: i64 = ctx.ret::<i32>() as i64;
     let n: u64 = if ex {
-        if ret != 1 {
+        if ret <= 0 {
             return;
         }
         // SAFETY: reads the process's `size_t` through the checked helper.
@@ -284,29 +319,6 @@ pub fn read_return(ctx: &RetProbeContext, ex: bool) {
         && crate::budget::take()
     {
         emit(&sc.key, call.buf, first, len, verdict, cfg.capture_bytes);
-    }
-}
-
-/// Return of `SSL_write`/`SSL_write_ex`: ties the `SSL*` to its connection (the
-/// responses work builds on this hook).
-#[inline(always)]
-pub fn write_return() {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: a live map value, copied out at once.
-    let Some(call) = TLS_CALLS.get_ptr(&id).map(|c| unsafe { *c }) else {
-        return;
-    };
-    let _ = TLS_CALLS.remove(&id);
-    if call.kind != CALL_WRITE || call.sock == 0 {
-        return;
-    }
-    let Some(sc) = TLS_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's scratch entry, used by this program run.
-    let sc = unsafe { &mut *sc };
-    if attribute(&call, (id >> 32) as u32, &mut sc.key).is_ok() {
-        event(TlsEvent::Writes);
     }
 }
 
@@ -625,11 +637,29 @@ fn emit(key: &ConnKey, buf: u64, first: u32, len: u32, verdict: Verdict, capture
     let bytes = unsafe {
         core::slice::from_raw_parts((b as *const SampleBuf).cast::<u8>(), HEADER_LEN + n)
     };
-    if SAMPLES.output::<[u8]>(bytes, 0).is_err() {
+    if SAMPLES.output::<[u8]>(bytes, wakeup()).is_err() {
         count::event(Event::SamplesLost);
         return;
     }
     count::event(Event::Sampled);
+}
+
+/// Bytes waiting in the ring buffer from which a TLS sample wakes the daemon.
+const WAKE_AT: u64 = 64 * 1024;
+
+/// The ring buffer's wake-up flag for a TLS sample. By default every record
+/// the daemon has not yet caught up with wakes it: an interrupt and a context
+/// switch inside the server's `SSL_read` (measured at about 10 µs a sample on
+/// the project's VMs). Below `WAKE_AT` waiting bytes the record waits for the
+/// daemon's next wake-up or its drain tick (sources::ring); above, it wakes.
+#[inline(always)]
+fn wakeup() -> u64 {
+    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    if SAMPLES.query(BPF_RB_AVAIL_DATA as u64) >= WAKE_AT {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 /// The TC judge's step for a packet to a TLS port: no request counting here

@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
-use api_guard::kernel::{Datapath, KernelMaps as _, LoadOptions};
+use api_guard::kernel::{Datapath, KernelMaps as _, LoadOptions, attach::ssl_sites};
 use api_guard_common::{
     config::{Config, Limit},
     counters::{Kind, Verdict},
@@ -138,7 +138,8 @@ fn scene(config: Config) -> Result<Scene> {
     dp.watch_ports(&[port])?;
     dp.set_config(&config)?;
     dp.tls_load(Path::new("/sys/kernel/btf/vmlinux"))?;
-    dp.tls_attach(Path::new("/proc/self/exe"))?;
+    let exe = Path::new("/proc/self/exe");
+    dp.tls_attach(exe, &ssl_sites(exe)?, std::process::id())?;
     dp.tls_follow(&HashSet::from([std::process::id()]))?;
     let client = TcpStream::connect(("127.0.0.1", port))?;
     let (server, _) = listener.accept()?;

@@ -1,11 +1,13 @@
 //! `--tls auto`: finds the processes listening on the watched ports in this
 //! network namespace (/proc/net/tcp{,6} → socket inode → /proc/PID/fd), their
 //! TLS library (libssl in /proc/PID/maps, or OpenSSL linked into the executable
-//! with its symbols), attaches the uprobes once per library file (device and
-//! inode), and tells the kernel which processes to follow. Rescanned every
-//! second, so new workers, reloads and restarts are covered. What cannot be
-//! followed is named once in the log, and its port keeps connection-level
-//! protection.
+//! with its symbols), attaches the uprobes to each such process (the kernel
+//! puts the breakpoints in that process's memory only, so the library's other
+//! users, clients on the same host included, never trap), and tells the kernel
+//! which processes to follow. Rescanned every second, so new workers, reloads
+//! and restarts are covered within a second; a process that is gone has its
+//! uprobes detached. What cannot be followed is named once in the log, and its
+//! port keeps connection-level protection.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -17,7 +19,11 @@ use std::{
 use api_guard_common::tls::TlsEvent;
 use tracing::{info, warn};
 
-use crate::kernel::{Datapath, KernelMaps as _, btf::VMLINUX};
+use crate::kernel::{
+    Datapath, KernelMaps as _,
+    attach::{SslSites, TlsLinks, ssl_sites},
+    btf::VMLINUX,
+};
 
 /// What was found for one listening process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,12 +34,22 @@ pub enum Found {
     NotSeen { why: String },
 }
 
+/// A process whose uprobes are attached.
+struct Probed {
+    /// Its start time (a pid reused by a new process is a new process).
+    start: u64,
+    library: (u64, u64),
+    links: TlsLinks,
+}
+
 pub struct TlsWatch {
     ports: Vec<u16>,
-    /// Library files attached, by (device, inode).
-    attached: HashSet<(u64, u64)>,
-    /// Library files whose attach failed, with the reason.
-    failed: HashMap<(u64, u64), String>,
+    /// Where to probe each library file, by (device, inode), or why not.
+    sites: HashMap<(u64, u64), Result<SslSites, String>>,
+    /// Processes whose uprobes are attached, by pid.
+    probed: HashMap<u32, Probed>,
+    /// Processes whose attach failed (pid, start time), with the reason.
+    failed: HashMap<(u32, u64), String>,
     followed: HashSet<u32>,
     /// What was last logged per (port, pid).
     reported: BTreeMap<(u16, u32), Found>,
@@ -54,7 +70,8 @@ impl TlsWatch {
         }
         Some(Self {
             ports: ports.to_vec(),
-            attached: HashSet::new(),
+            sites: HashMap::new(),
+            probed: HashMap::new(),
             failed: HashMap::new(),
             followed: HashSet::new(),
             reported: BTreeMap::new(),
@@ -84,33 +101,32 @@ impl TlsWatch {
                 changed = true;
             }
         }
+        // Processes gone (or replaced under the same pid): their uprobes go.
+        let gone: Vec<u32> = self
+            .probed
+            .iter()
+            .filter(|(pid, p)| !serving.contains_key(pid) || start_time(**pid) != Some(p.start))
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in gone {
+            if let Some(p) = self.probed.remove(&pid) {
+                dp.tls_detach(p.links);
+            }
+        }
+        self.failed.retain(|(pid, _), _| serving.contains_key(pid));
         let mut follow = HashSet::new();
         for (&pid, ports) in &serving {
             let found = match tls_library(pid) {
                 Err(why) => Found::NotSeen { why },
-                Ok((library, id)) => {
-                    if !self.attached.contains(&id) && !self.failed.contains_key(&id) {
-                        match dp.tls_attach(&library) {
-                            Ok(()) => {
-                                self.attached.insert(id);
-                            }
-                            Err(e) => {
-                                self.failed.insert(id, format!("{e:#}"));
-                            }
+                Ok((library, id)) => match self.probe(dp, pid, &library, id) {
+                    Err(why) => Found::NotSeen { why },
+                    Ok(()) => {
+                        follow.insert(pid);
+                        Found::Followed {
+                            library: display_path(pid, &library),
                         }
                     }
-                    match self.failed.get(&id) {
-                        Some(e) => Found::NotSeen {
-                            why: format!("uprobes cannot attach: {e}"),
-                        },
-                        None => {
-                            follow.insert(pid);
-                            Found::Followed {
-                                library: display_path(pid, &library),
-                            }
-                        }
-                    }
-                }
+                },
             };
             for &port in ports {
                 if self.reported.get(&(port, pid)) != Some(&found) {
@@ -118,6 +134,7 @@ impl TlsWatch {
                     match &found {
                         Found::Followed { library } => info!(
                             port, pid, process = %comm, library = %library.display(),
+                            probes = %self.how(pid),
                             "TLS: following the process's SSL_read/SSL_write"
                         ),
                         Found::NotSeen { why } => warn!(
@@ -178,6 +195,75 @@ impl TlsWatch {
             );
         }
     }
+}
+
+impl TlsWatch {
+    /// Makes sure `pid`'s uprobes are attached to `library` (file `id`); or
+    /// why they cannot be.
+    fn probe(
+        &mut self,
+        dp: &mut Datapath,
+        pid: u32,
+        library: &Path,
+        id: (u64, u64),
+    ) -> Result<(), String> {
+        let start = start_time(pid).ok_or_else(|| format!("process {pid} is gone"))?;
+        if let Some(p) = self.probed.get(&pid) {
+            if p.library == id {
+                return Ok(());
+            }
+            // The process mapped another library (an exec): probe that one.
+            if let Some(p) = self.probed.remove(&pid) {
+                dp.tls_detach(p.links);
+            }
+        }
+        if let Some(e) = self.failed.get(&(pid, start)) {
+            return Err(e.clone());
+        }
+        let sites = self
+            .sites
+            .entry(id)
+            .or_insert_with(|| ssl_sites(library).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| format!("its TLS library cannot be probed: {e}"))?;
+        match dp.tls_attach(library, sites, pid) {
+            Ok(links) => {
+                self.probed.insert(
+                    pid,
+                    Probed {
+                        start,
+                        library: id,
+                        links,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("uprobes cannot attach: {e:#}");
+                self.failed.insert((pid, start), why.clone());
+                Err(why)
+            }
+        }
+    }
+
+    /// Where `pid`'s uprobes sit, for the log.
+    fn how(&self, pid: u32) -> String {
+        self.probed
+            .get(&pid)
+            .and_then(|p| self.sites.get(&p.library))
+            .and_then(|s| s.as_ref().ok())
+            .map(|s| s.how.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A process's start time (clock ticks since boot, /proc/PID/stat field 22).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields are
+    // counted from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Socket inodes listening on `ports` in this network namespace, with their port.
@@ -352,6 +438,14 @@ fn comm(pid: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_start_time_is_read_and_a_missing_process_has_none() {
+        let me = std::process::id();
+        let t = start_time(me).expect("this process has a start time");
+        assert_eq!(start_time(me), Some(t));
+        assert_eq!(start_time(u32::MAX), None);
+    }
 
     #[test]
     fn this_test_binary_has_no_tls_library() {

@@ -23,16 +23,20 @@ impl RingReader {
         Ok(Self { ring, sources })
     }
 
-    /// Waits for records, then hands up to `max` of them to `each`; returns
-    /// how many. Bounded, so that a producer faster than the pipeline cannot
-    /// starve the caller's other work. Cancel-safe: it only waits before it
-    /// takes anything.
+    /// Waits for records (a wake-up, or at most [`QUIET_WAIT`]: the TLS
+    /// programs commit records without waking the reader until enough wait),
+    /// then hands up to `max` of them to `each`; returns how many. Bounded, so
+    /// that a producer faster than the pipeline cannot starve the caller's
+    /// other work. Cancel-safe: it only waits before it takes anything.
     pub async fn read(
         &mut self,
         max: usize,
         each: impl FnMut(Result<Event, DecodeError>),
     ) -> io::Result<usize> {
-        let mut guard = self.ring.readable_mut().await?;
+        let Ok(guard) = tokio::time::timeout(QUIET_WAIT, self.ring.readable_mut()).await else {
+            return Ok(self.drain(max, each));
+        };
+        let mut guard = guard?;
         let n = drain(guard.get_inner_mut(), &self.sources, max, each);
         if n < max {
             guard.clear_ready();
@@ -45,6 +49,9 @@ impl RingReader {
         drain(self.ring.get_mut(), &self.sources, max, each)
     }
 }
+
+/// How long records committed without a wake-up wait at most.
+pub const QUIET_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn drain(
     ring: &mut SampleRing,

@@ -6,8 +6,11 @@
 //! into the same links atomically (no gap, no second attachment).
 
 mod sockops;
+mod ssl_sites;
 mod tc;
 mod uprobe;
+
+pub use uprobe::{Site, SslSites, TlsLinks, ssl_sites};
 
 use std::{
     os::fd::AsFd as _,

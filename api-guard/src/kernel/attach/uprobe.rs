@@ -1,5 +1,7 @@
 //! The TLS programs: uprobes on a TLS library's `SSL_read`/`SSL_read_ex`/
-//! `SSL_write`/`SSL_write_ex` (attached once per library file), the raw
+//! `SSL_write`/`SSL_write_ex` (or the internal function each pair shares, see
+//! [`ssl_sites`](super::ssl_sites)), attached per followed process so that the
+//! kernel puts its breakpoints in those processes' memory only, the raw
 //! tracepoints `sock_recv_length`/`sock_send_length` (fired by `sock_recvmsg`
 //! and `sock_sendmsg` on the calling thread) that name the call's socket
 //! (attached once; no kprobes, which not every kernel has),
@@ -8,29 +10,23 @@
 //! uprobes go with the daemon, and the TC path keeps connection-level
 //! protection without them.
 
-use std::{collections::HashSet, path::Path};
+use std::{collections::HashSet, num::NonZeroU32, path::Path};
 
 use anyhow::{Context as _, Result};
 use api_guard_common::tls::{self as names, SockOffsets};
 use aya::{
     maps::{Array, HashMap, MapData},
-    programs::{RawTracePoint, UProbe, uprobe::UProbeScope},
+    programs::{
+        RawTracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+    },
 };
 
+pub use super::ssl_sites::{Site, SslSites, ssl_sites};
 use crate::kernel::{btf, loader::Datapath};
 
-/// Entry and return programs, by the library function they follow.
-const UPROBES: [(&str, &str, bool); 9] = [
-    ("SSL_do_handshake", "api_guard_ssl_handshake", false),
-    ("SSL_read", "api_guard_ssl_read_enter", false),
-    ("SSL_read", "api_guard_ssl_read_ret", true),
-    ("SSL_read_ex", "api_guard_ssl_read_enter", false),
-    ("SSL_read_ex", "api_guard_ssl_read_ex_ret", true),
-    ("SSL_write", "api_guard_ssl_write_enter", false),
-    ("SSL_write", "api_guard_ssl_write_ret", true),
-    ("SSL_write_ex", "api_guard_ssl_write_enter", false),
-    ("SSL_write_ex", "api_guard_ssl_write_ret", true),
-];
+/// The uprobes of one followed process: dropped with [`Datapath::tls_detach`].
+pub struct TlsLinks(Vec<(&'static str, UProbeLinkId)>);
 
 /// The raw tracepoints that name the socket of an SSL call, and their programs.
 const TRACEPOINTS: [(&str, &str); 2] = [
@@ -38,14 +34,13 @@ const TRACEPOINTS: [(&str, &str); 2] = [
     ("sock_send_length", "api_guard_sock_send"),
 ];
 
-/// The uprobe programs, in the order of [`UPROBES`] without repeats.
-pub const UPROBE_PROGRAMS: [&str; 6] = [
+/// The uprobe programs (loaded once; attached per process at the sites).
+pub const UPROBE_PROGRAMS: [&str; 5] = [
     "api_guard_ssl_handshake",
     "api_guard_ssl_read_enter",
     "api_guard_ssl_read_ret",
     "api_guard_ssl_read_ex_ret",
     "api_guard_ssl_write_enter",
-    "api_guard_ssl_write_ret",
 ];
 
 impl Datapath {
@@ -90,18 +85,53 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches the uprobes to the TLS library (or executable) at `path`.
-    pub fn tls_attach(&mut self, path: &Path) -> Result<()> {
-        for (function, name, _) in UPROBES {
-            let prog: &mut UProbe = self
-                .ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} is missing from the object"))?
-                .try_into()?;
-            prog.attach(function, path, UProbeScope::AllProcesses)
-                .with_context(|| format!("cannot attach to {function} in {}", path.display()))?;
+    /// Attaches the uprobes at `sites` of the TLS library (or executable) at
+    /// `path`, for process `pid` only (the kernel installs the breakpoints in
+    /// its memory alone; other users of the library do not trap). All or
+    /// nothing: a failure detaches what was attached.
+    pub fn tls_attach(&mut self, path: &Path, sites: &SslSites, pid: u32) -> Result<TlsLinks> {
+        let scope =
+            UProbeScope::OneProcess(NonZeroU32::new(pid).context("process 0 cannot be followed")?);
+        let mut links = TlsLinks(Vec::new());
+        for (site, name) in &sites.probes {
+            let attached = self.tls_program(name).and_then(|prog| {
+                let at = match site {
+                    Site::Symbol(s) => UProbeAttachLocation::Symbol(s),
+                    Site::Offset(o) => UProbeAttachLocation::AbsoluteOffset(*o),
+                };
+                prog.attach(at, path, scope).with_context(|| {
+                    format!(
+                        "cannot attach to {site:?} in {} for process {pid}",
+                        path.display()
+                    )
+                })
+            });
+            match attached {
+                Ok(id) => links.0.push((name, id)),
+                Err(e) => {
+                    self.tls_detach(links);
+                    return Err(e);
+                }
+            }
         }
-        Ok(())
+        Ok(links)
+    }
+
+    /// Detaches one process's uprobes (its process may be gone already).
+    pub fn tls_detach(&mut self, links: TlsLinks) {
+        for (name, id) in links.0 {
+            if let Ok(prog) = self.tls_program(name) {
+                let _ = prog.detach(id);
+            }
+        }
+    }
+
+    fn tls_program(&mut self, name: &str) -> Result<&mut UProbe> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} is missing from the object"))?
+            .try_into()?)
     }
 
     /// Makes `pids` the processes whose SSL calls the uprobes follow.
