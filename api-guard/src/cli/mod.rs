@@ -362,6 +362,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", value_enum, default_value_t = TlsMode::Auto, help_heading = "TLS")]
     pub tls: TlsMode,
 
+    /// The XDP pre-filter, which drops denied networks', blocked networks' and
+    /// blocked clients' packets before the kernel builds an skb for them:
+    /// auto attaches it in native mode where the interface's driver has XDP
+    /// and goes without it elsewhere (generic XDP would save nothing over
+    /// TC); native fails the start where it cannot; off never attaches it.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = XdpChoice::Auto, help_heading = "Limits")]
+    pub xdp: XdpChoice,
+
     #[command(flatten)]
     pub pins: PinArgs,
 
@@ -493,6 +501,14 @@ pub enum LogFormat {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TlsMode {
     Auto,
+    Off,
+}
+
+/// `--xdp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpChoice {
+    Auto,
+    Native,
     Off,
 }
 

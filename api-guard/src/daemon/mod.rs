@@ -24,7 +24,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    cli::{FailMode, RequireAuth, RunArgs, TlsMode},
+    cli::{FailMode, RequireAuth, RunArgs, TlsMode, XdpChoice},
     clock::monotonic_ns,
     enforce::Enforcer,
     failure::Failure,
@@ -53,6 +53,34 @@ const TLS_RESCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the top-clients gauge is recomputed.
 const TOP_CLIENTS_EVERY: Duration = Duration::from_secs(5);
+
+/// Attaches the XDP pre-filter to `iface` as `--xdp` asks; returns its pin
+/// and whether its link is new, or None where it runs without one (a line in
+/// the log says which, and `api-guard status` tells it by the pin).
+fn attach_xdp(
+    datapath: &mut Datapath,
+    iface: &str,
+    choice: XdpChoice,
+    dir: &std::path::Path,
+) -> Result<Option<(std::path::PathBuf, bool)>> {
+    if choice == XdpChoice::Off {
+        info!(%iface, "XDP pre-filter off (--xdp off): TC drops everything");
+        return Ok(None);
+    }
+    let what = Attachment::Xdp { iface };
+    let pin = what.pin(dir);
+    match datapath.attach(what, Some(&pin)) {
+        Ok(how) => {
+            info!(%iface, how = ?how, "XDP pre-filter attached in native mode");
+            Ok(Some((pin, how == Attached::New)))
+        }
+        Err(e) if choice == XdpChoice::Auto => {
+            info!(%iface, "XDP pre-filter not attached (--xdp auto): {e:#}; TC drops everything");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
 
 /// How long the event loop may go without turning before the heartbeat stops:
 /// half the timeout, so a stuck daemon fails open within 1.5 timeouts.
@@ -190,6 +218,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
             info!(%iface, "took over the pinned ingress link");
         }
         links.record(pin, how == Attached::New);
+        // XDP last: it drops only what TC would, so TC is in place first.
+        if let Some(pin) = attach_xdp(&mut datapath, iface, args.xdp, pins.dir())? {
+            links.record(pin.0, pin.1);
+        }
     }
     // Links of interfaces (or a connection tracker) no longer asked for.
     let dropped = links.ready()?;

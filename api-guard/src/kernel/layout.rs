@@ -54,6 +54,11 @@ pub fn egress_link(dir: &Path, iface: &str) -> PathBuf {
     dir.join(format!("{LINK_PREFIX}egress_{iface}"))
 }
 
+/// Where the XDP pre-filter's link on `iface` is pinned.
+pub fn xdp_link(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("{LINK_PREFIX}xdp_{iface}"))
+}
+
 /// Where the connection tracker's cgroup link is pinned.
 pub fn sockops_link(dir: &Path) -> PathBuf {
     dir.join(format!("{LINK_PREFIX}sockops"))

@@ -8,6 +8,7 @@
 mod sockops;
 mod tc;
 mod uprobe;
+mod xdp;
 
 use std::{
     os::fd::AsFd as _,
@@ -29,6 +30,9 @@ pub enum Attachment<'a> {
     TcIngress { iface: &'a str },
     /// The egress classifier (responses) on an interface, through a tcx link.
     TcEgress { iface: &'a str },
+    /// The XDP pre-filter on an interface, in native (driver) mode, through
+    /// an XDP link.
+    Xdp { iface: &'a str },
     /// The connection tracker on a cgroup v2 directory (the root: every socket
     /// on the host; it filters by network namespace).
     SockOps { cgroup: &'a Path },
@@ -40,6 +44,7 @@ impl Attachment<'_> {
         match self {
             Attachment::TcIngress { iface } => layout::ingress_link(dir, iface),
             Attachment::TcEgress { iface } => layout::egress_link(dir, iface),
+            Attachment::Xdp { iface } => layout::xdp_link(dir, iface),
             Attachment::SockOps { .. } => layout::sockops_link(dir),
         }
     }
@@ -67,6 +72,7 @@ impl Datapath {
             Attachment::TcEgress { iface } => {
                 tc::attach(self, iface, aya::programs::TcAttachType::Egress, pin)
             }
+            Attachment::Xdp { iface } => xdp::attach(self, iface, pin),
             Attachment::SockOps { cgroup } => sockops::attach(self, cgroup, pin),
         }
     }
