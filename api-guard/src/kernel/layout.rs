@@ -78,6 +78,21 @@ pub fn links(dir: &Path) -> Vec<PathBuf> {
     links
 }
 
+/// The interfaces that have a link of `kind` ("ingress", "egress", "xdp")
+/// pinned in `dir`, by the link's name.
+pub fn linked_ifaces(dir: &Path, kind: &str) -> Vec<String> {
+    let prefix = format!("{LINK_PREFIX}{kind}_");
+    links(dir)
+        .iter()
+        .filter_map(|l| {
+            l.file_name()?
+                .to_str()?
+                .strip_prefix(&prefix)
+                .map(String::from)
+        })
+        .collect()
+}
+
 /// Where the locks live: /run is shared by every mount namespace on the host
 /// (bpffs cannot hold a plain file).
 pub const LOCK_DIR: &str = "/run/api-guard/locks";
