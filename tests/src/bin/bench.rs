@@ -43,6 +43,8 @@ use api_guard_tests::{
 };
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 
+#[path = "bench/k3b.rs"]
+mod k3b;
 #[path = "bench/k6.rs"]
 mod k6;
 
@@ -120,7 +122,9 @@ fn options() -> Result<Options> {
                         .collect(),
                 )
             }
-            other => bail!("unknown argument {other:?} (--quick, --out PATH, --only K1,K2,...,K7)"),
+            other => bail!(
+                "unknown argument {other:?} (--quick, --out PATH, --only K1,K2,K3,K3b,...,K7)"
+            ),
         }
     }
     Ok(o)
@@ -150,6 +154,9 @@ fn main() -> Result<()> {
     }
     if wanted("K3") {
         sections.push(k3(&o, &mut rss_kb)?);
+    }
+    if wanted("K3b") {
+        sections.push(k3b::k3b(&o)?);
     }
     if wanted("K4") {
         sections.push(k4(&o)?);
