@@ -239,6 +239,56 @@ fn in_order(
         .collect())
 }
 
+/// The hand-written C limiter K1 compares against, built with clang now and
+/// loaded twice: with the fine clock and with the coarse one.
+struct ReferenceLimiter {
+    fine: aya::Ebpf,
+    coarse: aya::Ebpf,
+}
+
+impl ReferenceLimiter {
+    const SOURCE: &str = include_str!("bench/ref_limiter.c");
+
+    fn build() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let src = dir.path().join("ref_limiter.c");
+        fs::write(&src, Self::SOURCE)?;
+        let compile = |define: Option<&str>| -> Result<aya::Ebpf> {
+            let obj = dir.path().join(format!("ref{}.o", define.is_some() as u8));
+            let mut cmd = std::process::Command::new("clang-22");
+            cmd.args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-c"]);
+            cmd.args(define).arg(&src).arg("-o").arg(&obj);
+            let out = cmd
+                .output()
+                .context("cannot run clang-22 (cargo xtask setup installs it)")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "clang-22: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut ebpf = aya::Ebpf::load(&fs::read(&obj)?)?;
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut("ref_limiter")
+                .context("no ref_limiter in the reference object")?
+                .try_into()?;
+            prog.load()?;
+            Ok(ebpf)
+        };
+        Ok(Self {
+            fine: compile(None)?,
+            coarse: compile(Some("-DCOARSE_CLOCK"))?,
+        })
+    }
+
+    fn program(&self, coarse: bool) -> Result<&SchedClassifier> {
+        let ebpf = if coarse { &self.coarse } else { &self.fine };
+        Ok(ebpf
+            .program("ref_limiter")
+            .context("no ref_limiter")?
+            .try_into()?)
+    }
+}
+
 fn harness(flags: &[&str]) -> Result<Harness> {
     let mut all = vec!["--sample", "0"];
     all.extend_from_slice(flags);
@@ -337,6 +387,30 @@ fn k1() -> Result<Section> {
     ];
     let mut floor_h = Harness::new(&[API])?;
     let floor_prog = floor_h.datapath.floor()?;
+    // The hand-written C reference (bench/ref_limiter.c), with either clock,
+    // and our judge under a limit that admits everything (as the reference's).
+    let reference = ReferenceLimiter::build()?;
+    let admitting = harness(&["--rate", "1000000", "--burst", "1000000"])?;
+    let other_port = packet::v4(&Tcp::data(9999, GET));
+    // (row, ours: harness and frame, the reference's program)
+    let ref_cases: [(&str, &Harness, &Vec<u8>, bool); 3] = [
+        (
+            "allowed request (a limit that admits it)",
+            &admitting,
+            &get,
+            false,
+        ),
+        ("packet to a non-watched port", &plain, &other_port, false),
+        (
+            "allowed request (a limit that admits it), reference with bpf_ktime_get_coarse_ns",
+            &admitting,
+            &get,
+            true,
+        ),
+    ];
+    let mut ref_ns: Vec<Vec<f64>> = vec![Vec::new(); ref_cases.len()];
+    let mut ours_ns: Vec<Vec<f64>> = vec![Vec::new(); ref_cases.len()];
+    let mut ours_x_ref: Vec<Vec<f64>> = vec![Vec::new(); ref_cases.len()];
     let mut floor = Vec::new();
     let mut ns: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut ratio: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
@@ -348,6 +422,14 @@ fn k1() -> Result<Section> {
             let n = ns_per_packet(h.datapath.ingress()?, frame, repeat)?;
             ns[i].push(n);
             ratio[i].push(n / f);
+        }
+        // Ours and the reference on the same packets, back to back.
+        for (i, (_, h, frame, coarse)) in ref_cases.iter().enumerate() {
+            let ours = ns_per_packet(h.datapath.ingress()?, frame, repeat)?;
+            let theirs = ns_per_packet(reference.program(*coarse)?, frame, repeat)?;
+            ours_ns[i].push(ours);
+            ref_ns[i].push(theirs);
+            ours_x_ref[i].push(ours / theirs);
         }
     }
     // The stream stage on segments in order: each frame runs once (a repetition
@@ -431,7 +513,7 @@ fn k1() -> Result<Section> {
     }
     let med = |i: usize| Stat::of(ns[i].clone()).median;
     let floor_med = Stat::of(floor.clone()).median;
-    let notes = vec![
+    let mut notes = vec![
         format!(
             "Where the time goes (medians of this run, ns): parsing Ethernet/IP/TCP, the port lookup and the `passed` counter {:.0} (non-watched − floor); the client-map lookup, the per-client counts and the verdict counters {:.0} (watched ACK − non-watched); reading the first payload bytes (`bpf_skb_load_bytes`), the clock (`bpf_ktime_get_ns`) and the bucket's atomic adds {:.0} (allowed request − ACK); the deny list's LPM-trie lookup {:.0} (denied − non-watched).",
             med(0) - floor_med,
@@ -460,6 +542,34 @@ fn k1() -> Result<Section> {
             target: target.map(|t| (format!("≤ {t}×"), r.median <= t)),
         });
     }
+    for (i, (name, ..)) in ref_cases.iter().enumerate() {
+        let x = Stat::of(ours_x_ref[i].clone());
+        // The coarse-clock row shows what the clock costs; its target is the
+        // ns-clock reference's.
+        let target = (i < 2).then(|| ("ours ≤ 1.3× reference".to_string(), x.median <= 1.3));
+        rows.push(Row {
+            case: format!("against the C reference: {name}"),
+            figures: vec![
+                (
+                    "ours ns/packet".into(),
+                    Stat::of(ours_ns[i].clone()).show(1),
+                ),
+                (
+                    "reference ns/packet".into(),
+                    Stat::of(ref_ns[i].clone()).show(1),
+                ),
+                ("ours × reference".into(), x.show(2)),
+            ],
+            target,
+        });
+    }
+    let ref_med = |i: usize| Stat::of(ref_ns[i].clone()).median;
+    notes.push(format!(
+        "The C reference (tests/src/bin/bench/ref_limiter.c, built with clang-22 -O2 -mcpu=v3 in the run) parses Ethernet/IPv4/TCP by direct access, checks the port, tells a request by its first byte, looks the client up in an LRU hash (16-byte key, inserting when new), runs GCRA with a compare-and-swap and bumps one per-CPU counter: {:.0} ns with `bpf_ktime_get_ns`, {:.0} ns with `bpf_ktime_get_coarse_ns` (the clock's share: {:.0} ns). Ours on the same packet adds the deny/allow/block lists' flags check, the tail call to the judge, the stream stage (the connection's entry in `CONNS`: a second LRU lookup and update, the head scanned byte by byte with `bpf_loop` for exact request counting), the exchange FIFO for the response join, per-client counts and the sampling decision.",
+        ref_med(0),
+        ref_med(2),
+        ref_med(0) - ref_med(2),
+    ));
     rows.push(Row {
         case: "empty classifier, timed one run at a time".into(),
         figures: vec![
@@ -494,7 +604,6 @@ fn k1() -> Result<Section> {
         ],
         target: None,
     });
-    let mut notes = notes;
     notes.push("The egress rows: the program on the server's answers. A packet from a non-watched port costs the parse and one port lookup; a response is framed like a request (a `bpf_loop` round a head byte, 8 at a time on header lines of no interest), pops its request from the connection's FIFO and bumps the status counters. The response row runs each response once, right after its request went through ingress, timed by the kernel against the floor timed the same way (one run at a time).".into());
     notes.push("The price of exact request accounting: the stream stage reads each new head byte once (a `bpf_loop` round a byte, 8 bytes per load) and skips a body by its `Content-Length` in one step, so a pipelined segment costs in proportion to its head bytes and a body segment costs about as much as a bare ACK. The in-order rows run each segment once with its own sequence number, the way a connection sends them; a repetition of one frame would be a retransmission, which with no server socket to vouch for it is scanned again untrusted (the 1400-byte retransmission row).".into());
     Ok(Section {
