@@ -176,8 +176,8 @@ fn flood_once(flood: &Flood, xdp: &str, repeats: u32) -> Result<Measured> {
                 .as_array()
                 .is_some_and(|a| !a.is_empty()))
         })?;
-        // The kernel keeps 15 characters of a program's name.
     }
+    // The kernel keeps 15 characters of a program's name.
     let prog = if xdp == "off" {
         "api_guard_ingre"
     } else {
