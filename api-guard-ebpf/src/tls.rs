@@ -625,7 +625,10 @@ fn emit(key: &ConnKey, buf: u64, first: u32, len: u32, verdict: Verdict, capture
     let bytes = unsafe {
         core::slice::from_raw_parts((b as *const SampleBuf).cast::<u8>(), HEADER_LEN + n)
     };
-    if SAMPLES.output::<[u8]>(bytes, 0).is_err() {
+    if SAMPLES
+        .output::<[u8]>(bytes, crate::sample::wakeup())
+        .is_err()
+    {
         count::event(Event::SamplesLost);
         return;
     }

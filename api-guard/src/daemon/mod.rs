@@ -299,7 +299,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     // Registered before ready, so a SIGHUP from then on never kills the daemon.
     let hup = signal(SignalKind::hangup())?;
-    let mut flow_task = tokio::spawn(run_flow(reader, flow, hup, stop_rx.clone()));
+    let read_every = (args.sample_wakeup == crate::cli::SampleWakeup::Batched)
+        .then(|| Duration::from_millis(api_guard_common::sample::WAKE_EVERY_MS));
+    let mut flow_task = tokio::spawn(run_flow(reader, flow, hup, stop_rx.clone(), read_every));
     let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone(), stop_rx));
     info!(
         ifaces = ?args.ifaces,
@@ -416,13 +418,20 @@ async fn run_flow(
     mut flow: Flow,
     mut hup: tokio::signal::unix::Signal,
     mut stop: watch::Receiver<bool>,
+    read_every: Option<Duration>,
 ) -> Result<Flow> {
     let mut flush = ticker(Duration::from_secs(1));
+    // --sample-wakeup batched: the kernel wakes the reader only once enough
+    // waits; what waits less is read on this timer.
+    let mut timed_read = ticker(read_every.unwrap_or(Duration::from_secs(3600)));
     loop {
         tokio::select! {
             // A bounded batch, then back to the loop: a producer faster than
             // the pipeline must not starve flushes, signals and stop.
             read = reader.read(BATCH, |event| handle(&mut flow, event)) => { read?; }
+            _ = timed_read.tick(), if read_every.is_some() => {
+                reader.drain(BATCH, |event| handle(&mut flow, event));
+            }
             _ = flush.tick() => flow.flush(),
             _ = hup.recv() => flow.reopen(),
             _ = stop.changed() => break,
