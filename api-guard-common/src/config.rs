@@ -173,6 +173,9 @@ pub mod flags {
     /// `--proxy-protocol required`: a trusted peer's connection without a
     /// header is reset.
     pub const PROXY_REQUIRED: u32 = 1 << 7;
+    /// `--sample-wakeup batched`: the sample ring wakes the daemon only once
+    /// `sample::WAKE_AT_BYTES` wait; the daemon also reads on a timer.
+    pub const SAMPLE_WAKEUP_BATCHED: u32 = 1 << 12;
 }
 
 #[repr(C)]

@@ -37,10 +37,20 @@ pub enum Verdict {
     /// under `--proxy-protocol required` (reset), or a segment past a gap in an
     /// unfinished header (dropped until the gap is filled).
     ProxyRefused = 9,
+    /// Unused here: the number the keys work holds for its `KeyLimited`.
+    Unassigned10 = 10,
+    /// Unused here: the number the keys work holds for its `RouteLimited`.
+    Unassigned11 = 11,
+    /// From a denied network, dropped by the XDP pre-filter (before an skb
+    /// exists); the TC program never sees the packet.
+    XdpDenied = 12,
+    /// From a blocked network or a client serving a block, dropped by the XDP
+    /// pre-filter.
+    XdpBlocked = 13,
 }
 
 pub const KINDS: [Kind; 3] = [Kind::Packets, Kind::Requests, Kind::Connections];
-pub const VERDICTS: [Verdict; 10] = [
+pub const VERDICTS: [Verdict; 14] = [
     Verdict::Allowed,
     Verdict::Passed,
     Verdict::Malformed,
@@ -51,6 +61,10 @@ pub const VERDICTS: [Verdict; 10] = [
     Verdict::WouldDrop,
     Verdict::FailedOpen,
     Verdict::ProxyRefused,
+    Verdict::Unassigned10,
+    Verdict::Unassigned11,
+    Verdict::XdpDenied,
+    Verdict::XdpBlocked,
 ];
 
 /// Per-CPU counts of datapath events that are not verdicts, in the `EVENTS` array.

@@ -9,6 +9,14 @@ pub const MAX_CAPTURE: usize = 8192;
 /// Default ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
+/// Under `--sample-wakeup batched`, a record wakes the daemon once this many
+/// bytes wait in the ring (about 30 samples of the default capture).
+pub const WAKE_AT_BYTES: u64 = 64 << 10;
+
+/// Under `--sample-wakeup batched`, how often the daemon reads the ring
+/// without being woken (ms): the most a sample waits.
+pub const WAKE_EVERY_MS: u64 = 10;
+
 /// Which kernel program produced a sample.
 #[repr(u16)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

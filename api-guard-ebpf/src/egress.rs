@@ -300,7 +300,10 @@ fn answered(sc: &mut ReplyScratch) {
         _pad: 0,
         flags: RESPONSE_PAIRED,
     };
-    if SAMPLES.output::<ResponseOut>(&sc.out, 0).is_ok() {
+    if SAMPLES
+        .output::<ResponseOut>(&sc.out, crate::sample::wakeup())
+        .is_ok()
+    {
         count(ResponseCount::Recorded, 1);
     } else {
         count(ResponseCount::RecordsLost, 1);

@@ -1,4 +1,5 @@
-//! api-guard's kernel programs. The TC ingress classifier is a pipeline of small
+//! api-guard's kernel programs. The XDP pre-filter (xdp.rs) drops denied and
+//! blocked clients first; the TC ingress classifier is a pipeline of small
 //! stages: parse → classify → stream (request starts per connection) → enforce →
 //! count; the sock_ops program keeps each
 //! client's count of open connections for `--max-conns`.
@@ -25,6 +26,7 @@ mod sockops;
 mod stream;
 mod tail;
 mod tls;
+mod xdp;
 
 use api_guard_common::{
     client::ClientKey,
@@ -35,8 +37,10 @@ use api_guard_common::{
 };
 use aya_ebpf::{
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
-    macros::{classifier, raw_tracepoint, sock_ops, uprobe, uretprobe},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext, SockOpsContext, TcContext},
+    macros::{classifier, raw_tracepoint, sock_ops, uprobe, uretprobe, xdp},
+    programs::{
+        ProbeContext, RawTracePointContext, RetProbeContext, SockOpsContext, TcContext, XdpContext,
+    },
 };
 
 use crate::{
@@ -51,6 +55,13 @@ use crate::{
 /// Linear bytes to pull when headers lie in page fragments: as far as the parser
 /// follows headers, plus a TCP header.
 const PULL_LEN: u32 = (parse::MAX_L4_OFF + parse::TCP_MIN_HLEN) as u32;
+
+/// The XDP pre-filter on the same interfaces (xdp.rs): drops denied and
+/// blocked clients' packets before an skb exists; the rest go on to TC.
+#[xdp]
+pub fn api_guard_xdp(ctx: XdpContext) -> u32 {
+    xdp::run(&ctx)
+}
 
 #[classifier]
 pub fn api_guard_ingress(mut ctx: TcContext) -> i32 {

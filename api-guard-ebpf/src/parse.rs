@@ -6,7 +6,7 @@
 use core::mem::size_of;
 
 use api_guard_common::client::ClientKey;
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -63,13 +63,52 @@ pub struct TcpPacket {
     pub payload_len: usize,
 }
 
+/// A packet the parser reads by direct access: an skb (TC) or an XDP frame.
+pub trait Frame {
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
+    /// The whole packet's length, its page fragments included.
+    fn total_len(&self) -> usize;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+    #[inline(always)]
+    fn total_len(&self) -> usize {
+        self.len() as usize
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+    /// The XDP program is loaded without `frags`: the frame is all linear.
+    #[inline(always)]
+    fn total_len(&self) -> usize {
+        self.data_end() - self.data()
+    }
+}
+
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Skip> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+fn ptr_at<C: Frame, T>(ctx: &C, off: usize) -> Result<*const T, Skip> {
+    let start = ctx.start();
+    let end = ctx.end();
     if start + off + size_of::<T>() > end {
         // Past the packet or only past its linear head? The caller decides on a pull.
-        return Err(if off + size_of::<T>() <= ctx.len() as usize {
+        return Err(if off + size_of::<T>() <= ctx.total_len() {
             Skip::NotLinear
         } else {
             Skip::Malformed
@@ -82,10 +121,10 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Skip> {
 /// is cheaper than one per field, and it keeps LLVM from folding a one-byte check
 /// into a form the verifier cannot use.
 #[inline(always)]
-pub fn header<const N: usize>(ctx: &TcContext, off: usize) -> Result<&[u8; N], Skip> {
+pub fn header<const N: usize>(ctx: &impl Frame, off: usize) -> Result<&[u8; N], Skip> {
     // SAFETY: ptr_at checked that all N bytes lie inside the packet, which stays
     // put for the rest of this program run (nothing here resizes it).
-    Ok(unsafe { &*ptr_at::<[u8; N]>(ctx, off)? })
+    Ok(unsafe { &*ptr_at::<_, [u8; N]>(ctx, off)? })
 }
 
 #[inline(always)]
@@ -95,7 +134,7 @@ fn be16(h: &[u8], at: usize) -> u16 {
 
 /// Parses down to TCP.
 #[inline(always)]
-pub fn tcp(ctx: &TcContext) -> Result<TcpPacket, Skip> {
+pub fn tcp<C: Frame>(ctx: &C) -> Result<TcpPacket, Skip> {
     let (ethertype, l3_off) = ethernet(ctx)?;
     let ipv6 = match ethertype {
         ETH_P_IP => false,
@@ -133,7 +172,7 @@ pub fn tcp(ctx: &TcContext) -> Result<TcpPacket, Skip> {
 
 /// Returns the ethertype after at most two VLAN tags, and the network-header offset.
 #[inline(always)]
-fn ethernet(ctx: &TcContext) -> Result<(u16, usize), Skip> {
+fn ethernet<C: Frame>(ctx: &C) -> Result<(u16, usize), Skip> {
     let eth = header::<ETH_HLEN>(ctx, 0)?;
     let mut ethertype = be16(eth, 12);
     let mut off = ETH_HLEN;
@@ -149,7 +188,7 @@ fn ethernet(ctx: &TcContext) -> Result<(u16, usize), Skip> {
 
 /// Returns the TCP header offset and the TCP segment length.
 #[inline(always)]
-fn ipv4_l4(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
+fn ipv4_l4<C: Frame>(ctx: &C, off: usize) -> Result<(usize, usize), Skip> {
     let ip = header::<IPV4_MIN_HLEN>(ctx, off)?;
     let ihl = ((ip[0] & 0x0f) as usize) * 4;
     let total_len = be16(ip, 2) as usize;
@@ -172,7 +211,7 @@ fn ipv4_l4(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
 /// Returns the TCP header offset and the TCP segment length, after skipping
 /// hop-by-hop, routing, destination-options, fragment and AH extension headers.
 #[inline(always)]
-fn ipv6_l4(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
+fn ipv6_l4<C: Frame>(ctx: &C, off: usize) -> Result<(usize, usize), Skip> {
     let ip = header::<IPV6_HLEN>(ctx, off)?;
     if ip[0] >> 4 != 6 {
         return Err(Skip::Malformed);
@@ -226,7 +265,7 @@ fn ipv6_l4(ctx: &TcContext, off: usize) -> Result<(usize, usize), Skip> {
 
 /// The client key from the source address of the IP header at `l3_off`.
 #[inline(always)]
-pub fn source(ctx: &TcContext, l3_off: usize, ipv6: bool) -> Result<ClientKey, Skip> {
+pub fn source<C: Frame>(ctx: &C, l3_off: usize, ipv6: bool) -> Result<ClientKey, Skip> {
     if ipv6 {
         Ok(ClientKey::v6(*header::<16>(ctx, l3_off + 8)?))
     } else {

@@ -33,6 +33,28 @@ pub fn chosen(cfg: &Config) -> bool {
     }
 }
 
+/// The ring-buffer flags for one record (TC and TLS samples alike): a wakeup
+/// of the daemon for each, or under `--sample-wakeup batched` only once
+/// `WAKE_AT_BYTES` wait (the daemon reads on a timer besides). A wakeup is an
+/// interrupt and a context switch on the sending CPU (about 10 µs a sample
+/// inside a server's `SSL_read` on the project's VMs).
+#[inline(always)]
+pub fn wakeup() -> u64 {
+    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    match crate::maps::CONFIG.get(0) {
+        Some(cfg) if cfg.has(api_guard_common::config::flags::SAMPLE_WAKEUP_BATCHED) => {
+            if crate::maps::SAMPLES.query(BPF_RB_AVAIL_DATA as u64)
+                >= api_guard_common::sample::WAKE_AT_BYTES
+            {
+                BPF_RB_FORCE_WAKEUP as u64
+            } else {
+                BPF_RB_NO_WAKEUP as u64
+            }
+        }
+        _ => 0,
+    }
+}
+
 /// Emits one sample; a full ring buffer counts a lost sample.
 #[inline(always)]
 pub fn emit(ctx: &TcContext, h: &Handoff, capture_bytes: u32) -> Result<(), ()> {
@@ -98,7 +120,7 @@ pub fn emit(ctx: &TcContext, h: &Handoff, capture_bytes: u32) -> Result<(), ()> 
     let bytes = unsafe {
         core::slice::from_raw_parts((buf as *const SampleBuf).cast::<u8>(), HEADER_LEN + n)
     };
-    if SAMPLES.output::<[u8]>(bytes, 0).is_err() {
+    if SAMPLES.output::<[u8]>(bytes, wakeup()).is_err() {
         count::event(Event::SamplesLost);
         return Err(());
     }

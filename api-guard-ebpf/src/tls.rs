@@ -637,29 +637,14 @@ fn emit(key: &ConnKey, buf: u64, first: u32, len: u32, verdict: Verdict, capture
     let bytes = unsafe {
         core::slice::from_raw_parts((b as *const SampleBuf).cast::<u8>(), HEADER_LEN + n)
     };
-    if SAMPLES.output::<[u8]>(bytes, wakeup()).is_err() {
+    if SAMPLES
+        .output::<[u8]>(bytes, crate::sample::wakeup())
+        .is_err()
+    {
         count::event(Event::SamplesLost);
         return;
     }
     count::event(Event::Sampled);
-}
-
-/// Bytes waiting in the ring buffer from which a TLS sample wakes the daemon.
-const WAKE_AT: u64 = 64 * 1024;
-
-/// The ring buffer's wake-up flag for a TLS sample. By default every record
-/// the daemon has not yet caught up with wakes it: an interrupt and a context
-/// switch inside the server's `SSL_read` (measured at about 10 µs a sample on
-/// the project's VMs). Below `WAKE_AT` waiting bytes the record waits for the
-/// daemon's next wake-up or its drain tick (sources::ring); above, it wakes.
-#[inline(always)]
-fn wakeup() -> u64 {
-    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-    if SAMPLES.query(BPF_RB_AVAIL_DATA as u64) >= WAKE_AT {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    }
 }
 
 /// The TC judge's step for a packet to a TLS port: no request counting here

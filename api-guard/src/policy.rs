@@ -150,6 +150,8 @@ pub struct Policy {
     pub trusted_proxies: Vec<Network>,
     /// `--proxy-protocol required`.
     pub proxy_required: bool,
+    /// `--sample-wakeup batched`.
+    pub sample_wakeup_batched: bool,
 }
 
 impl Policy {
@@ -198,6 +200,9 @@ impl Policy {
         let mut f = 0;
         if self.dry_run {
             f |= flags::DRY_RUN;
+        }
+        if self.sample_wakeup_batched {
+            f |= flags::SAMPLE_WAKEUP_BATCHED;
         }
         if self.on_limit_reset {
             f |= flags::ON_LIMIT_RESET;

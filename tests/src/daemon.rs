@@ -115,7 +115,9 @@ impl Daemon {
             readers: vec![out_reader, err_reader],
             prog_id: 0,
         };
-        wait_until(Duration::from_secs(30), "api-guard to be ready", || {
+        // A hang guard, not a deadline: loading and verifying the programs on
+        // two cores shared with other work has taken more than 30 s.
+        wait_until(Duration::from_secs(120), "api-guard to be ready", || {
             if let Some(status) = daemon.child.try_wait()? {
                 thread::sleep(Duration::from_millis(50));
                 bail!(

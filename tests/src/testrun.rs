@@ -12,6 +12,10 @@ use aya::programs::{TestRun, TestRunOptions};
 pub const TC_ACT_PIPE: u32 = 3;
 pub const TC_ACT_SHOT: u32 = 2;
 
+/// XDP actions the pre-filter returns.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
 /// A freshly loaded, unattached datapath watching `ports`. Each harness has its own
 /// maps, so harnesses in parallel tests never share kernel state.
 pub struct Harness {
@@ -57,6 +61,18 @@ impl Harness {
     pub fn run_egress(&self, frame: &[u8]) -> Result<u32> {
         let mut out = vec![0u8; frame.len() + 256];
         let result = self.datapath.egress()?.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        Ok(result.return_value)
+    }
+
+    /// Runs the XDP pre-filter once on `frame` and returns its XDP action.
+    pub fn run_xdp(&self, frame: &[u8]) -> Result<u32> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self.datapath.xdp()?.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
             repeat: 1,

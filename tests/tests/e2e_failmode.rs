@@ -82,8 +82,8 @@ fn closed_keeps_enforcing_after_the_daemon_stops_until_detach() -> Result<()> {
     pinned.sort();
     assert_eq!(
         pinned.len(),
-        5,
-        "two interfaces (ingress and egress) and sock_ops: {pinned:?}"
+        7,
+        "two interfaces (XDP, ingress and egress) and sock_ops: {pinned:?}"
     );
 
     let (c0, c1) = (&topo.clients[0], &topo.clients[1]);

@@ -472,6 +472,10 @@ fn require_auth_block_blocks_the_client_without_credentials_only() -> Result<()>
     );
     assert!(prom::value(&metrics, "api_guard_blocked_clients", &[]).unwrap_or(0.0) >= 1.0);
     let (stopped, ..) = s.stop()?;
-    assert!(stopped.counter("connections", "blocked")? >= 1);
+    assert!(
+        stopped.counter("connections", "blocked")?
+            + stopped.counter("connections", "xdp_blocked")?
+            >= 1
+    );
     Ok(())
 }

@@ -194,7 +194,13 @@ fn scrapes_against_a_full_client_map_never_delay_the_heartbeat() -> Result<()> {
         );
     }
     assert!(
-        status["counters"]["connections"]["denied"].as_u64() >= Some(1),
+        status["counters"]["connections"]["denied"]
+            .as_u64()
+            .unwrap_or(0)
+            + status["counters"]["connections"]["xdp_denied"]
+                .as_u64()
+                .unwrap_or(0)
+            >= 1,
         "{status}"
     );
     Ok(())

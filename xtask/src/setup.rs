@@ -41,6 +41,8 @@ fn packages(llvm: u32) -> Vec<(String, PathBuf)> {
         // The L4 load balancer of the identity tests (PROXY protocol v2).
         ("haproxy", "haproxy"),
         ("openssl", "openssl"),
+        // The bench's hand-written C reference limiter (K1), built to BPF.
+        ("clang-22", "clang-22"),
     ] {
         list.push((
             pkg.into(),

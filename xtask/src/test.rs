@@ -129,6 +129,9 @@ fn build_runner() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
             "api-guard-tests",
             "--bin",
             "bench",
+            // K3b's flooder.
+            "--bin",
+            "spoof",
         ]),
     )?;
     let runner = bin.with_file_name("bench");

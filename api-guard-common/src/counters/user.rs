@@ -27,6 +27,10 @@ impl Verdict {
             Verdict::WouldDrop => "would_drop",
             Verdict::FailedOpen => "failed_open",
             Verdict::ProxyRefused => "proxy_refused",
+            Verdict::Unassigned10 => "unassigned_10",
+            Verdict::Unassigned11 => "unassigned_11",
+            Verdict::XdpDenied => "xdp_denied",
+            Verdict::XdpBlocked => "xdp_blocked",
         }
     }
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::{network_string, remaining_secs};
 use crate::{
     clock::monotonic_ns,
-    kernel::{Client, KernelMaps, pins::Pinned},
+    kernel::{Client, KernelMaps, layout, pins::Pinned},
 };
 
 /// `api-guard status`: the policy, the counters, the client table and blocks.
@@ -70,6 +70,20 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
             .map(|c| (c.name().to_string(), block[*c as usize].into()))
             .collect()
     };
+    // The XDP pre-filter, per interface TC watches: native where its link is
+    // pinned, none where `--xdp` left it out (or the driver has no XDP).
+    let xdp_native = layout::linked_ifaces(pin_dir, "xdp");
+    let xdp: serde_json::Map<String, serde_json::Value> = layout::linked_ifaces(pin_dir, "ingress")
+        .into_iter()
+        .map(|iface| {
+            let mode = if xdp_native.contains(&iface) {
+                "native"
+            } else {
+                "none"
+            };
+            (iface, mode.into())
+        })
+        .collect();
     let mut verdicts = serde_json::Map::new();
     for kind in KINDS {
         let by: serde_json::Map<String, serde_json::Value> = VERDICTS
@@ -93,6 +107,7 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
             "heartbeat_timeout_secs": cfg.heartbeat_timeout_ns as f64 / 1e9,
         },
         "heartbeat_age_secs": heartbeat_age,
+        "xdp": xdp,
         "ports": ports,
         "counters": verdicts,
         "clients": {
@@ -117,6 +132,11 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
         return Ok(());
     }
     writeln!(out, "policy: {}", doc["config"])?;
+    let xdp_line: Vec<String> = xdp
+        .iter()
+        .map(|(i, m)| format!("{i}={}", m.as_str().unwrap_or("?")))
+        .collect();
+    writeln!(out, "xdp: {}", xdp_line.join(" "))?;
     for kind in KINDS {
         let line: Vec<String> = VERDICTS
             .iter()

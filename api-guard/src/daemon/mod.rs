@@ -25,7 +25,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    cli::{FailMode, RunArgs, TlsMode},
+    cli::{FailMode, RequireAuth, RunArgs, TlsMode, XdpChoice},
     clock::monotonic_ns,
     detect::{Action, DetectConfig, DetectorName, Thresholds},
     enforce::Enforcer,
@@ -55,6 +55,34 @@ const TLS_RESCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the top-clients gauge is recomputed.
 const TOP_CLIENTS_EVERY: Duration = Duration::from_secs(5);
+
+/// Attaches the XDP pre-filter to `iface` as `--xdp` asks; returns its pin
+/// and whether its link is new, or None where it runs without one (a line in
+/// the log says which, and `api-guard status` tells it by the pin).
+fn attach_xdp(
+    datapath: &mut Datapath,
+    iface: &str,
+    choice: XdpChoice,
+    dir: &std::path::Path,
+) -> Result<Option<(std::path::PathBuf, bool)>> {
+    if choice == XdpChoice::Off {
+        info!(%iface, "XDP pre-filter off (--xdp off): TC drops everything");
+        return Ok(None);
+    }
+    let what = Attachment::Xdp { iface };
+    let pin = what.pin(dir);
+    match datapath.attach(what, Some(&pin)) {
+        Ok(how) => {
+            info!(%iface, how = ?how, "XDP pre-filter attached in native mode");
+            Ok(Some((pin, how == Attached::New)))
+        }
+        Err(e) if choice == XdpChoice::Auto => {
+            info!(%iface, "XDP pre-filter not attached (--xdp auto): {e:#}; TC drops everything");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
 
 /// How long the event loop may go without turning before the heartbeat stops:
 /// half the timeout, so a stuck daemon fails open within 1.5 timeouts.
@@ -199,6 +227,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
             info!(%iface, "took over the pinned ingress link");
         }
         links.record(pin, how == Attached::New);
+        // XDP last: it drops only what TC would, so TC is in place first.
+        if let Some(pin) = attach_xdp(&mut datapath, iface, args.xdp, pins.dir())? {
+            links.record(pin.0, pin.1);
+        }
     }
     // Links of interfaces (or a connection tracker) no longer asked for.
     let dropped = links.ready()?;
@@ -293,7 +325,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     // Registered before ready, so a SIGHUP from then on never kills the daemon.
     let hup = signal(SignalKind::hangup())?;
-    let mut flow_task = tokio::spawn(run_flow(reader, flow, hup, stop_rx.clone()));
+    let read_every = (args.sample_wakeup == crate::cli::SampleWakeup::Batched)
+        .then(|| Duration::from_millis(api_guard_common::sample::WAKE_EVERY_MS));
+    let mut flow_task = tokio::spawn(run_flow(reader, flow, hup, stop_rx.clone(), read_every));
     let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone(), stop_rx));
     info!(
         ifaces = ?args.ifaces,
@@ -410,13 +444,20 @@ async fn run_flow(
     mut flow: Flow,
     mut hup: tokio::signal::unix::Signal,
     mut stop: watch::Receiver<bool>,
+    read_every: Option<Duration>,
 ) -> Result<Flow> {
     let mut flush = ticker(Duration::from_secs(1));
+    // --sample-wakeup batched: the kernel wakes the reader only once enough
+    // waits; what waits less is read on this timer.
+    let mut timed_read = ticker(read_every.unwrap_or(Duration::from_secs(3600)));
     loop {
         tokio::select! {
             // A bounded batch, then back to the loop: a producer faster than
             // the pipeline must not starve flushes, signals and stop.
             read = reader.read(BATCH, |event| handle(&mut flow, event)) => { read?; }
+            _ = timed_read.tick(), if read_every.is_some() => {
+                reader.drain(BATCH, |event| handle(&mut flow, event));
+            }
             _ = flush.tick() => flow.flush(),
             _ = hup.recv() => flow.reopen(),
             _ = stop.changed() => break,

@@ -55,6 +55,11 @@ pub fn egress_link(dir: &Path, iface: &str) -> PathBuf {
     dir.join(format!("{LINK_PREFIX}egress_{iface}"))
 }
 
+/// Where the XDP pre-filter's link on `iface` is pinned.
+pub fn xdp_link(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("{LINK_PREFIX}xdp_{iface}"))
+}
+
 /// Where the connection tracker's cgroup link is pinned.
 pub fn sockops_link(dir: &Path) -> PathBuf {
     dir.join(format!("{LINK_PREFIX}sockops"))
@@ -72,6 +77,21 @@ pub fn links(dir: &Path) -> Vec<PathBuf> {
         .collect();
     links.sort();
     links
+}
+
+/// The interfaces that have a link of `kind` ("ingress", "egress", "xdp")
+/// pinned in `dir`, by the link's name.
+pub fn linked_ifaces(dir: &Path, kind: &str) -> Vec<String> {
+    let prefix = format!("{LINK_PREFIX}{kind}_");
+    links(dir)
+        .iter()
+        .filter_map(|l| {
+            l.file_name()?
+                .to_str()?
+                .strip_prefix(&prefix)
+                .map(String::from)
+        })
+        .collect()
 }
 
 /// Where the locks live: /run is shared by every mount namespace on the host

@@ -10,7 +10,7 @@ use api_guard_common::maps as names;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, ProgramArray, RingBuf},
-    programs::SchedClassifier,
+    programs::{SchedClassifier, Xdp},
 };
 
 use super::{
@@ -18,7 +18,7 @@ use super::{
     object::{
         EGRESS_PROGRAM, FLOOR_PROGRAM, INGRESS_PROGRAM, JUDGE_PROGRAM, JUDGE_PROXIED_PROGRAM,
         JUDGE_PROXIED_TLS_PROGRAM, JUDGE_TLS_PROGRAM, OBJECT, PROXY_PROGRAM, RESET_PROGRAM,
-        SAMPLE_PROGRAM,
+        SAMPLE_PROGRAM, XDP_PROGRAM,
     },
     ring::SampleRing,
     source::{MapSet, MapSource},
@@ -91,6 +91,9 @@ impl Datapath {
         load_tail(&mut ebpf, JUDGE_PROGRAM, names::TAIL_JUDGE)?;
         egress_mut(&mut ebpf)?.load().map_err(|e| {
             Failure::Rejected(format!("the kernel rejected the egress program: {e:#}"))
+        })?;
+        xdp_mut(&mut ebpf)?.load().map_err(|e| {
+            Failure::Rejected(format!("the kernel rejected the XDP program: {e:#}"))
         })?;
         load_tail(&mut ebpf, PROXY_PROGRAM, names::TAIL_PROXY)?;
         load_tail(&mut ebpf, JUDGE_PROXIED_PROGRAM, names::TAIL_JUDGE_PROXIED)?;
@@ -178,6 +181,15 @@ impl Datapath {
             .context("the egress program is not a classifier")
     }
 
+    /// The XDP pre-filter, for BPF_PROG_TEST_RUN.
+    pub fn xdp(&self) -> Result<&Xdp> {
+        self.ebpf
+            .program(XDP_PROGRAM)
+            .context("the XDP program is missing from the object")?
+            .try_into()
+            .context("the XDP program is not an XDP program")
+    }
+
     /// Loads the do-nothing classifier that benchmarks measure the floor with.
     pub fn floor(&mut self) -> Result<&SchedClassifier> {
         let prog: &mut SchedClassifier = self
@@ -241,4 +253,11 @@ pub(super) fn egress_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .context("the egress program is missing from the object")?
         .try_into()
         .context("the egress program is not a classifier")
+}
+
+pub(super) fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(XDP_PROGRAM)
+        .context("the XDP program is missing from the object")?
+        .try_into()
+        .context("the XDP program is not an XDP program")
 }

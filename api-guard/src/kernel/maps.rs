@@ -44,9 +44,17 @@ pub struct Client {
 }
 
 /// Verdict counters summed over CPUs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Counters {
     slots: [u64; counters::SLOTS as usize],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            slots: [0; counters::SLOTS as usize],
+        }
+    }
 }
 
 impl Counters {

@@ -35,3 +35,5 @@ pub const FLOOR_PROGRAM: &str = "api_guard_floor";
 pub const SOCKOPS_PROGRAM: &str = "api_guard_sockops";
 /// The TC egress classifier: response framing, pairing and status counts.
 pub const EGRESS_PROGRAM: &str = "api_guard_egress";
+/// The XDP pre-filter: denied and blocked clients dropped before TC.
+pub const XDP_PROGRAM: &str = "api_guard_xdp";

@@ -16,12 +16,14 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_TYPE_CGROUP: u32 = 3;
 const BPF_LINK_TYPE_TCX: u32 = 11;
+const BPF_LINK_TYPE_XDP: u32 = 6;
 
 /// What a pinned link is attached to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LinkTarget {
     Tcx { ifindex: u32 },
     Cgroup { id: u64 },
+    Xdp { ifindex: u32 },
     Other,
 }
 
@@ -71,6 +73,9 @@ pub fn link_target(link: BorrowedFd<'_>) -> io::Result<LinkTarget> {
             ifindex: info[2] as u32,
         },
         BPF_LINK_TYPE_CGROUP => LinkTarget::Cgroup { id: info[2] },
+        BPF_LINK_TYPE_XDP => LinkTarget::Xdp {
+            ifindex: info[2] as u32,
+        },
         _ => LinkTarget::Other,
     })
 }

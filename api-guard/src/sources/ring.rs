@@ -23,8 +23,9 @@ impl RingReader {
         Ok(Self { ring, sources })
     }
 
-    /// Waits for records (a wake-up, or at most [`QUIET_WAIT`]: the TLS
-    /// programs commit records without waking the reader until enough wait),
+    /// Waits for records (a wake-up, or at most [`QUIET_WAIT`]: under
+    /// `--sample-wakeup batched` the programs commit records without waking
+    /// the reader until enough wait),
     /// then hands up to `max` of them to `each`; returns how many. Bounded, so
     /// that a producer faster than the pipeline cannot starve the caller's
     /// other work. Cancel-safe: it only waits before it takes anything.

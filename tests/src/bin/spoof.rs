@@ -3,11 +3,12 @@
 //!
 //! ```text
 //! spoof --iface eth0 --dst-mac 02:..:01 --dst 198.18.0.1 --port 8080 \
-//!       --src 198.19.0.1 --count 60000 [--repeats 1] [--pps 0]
+//!       --src 198.19.0.1 --count 60000 [--repeats 1] [--pps 0] [--syn-only 1]
 //! ```
 //!
 //! Each repeat walks the `--count` sources from `--src` upwards; each source sends
-//! a SYN, then a request segment (PSH|ACK carrying `GET / HTTP/1.1`), both with
+//! a SYN, then (unless `--syn-only 1`) a request segment (PSH|ACK carrying
+//! `GET / HTTP/1.1`), both with
 //! correct IPv4 and TCP checksums, in Ethernet frames to `--dst-mac`. `--pps`
 //! caps the frame rate (0: as fast as the socket takes them). Ends with one line:
 //! `spoof: sent F frames (S SYNs, R requests) from N sources in T s (P frames/s), E send errors`.
@@ -36,6 +37,7 @@ struct Args {
     count: u32,
     repeats: u32,
     pps: u64,
+    syn_only: bool,
 }
 
 fn main() {
@@ -109,6 +111,9 @@ fn run() -> Result<String> {
             };
             if sender.send(&frame(args.dst_mac, src_mac, src, args.dst, &syn))? {
                 syns += 1;
+            }
+            if args.syn_only {
+                continue;
             }
             let req = Tcp {
                 sport,
@@ -283,7 +288,7 @@ impl Drop for Socket {
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args> {
     let (mut iface, mut dst_mac, mut dst, mut port, mut src, mut count) =
         (None, None, None, None, None, None);
-    let (mut repeats, mut pps) = (1u32, 0u64);
+    let (mut repeats, mut pps, mut syn_only) = (1u32, 0u64, false);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         let bad = || format!("bad value for {flag}: {value:?}");
@@ -296,6 +301,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args> {
             "--count" => count = Some(value.parse::<u32>().with_context(bad)?),
             "--repeats" => repeats = value.parse().with_context(bad)?,
             "--pps" => pps = value.parse().with_context(bad)?,
+            "--syn-only" => syn_only = value.parse::<u8>().with_context(bad)? != 0,
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -308,6 +314,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args> {
         count: count.context("--count is required")?,
         repeats,
         pps,
+        syn_only,
     };
     ensure!(args.count > 0, "--count must be at least 1");
     let last = u32::from(args.src)

@@ -9,6 +9,7 @@ mod sockops;
 mod ssl_sites;
 mod tc;
 mod uprobe;
+mod xdp;
 
 pub use uprobe::{Site, SslSites, TlsLinks, ssl_sites};
 
@@ -32,6 +33,9 @@ pub enum Attachment<'a> {
     TcIngress { iface: &'a str },
     /// The egress classifier (responses) on an interface, through a tcx link.
     TcEgress { iface: &'a str },
+    /// The XDP pre-filter on an interface, in native (driver) mode, through
+    /// an XDP link.
+    Xdp { iface: &'a str },
     /// The connection tracker on a cgroup v2 directory (the root: every socket
     /// on the host; it filters by network namespace).
     SockOps { cgroup: &'a Path },
@@ -43,6 +47,7 @@ impl Attachment<'_> {
         match self {
             Attachment::TcIngress { iface } => layout::ingress_link(dir, iface),
             Attachment::TcEgress { iface } => layout::egress_link(dir, iface),
+            Attachment::Xdp { iface } => layout::xdp_link(dir, iface),
             Attachment::SockOps { .. } => layout::sockops_link(dir),
         }
     }
@@ -70,6 +75,7 @@ impl Datapath {
             Attachment::TcEgress { iface } => {
                 tc::attach(self, iface, aya::programs::TcAttachType::Egress, pin)
             }
+            Attachment::Xdp { iface } => xdp::attach(self, iface, pin),
             Attachment::SockOps { cgroup } => sockops::attach(self, cgroup, pin),
         }
     }
