@@ -25,7 +25,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    cli::{FailMode, RequireAuth, RunArgs, TlsMode, XdpChoice},
+    cli::{FailMode, RunArgs, TlsMode, XdpChoice},
     clock::monotonic_ns,
     detect::{Action, DetectConfig, DetectorName, Thresholds},
     enforce::Enforcer,
