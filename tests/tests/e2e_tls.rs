@@ -610,3 +610,79 @@ impl Drop for KillOnDrop<'_> {
         kill(self.0);
     }
 }
+
+/// The bytes at the uprobes' sites in `pid`'s mapping of libssl. The kernel
+/// writes its breakpoint (int3, 0xcc) at a uprobe's site in the memory of each
+/// process it traps; the judge is the process's own memory.
+fn libssl_site_bytes(pid: u32) -> Result<Vec<u8>> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    // start-end perms offset dev inode path
+    let mut segments = Vec::new();
+    let mut path = None;
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || !f[5].ends_with("/libssl.so.3") {
+            continue;
+        }
+        let (start, end) = f[0].split_once('-').context("maps line")?;
+        let start = u64::from_str_radix(start, 16)?;
+        let end = u64::from_str_radix(end, 16)?;
+        let offset = u64::from_str_radix(f[2], 16)?;
+        segments.push((start, end, offset));
+        path = Some(f[5].to_string());
+    }
+    let path = path.with_context(|| format!("process {pid} maps no libssl.so.3"))?;
+    let file = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
+    let sites = api_guard::kernel::attach::ssl_sites(&file)?;
+    let mut offsets: Vec<u64> = sites
+        .probes
+        .iter()
+        .filter_map(|(site, _)| match site {
+            api_guard::kernel::attach::Site::Offset(o) => Some(*o),
+            api_guard::kernel::attach::Site::Symbol(_) => None,
+        })
+        .collect();
+    offsets.dedup();
+    ensure!(
+        !offsets.is_empty(),
+        "this libssl is probed at its exported functions ({}), not at shared callees",
+        sites.how
+    );
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let mut bytes = Vec::new();
+    for o in offsets {
+        let &(start, _, seg) = segments
+            .iter()
+            .find(|(start, end, seg)| o >= *seg && o - seg < end - start)
+            .with_context(|| format!("file offset {o:#x} is not mapped in process {pid}"))?;
+        mem.seek(SeekFrom::Start(start + (o - seg)))?;
+        let mut b = [0u8; 1];
+        mem.read_exact(&mut b)?;
+        bytes.push(b[0]);
+    }
+    Ok(bytes)
+}
+
+#[test]
+fn uprobes_trap_in_the_followed_server_only_not_in_other_libssl_users() -> Result<()> {
+    let _serial = serial();
+    let mut s = Scene::new(1)?;
+    let host = s.client(0).server(false).to_string();
+    // Another user of the same libssl.so.3 on the host: a Python TLS client.
+    let mut py = PyTls::open(s.client(0), &host)?;
+    s.start_daemon(&[])?;
+    ensure!(py.send(1)? == 1, "no answer with the daemon running");
+    let worker = *s.nginx.workers().first().context("no nginx worker")?;
+    wait_until(
+        Duration::from_secs(10),
+        "breakpoints in the nginx worker",
+        || Ok(libssl_site_bytes(worker)?.iter().all(|&b| b == 0xcc)),
+    )?;
+    let client = libssl_site_bytes(py.child.id())?;
+    ensure!(
+        client.iter().all(|&b| b != 0xcc),
+        "the Python client (not followed) carries breakpoints: {client:02x?}"
+    );
+    Ok(())
+}
