@@ -13,6 +13,7 @@ pub mod conn;
 pub mod counters;
 pub mod exchange;
 pub mod http;
+pub mod keys;
 pub mod maps;
 pub mod network;
 pub mod ports;
