@@ -173,6 +173,8 @@ pub mod flags {
     /// `--proxy-protocol required`: a trusted peer's connection without a
     /// header is reset.
     pub const PROXY_REQUIRED: u32 = 1 << 7;
+    /// Key or route limits exist (`KEY_POLICY`): the key stage runs.
+    pub const KEY_LIMITS: u32 = 1 << 8;
 }
 
 #[repr(C)]

@@ -37,10 +37,15 @@ pub enum Verdict {
     /// under `--proxy-protocol required` (reset), or a segment past a gap in an
     /// unfinished header (dropped until the gap is filled).
     ProxyRefused = 9,
+    /// A request over its API key's limit (`--key-rate`), at the end of the
+    /// key header's value.
+    KeyLimited = 10,
+    /// A request over a route's limit (`--route-limit`), of its client or key.
+    RouteLimited = 11,
 }
 
 pub const KINDS: [Kind; 3] = [Kind::Packets, Kind::Requests, Kind::Connections];
-pub const VERDICTS: [Verdict; 10] = [
+pub const VERDICTS: [Verdict; 12] = [
     Verdict::Allowed,
     Verdict::Passed,
     Verdict::Malformed,
@@ -51,6 +56,8 @@ pub const VERDICTS: [Verdict; 10] = [
     Verdict::WouldDrop,
     Verdict::FailedOpen,
     Verdict::ProxyRefused,
+    Verdict::KeyLimited,
+    Verdict::RouteLimited,
 ];
 
 /// Per-CPU counts of datapath events that are not verdicts, in the `EVENTS` array.

@@ -79,6 +79,45 @@ pub struct KeyPolicy {
     pub route_count: u32,
     pub _pad: u32,
     pub routes: [Route; ROUTE_SLOTS],
+    /// The routes as bit masks (bit i: route i), so the kernel matches a
+    /// byte against every route with one load and no branch per route.
+    pub tables: RouteTables,
+}
+
+/// [`KeyPolicy::routes`] compiled into masks (built by the daemon).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteTables {
+    /// `[p][b]`: routes whose method's byte `p` is `b`, and those of any
+    /// method.
+    pub method: [[u16; 256]; METHOD_MAX],
+    /// `[p]`: routes whose method is `p` bytes long, and those of any method
+    /// (`p` = `METHOD_MAX + 1`: longer than any).
+    pub method_end: [u16; METHOD_MAX + 2],
+    /// As `method` and `method_end`, in the strictest-first numbering.
+    pub method_strict: [[u16; 256]; METHOD_MAX],
+    pub method_end_strict: [u16; METHOD_MAX + 2],
+    /// `[p][b]`: routes whose prefix's byte `p` is `b`, or whose prefix is
+    /// at most `p` bytes long.
+    pub prefix: [[u16; 256]; PREFIX_MAX],
+    /// `[p]`: routes whose prefix is at most `p` bytes long.
+    pub done: [u16; PREFIX_MAX + 1],
+    /// Strictest-first bit `j` → route index.
+    pub strict_route: [u8; ROUTE_SLOTS],
+    pub _pad: [u8; 6],
+}
+
+impl RouteTables {
+    pub const EMPTY: RouteTables = RouteTables {
+        method: [[0; 256]; METHOD_MAX],
+        method_end: [0; METHOD_MAX + 2],
+        method_strict: [[0; 256]; METHOD_MAX],
+        method_end_strict: [0; METHOD_MAX + 2],
+        prefix: [[0; 256]; PREFIX_MAX],
+        done: [0; PREFIX_MAX + 1],
+        strict_route: [NO_ROUTE; ROUTE_SLOTS],
+        _pad: [0; 6],
+    };
 }
 
 impl KeyPolicy {
@@ -90,7 +129,14 @@ impl KeyPolicy {
         route_count: 0,
         _pad: 0,
         routes: [Route::EMPTY; ROUTE_SLOTS],
+        tables: RouteTables::EMPTY,
     };
+}
+
+impl Default for KeyPolicy {
+    fn default() -> Self {
+        Self::NONE
+    }
 }
 
 /// `BucketKey::kind`.
@@ -254,8 +300,8 @@ pub struct KeyParse {
     pub next_seq: u32,
     /// Routes the request line still matches.
     pub alive: u16,
-    /// Routes whose method matched.
-    pub method_ok: u16,
+    /// Routes whose method matches, in the strictest-first numbering.
+    pub strict: u16,
     pub phase: u8,
     /// Bytes of the method, target or header name read.
     pub pos: u8,
@@ -290,7 +336,7 @@ impl KeyParse {
         },
         next_seq: 0,
         alive: 0,
-        method_ok: 0,
+        strict: 0,
         phase: P_IDLE,
         pos: 0,
         prev: 0,
@@ -318,7 +364,11 @@ impl KeyParse {
             let route = self.route;
             let pay = route != NO_ROUTE && self.keyed == 0 && self.phase != P_IDLE;
             self.phase = P_IDLE;
-            return if pay { Some(Charge { key: None, route }) } else { None };
+            return if pay {
+                Some(Charge { key: None, route })
+            } else {
+                None
+            };
         }
         if start {
             self.phase = P_METHOD;
@@ -329,7 +379,7 @@ impl KeyParse {
                 p.route_count
             };
             self.alive = ((1u32 << n) - 1) as u16;
-            self.method_ok = 0;
+            self.strict = self.alive;
             self.route = NO_ROUTE;
             self.keyed = 0;
             self.odd = 0;
@@ -362,34 +412,30 @@ impl KeyParse {
 
     #[inline(always)]
     fn method_byte(&mut self, p: &KeyPolicy, b: u8) {
+        let t = &p.tables;
         let at = self.pos as usize;
-        let mut alive = self.alive;
-        let mut i = 0;
-        while i < ROUTE_SLOTS {
-            let r = &p.routes[i];
-            let bit = 1u16 << i;
-            if alive & bit != 0 && r.method_len != 0 {
-                let keep = if b == b' ' {
-                    r.method_len as usize == at
-                } else {
-                    at < METHOD_MAX && at < r.method_len as usize && r.method[at] == b
-                };
-                if !keep {
-                    alive &= !bit;
-                }
-            }
-            i += 1;
-        }
-        self.alive = alive;
         if b == b' ' {
-            self.method_ok = alive;
+            let end = if at > METHOD_MAX { METHOD_MAX + 1 } else { at };
+            self.alive &= at_or_zero(&t.method_end, end);
+            self.strict &= at_or_zero(&t.method_end_strict, end);
             self.phase = P_TARGET;
             self.pos = 0;
             self.prev = 0;
             self.prev2 = 0;
-        } else if b == b'\n' {
+            return;
+        }
+        if b == b'\n' {
             self.line_start();
-        } else if self.pos < u8::MAX {
+            return;
+        }
+        if at < METHOD_MAX {
+            self.alive &= t.method.get(at).map_or(0, |m| m[b as usize]);
+            self.strict &= t.method_strict.get(at).map_or(0, |m| m[b as usize]);
+        } else {
+            self.alive &= at_or_zero(&t.method_end, METHOD_MAX + 1);
+            self.strict &= at_or_zero(&t.method_end_strict, METHOD_MAX + 1);
+        }
+        if self.pos < u8::MAX {
             self.pos += 1;
         }
     }
@@ -401,8 +447,7 @@ impl KeyParse {
             return;
         }
         let end = matches!(b, b' ' | b'?' | b'#' | b'\r' | b'\n');
-        if (b == b'/' || end) && self.prev == b'.' && (self.prev2 == b'/' || self.prev2 == b'.')
-        {
+        if (b == b'/' || end) && self.prev == b'.' && (self.prev2 == b'/' || self.prev2 == b'.') {
             // A dot segment ("/./", "/../"), which the server removes.
             self.odd = 1;
         }
@@ -415,23 +460,16 @@ impl KeyParse {
             }
             return;
         }
-        if (self.pos == 0 && b != b'/') || b == b'%' || b == b'\\' || (b == b'/' && self.prev == b'/')
+        if (self.pos == 0 && b != b'/')
+            || b == b'%'
+            || b == b'\\'
+            || (b == b'/' && self.prev == b'/')
         {
             self.odd = 1;
         }
         let at = self.pos as usize;
         if at < PREFIX_MAX {
-            let mut alive = self.alive;
-            let mut i = 0;
-            while i < ROUTE_SLOTS {
-                let r = &p.routes[i];
-                let bit = 1u16 << i;
-                if alive & bit != 0 && at < r.prefix_len as usize && r.prefix[at] != b {
-                    alive &= !bit;
-                }
-                i += 1;
-            }
-            self.alive = alive;
+            self.alive &= p.tables.prefix.get(at).map_or(0, |m| m[b as usize]);
         }
         self.prev2 = self.prev;
         self.prev = b;
@@ -444,26 +482,30 @@ impl KeyParse {
     /// prefix matched; for an odd target, the strictest of its method.
     #[inline(always)]
     fn choose(&mut self, p: &KeyPolicy) {
-        let mut route = NO_ROUTE;
-        let mut strictest = 0u64;
-        let mut i = 0;
-        while i < ROUTE_SLOTS {
-            let r = &p.routes[i];
-            let bit = 1u16 << i;
-            if self.odd != 0 {
-                if self.method_ok & bit != 0 && r.limit.interval_ns > strictest {
-                    strictest = r.limit.interval_ns;
-                    route = i as u8;
-                }
-            } else if route == NO_ROUTE
-                && self.alive & bit != 0
-                && (r.prefix_len as usize) <= self.pos as usize
-            {
-                route = i as u8;
+        let t = &p.tables;
+        self.route = if self.odd != 0 {
+            let s = self.strict;
+            if s == 0 {
+                NO_ROUTE
+            } else {
+                // The verifier bounds this index by its own reckoning of the
+                // bit count, looser than LLVM's: a volatile read keeps the
+                // check LLVM would drop.
+                let j = s.trailing_zeros() as usize;
+                // SAFETY: a read of a local.
+                let j = unsafe { core::ptr::read_volatile(&j) };
+                t.strict_route.get(j).copied().unwrap_or(NO_ROUTE)
             }
-            i += 1;
-        }
-        self.route = route;
+        } else {
+            let at = self.pos as usize;
+            let done = at_or_zero(&t.done, if at > PREFIX_MAX { PREFIX_MAX } else { at });
+            let m = self.alive & done;
+            if m == 0 {
+                NO_ROUTE
+            } else {
+                (m.trailing_zeros() & (ROUTE_SLOTS as u32 - 1)) as u8
+            }
+        };
     }
 
     #[inline(always)]
@@ -474,7 +516,7 @@ impl KeyParse {
         }
         let at = self.pos as usize;
         let len = p.name_len as usize;
-        if len == 0 || at >= len || at >= NAME_MAX || lower(b) != p.name[at] {
+        if len == 0 || at >= len || p.name.get(at).is_none_or(|n| lower(b) != *n) {
             self.phase = P_SKIP;
             return;
         }
@@ -524,13 +566,20 @@ impl KeyParse {
     }
 }
 
+/// `t[i]`, or no route if out of range (never, by construction; no panic
+/// path for the kernel).
+#[inline(always)]
+fn at_or_zero(t: &[u16], i: usize) -> u16 {
+    t.get(i).copied().unwrap_or(0)
+}
+
 #[inline(always)]
 const fn lower(b: u8) -> u8 {
     if b.is_ascii_uppercase() { b | 0x20 } else { b }
 }
 
 #[cfg(feature = "user")]
-mod user;
+pub mod user;
 
 // The tests build policies with the user side's parser.
 #[cfg(all(test, feature = "user"))]

@@ -148,6 +148,8 @@ pub struct Policy {
     pub trusted_proxies: Vec<Network>,
     /// `--proxy-protocol required`.
     pub proxy_required: bool,
+    /// `--key-header`, `--key-rate`, `--route-limit`.
+    pub keys: api_guard_common::keys::KeyPolicy,
 }
 
 impl Policy {
@@ -204,6 +206,9 @@ impl Policy {
         if self.proxy_required {
             f |= flags::PROXY_REQUIRED;
         }
+        if self.keys.is_active() {
+            f |= flags::KEY_LIMITS;
+        }
         Config {
             requests: limit(self.rate, self.burst),
             connections: limit(self.conn_rate, self.conn_burst),
@@ -231,6 +236,7 @@ impl Policy {
             deny: keys(&self.deny),
             limits: self.overrides(),
             trusted_proxies: keys(&self.trusted_proxies),
+            keys: self.keys,
             config: self.config(netns_cookie),
         }
     }

@@ -27,6 +27,8 @@ impl Verdict {
             Verdict::WouldDrop => "would_drop",
             Verdict::FailedOpen => "failed_open",
             Verdict::ProxyRefused => "proxy_refused",
+            Verdict::KeyLimited => "key_limited",
+            Verdict::RouteLimited => "route_limited",
         }
     }
 }

@@ -96,7 +96,11 @@ fn a_key_header_split_at_every_offset_charges_the_same_bucket() {
         ]
     );
     for cut in 1..head.len() {
-        assert_eq!(charges(&p, &[&head[..cut], &head[cut..]]), whole, "cut {cut}");
+        assert_eq!(
+            charges(&p, &[&head[..cut], &head[cut..]]),
+            whole,
+            "cut {cut}"
+        );
         for cut2 in (cut + 1..head.len()).step_by(7) {
             assert_eq!(
                 charges(&p, &[&head[..cut], &head[cut..cut2], &head[cut2..]]),
@@ -134,25 +138,38 @@ fn every_key_header_of_a_request_is_charged() {
     let p = policy(Some("x-api-key"), &[]);
     let head = b"GET / HTTP/1.1\r\nX-API-Key: decoy\r\nX-API-Key: real\r\n\r\n";
     let keys: Vec<_> = charges(&p, &[head]).iter().map(|c| c.key).collect();
-    assert_eq!(keys, vec![Some(std_hash(b"decoy")), Some(std_hash(b"real"))]);
+    assert_eq!(
+        keys,
+        vec![Some(std_hash(b"decoy")), Some(std_hash(b"real"))]
+    );
 }
 
 #[test]
 fn an_authorization_scheme_in_any_case_is_the_same_key() {
     let p = policy(Some("Authorization"), &[]);
-    let a = charges(&p, &[b"GET / HTTP/1.1\r\nAuthorization: Bearer tok\r\n\r\n"]);
-    let b = charges(&p, &[b"GET / HTTP/1.1\r\nauthorization: bEaReR   tok\r\n\r\n"]);
+    let a = charges(
+        &p,
+        &[b"GET / HTTP/1.1\r\nAuthorization: Bearer tok\r\n\r\n"],
+    );
+    let b = charges(
+        &p,
+        &[b"GET / HTTP/1.1\r\nauthorization: bEaReR   tok\r\n\r\n"],
+    );
     assert_eq!(a, b);
     assert_eq!(a[0].key, Some(std_hash(b"bearer tok")));
     // The token's case is its own.
-    let c = charges(&p, &[b"GET / HTTP/1.1\r\nAuthorization: Bearer TOK\r\n\r\n"]);
+    let c = charges(
+        &p,
+        &[b"GET / HTTP/1.1\r\nAuthorization: Bearer TOK\r\n\r\n"],
+    );
     assert_ne!(a, c);
 }
 
 #[test]
 fn a_header_in_a_body_is_no_key() {
     let p = policy(Some("x-api-key"), &[]);
-    let head = b"POST / HTTP/1.1\r\nContent-Length: 18\r\n\r\nX-API-Key: hidden\nGET / HTTP/1.1\r\n\r\n";
+    let head =
+        b"POST / HTTP/1.1\r\nContent-Length: 18\r\n\r\nX-API-Key: hidden\nGET / HTTP/1.1\r\n\r\n";
     assert!(charges(&p, &[head]).is_empty());
 }
 
@@ -169,7 +186,12 @@ fn route_of(p: &KeyPolicy, line: &str) -> u8 {
 fn routes_match_method_and_path_prefix_whatever_the_query() {
     let p = policy(
         None,
-        &["POST /v1/login=5", "* /v1=100", "GET /v1/items=50:60", "POST /v1/login/sso=2"],
+        &[
+            "POST /v1/login=5",
+            "* /v1=100",
+            "GET /v1/items=50:60",
+            "POST /v1/login/sso=2",
+        ],
     );
     // Most specific first: /v1/login/sso (0), /v1/login (1), /v1/items (2), * /v1 (3).
     assert_eq!(route_of(&p, "POST /v1/login HTTP/1.1"), 1);
@@ -248,8 +270,14 @@ fn route_specs_are_checked() {
 fn layouts_have_no_hidden_padding() {
     assert_eq!(core::mem::size_of::<Route>(), 96);
     assert_eq!(
+        core::mem::size_of::<RouteTables>(),
+        2 * (2 * METHOD_MAX * 256 + 2 * (METHOD_MAX + 2) + PREFIX_MAX * 256 + PREFIX_MAX + 1)
+            + ROUTE_SLOTS
+            + 6
+    );
+    assert_eq!(
         core::mem::size_of::<KeyPolicy>(),
-        16 + NAME_MAX + 16 + 96 * ROUTE_SLOTS
+        16 + NAME_MAX + 16 + 96 * ROUTE_SLOTS + core::mem::size_of::<RouteTables>()
     );
     assert_eq!(core::mem::size_of::<KeyParse>(), 48 + 4 + 4 + 16);
     assert_eq!(core::mem::size_of::<BucketKey>(), 24);

@@ -7,7 +7,7 @@ use std::{format, string::String, vec::Vec};
 
 use super::{
     BucketKey, FOLD_SCHEME, KeyParse, KeyPolicy, METHOD_MAX, NAME_MAX, PREFIX_MAX, ROUTE_SLOTS,
-    Route,
+    Route, RouteTables,
 };
 use crate::config::Limit;
 
@@ -33,7 +33,9 @@ impl core::str::FromStr for RouteLimit {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("route limit {s:?}: {why} (want 'METHOD /path/prefix=RATE[:BURST]')");
+        let bad = |why: &str| {
+            format!("route limit {s:?}: {why} (want 'METHOD /path/prefix=RATE[:BURST]')")
+        };
         let (route, rate) = s.rsplit_once('=').ok_or_else(|| bad("no '='"))?;
         let (method, prefix) = route
             .trim()
@@ -75,7 +77,11 @@ impl core::str::FromStr for RouteLimit {
 
 impl core::fmt::Display for RouteLimit {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{} {}={}:{}", self.method, self.prefix, self.rate, self.burst)
+        write!(
+            f,
+            "{} {}={}:{}",
+            self.method, self.prefix, self.rate, self.burst
+        )
     }
 }
 
@@ -84,7 +90,9 @@ pub fn parse_rate(s: &str) -> Result<(u32, u32), String> {
     let positive = |v: &str, what: &str| -> Result<u32, String> {
         match v.parse::<u32>() {
             Ok(n) if n > 0 && n <= 1_000_000_000 => Ok(n),
-            _ => Err(format!("{what} {v:?} must be a whole number from 1 to 1000000000")),
+            _ => Err(format!(
+                "{what} {v:?} must be a whole number from 1 to 1000000000"
+            )),
         }
     };
     match s.split_once(':') {
@@ -119,7 +127,8 @@ impl RouteLimit {
 pub fn parse_key_header(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() < NAME_MAX
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if ok {
         Ok(s.to_ascii_lowercase())
     } else {
@@ -178,6 +187,7 @@ impl KeyPolicy {
             p.routes[i] = r.route();
         }
         p.route_count = unique.len() as u32;
+        p.tables = RouteTables::build(&p.routes[..unique.len()]);
         Ok(p)
     }
 
@@ -206,5 +216,55 @@ impl KeyPolicy {
     /// Whether anything is limited (the kernel's key stage runs).
     pub fn is_active(&self) -> bool {
         self.key_limit.is_set() || self.route_count != 0
+    }
+}
+
+impl RouteTables {
+    /// The masks of `routes` (most specific first, at most [`ROUTE_SLOTS`]).
+    pub fn build(routes: &[Route]) -> RouteTables {
+        let mut t = RouteTables::EMPTY;
+        // Strictest first: the longest interval, then the smallest burst.
+        let mut order: Vec<usize> = (0..routes.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (la, lb) = (&routes[a].limit, &routes[b].limit);
+            lb.interval_ns
+                .cmp(&la.interval_ns)
+                .then(la.burst_ns.cmp(&lb.burst_ns))
+        });
+        for (j, &i) in order.iter().enumerate() {
+            t.strict_route[j] = i as u8;
+        }
+        let strict_bit = |i: usize| 1u16 << order.iter().position(|&x| x == i).expect("a route");
+        for (i, r) in routes.iter().enumerate() {
+            let (bit, sbit) = (1u16 << i, strict_bit(i));
+            let any = r.method_len == 0;
+            for at in 0..METHOD_MAX {
+                for b in 0..256usize {
+                    if any || (at < r.method_len as usize && r.method[at] as usize == b) {
+                        t.method[at][b] |= bit;
+                        t.method_strict[at][b] |= sbit;
+                    }
+                }
+            }
+            for end in 0..METHOD_MAX + 2 {
+                if any || r.method_len as usize == end {
+                    t.method_end[end] |= bit;
+                    t.method_end_strict[end] |= sbit;
+                }
+            }
+            for at in 0..PREFIX_MAX {
+                for b in 0..256usize {
+                    if at >= r.prefix_len as usize || r.prefix[at] as usize == b {
+                        t.prefix[at][b] |= bit;
+                    }
+                }
+            }
+            for at in 0..=PREFIX_MAX {
+                if r.prefix_len as usize <= at {
+                    t.done[at] |= bit;
+                }
+            }
+        }
+        t
     }
 }
