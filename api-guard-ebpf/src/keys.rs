@@ -133,6 +133,8 @@ pub fn judge(ctx: &TcContext, payload_off: usize) -> Option<(Verdict, u32)> {
     // SAFETY: the callback gets `s`, which lives on this frame for the whole loop.
     unsafe { bpf_loop(rounds, round as *mut c_void, (&raw mut s).cast(), 0) };
     k.parse.next_seq = sc.main_seq.wrapping_add(sc.main_to - sc.main_from);
+    // The last word read may be a key's: no map keeps it.
+    k.word = [0; 8];
     match k.limited {
         0 => None,
         v if v == Verdict::KeyLimited as u32 => Some((Verdict::KeyLimited, k.refused)),

@@ -420,6 +420,8 @@ fn scan(
     let rounds = (to - from) + (to - from) / 8 + 4;
     // SAFETY: the callback gets `s`, which lives on this frame for the whole loop.
     unsafe { bpf_loop(rounds, scan_round as *mut c_void, (&raw mut s).cast(), 0) };
+    // The last word read may be a credential's: no map keeps it.
+    scr.word = [0; 8];
     *framing = scr.framing;
     let c = &scr.cur;
     let mut starts = c.starts;
