@@ -269,6 +269,24 @@ impl Sip {
     }
 }
 
+/// The keyed hash of a key header's value, as the kernel reckons it (the
+/// same steps: whitespace around it dropped, a run inside it one space, the
+/// first word lower-cased if `fold`); None for an empty value. The daemon
+/// uses it for the access log's fingerprint of a sampled head.
+pub fn hash_value(secret: [u64; 2], fold: bool, value: &[u8]) -> Option<u64> {
+    let mut p = KeyParse::IDLE;
+    p.phase = P_VALUE;
+    p.sip = Sip::new(secret);
+    p.fold = fold as u8;
+    for &b in value {
+        if b == b'\r' || b == b'\n' {
+            break;
+        }
+        p.value_byte(b);
+    }
+    p.value_byte(b'\r').and_then(|c| c.key)
+}
+
 /// What to charge at a byte (see the module's rules).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Charge {

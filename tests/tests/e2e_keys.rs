@@ -463,6 +463,22 @@ fn no_credential_is_in_any_map_or_log() -> Result<()> {
         !access.contains(&SECRET[..8]),
         "the access log holds the key"
     );
+    // The log names the key by its fingerprint, and top by the same one.
+    let logged: serde_json::Value = serde_json::from_str(access.lines().next().unwrap())?;
+    let fingerprint = logged["api_guard.key"]
+        .as_str()
+        .context("the access log's key fingerprint")?
+        .to_string();
+    assert_eq!(fingerprint.len(), 8);
+    let top = s.ctl(&["top", "--once", "--json", "--interval", "100ms"])?;
+    let top_text = String::from_utf8_lossy(&top.stdout);
+    assert!(!top_text.contains(&SECRET[..8]), "top shows the key");
+    let frame: serde_json::Value = serde_json::from_str(top_text.lines().last().unwrap_or(""))?;
+    let keys = frame["keys"].as_array().context("top's keys")?;
+    assert!(
+        keys.iter().any(|k| k["key"] == fingerprint.as_str()),
+        "top shows {fingerprint}: {keys:?}"
+    );
     assert!(
         !s.daemon.stderr().contains(&SECRET[..8]),
         "the daemon's log holds the key"

@@ -282,3 +282,14 @@ fn layouts_have_no_hidden_padding() {
     assert_eq!(core::mem::size_of::<KeyParse>(), 48 + 4 + 4 + 16);
     assert_eq!(core::mem::size_of::<BucketKey>(), 24);
 }
+
+#[test]
+fn the_daemon_hashes_a_value_as_the_kernel_does() {
+    let p = policy(Some("authorization"), &[]);
+    let c = charges(
+        &p,
+        &[b"GET / HTTP/1.1\r\nAuthorization:  BEARER   tok \r\n\r\n"],
+    );
+    assert_eq!(c[0].key, hash_value(SECRET, true, b"  BEARER   tok "));
+    assert_eq!(hash_value(SECRET, false, b"   "), None);
+}

@@ -159,6 +159,13 @@ pub trait KernelMaps: MapSource {
         Ok(())
     }
 
+    /// The keyed hash's secret (for the daemon's own fingerprints; never
+    /// logged).
+    fn key_secret(&self) -> Result<[u64; 2]> {
+        let map: Array<&MapData, [u64; 2]> = Array::try_from(self.map(names::KEY_SECRET)?)?;
+        Ok(map.get(&0, 0)?)
+    }
+
     /// Key and route buckets with their GCRA clocks.
     fn limit_buckets(&self) -> Result<Vec<(BucketKey, u64)>> {
         let map: HashMap<&MapData, BucketKey, u64> =

@@ -18,16 +18,48 @@ use http::{NotHttp, RequestHead};
 pub struct HeadStage {
     /// Credential header names, lower-case.
     auth_headers: Vec<String>,
+    key: Option<KeyHeader>,
+}
+
+/// `--key-header` and the kernel's hash secret: a sampled head's key is shown
+/// by its fingerprint, the bucket's, never by its value.
+#[derive(Clone, Debug)]
+pub struct KeyHeader {
+    /// Lower-case.
+    pub name: String,
+    pub secret: [u64; 2],
+    /// Lower-case the value's first word (an `Authorization` scheme).
+    pub fold: bool,
 }
 
 impl HeadStage {
-    pub fn new(auth_headers: Vec<String>) -> Self {
-        Self { auth_headers }
+    pub fn new(auth_headers: Vec<String>, key: Option<KeyHeader>) -> Self {
+        Self { auth_headers, key }
     }
 
     pub fn parse<'a>(&'a self, head: &'a [u8]) -> Result<RequestHead<'a>, NotHttp> {
-        http::parse(head, &self.auth_headers)
+        let mut parsed = http::parse(head, &self.auth_headers)?;
+        if let Some(k) = &self.key {
+            parsed.key_fingerprint = key_value(head, &k.name).and_then(|v| {
+                api_guard_common::keys::hash_value(k.secret, k.fold, v)
+                    .map(api_guard_common::keys::fingerprint)
+            });
+        }
+        Ok(parsed)
     }
+}
+
+/// The value of the first header named `name` (lower-case) in a head.
+fn key_value<'a>(head: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    head.split(|b| *b == b'\n')
+        .skip(1)
+        .take_while(|line| !line.is_empty() && *line != b"\r")
+        .find_map(|line| {
+            let colon = line.iter().position(|b| *b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| &line[colon + 1..])
+        })
 }
 
 /// A bounded method label: the nine methods the kernel recognises, else OTHER.
