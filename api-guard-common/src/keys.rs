@@ -405,17 +405,9 @@ impl KeyParse {
         match self.phase {
             P_METHOD => self.method_byte(p, b),
             P_TARGET => self.target_byte(p, b),
-            P_LINE => {
-                if b == b'\n' {
-                    self.line_start();
-                }
-            }
+            // The rest of the request line, or of a header not the key's.
+            P_LINE | P_SKIP if b == b'\n' => self.line_start(),
             P_NAME => self.name_byte(p, secret, b),
-            P_SKIP => {
-                if b == b'\n' {
-                    self.line_start();
-                }
-            }
             P_VALUE => return self.value_byte(b),
             _ => {}
         }
@@ -453,9 +445,7 @@ impl KeyParse {
             self.alive &= at_or_zero(&t.method_end, METHOD_MAX + 1);
             self.strict &= at_or_zero(&t.method_end_strict, METHOD_MAX + 1);
         }
-        if self.pos < u8::MAX {
-            self.pos += 1;
-        }
+        self.pos = self.pos.saturating_add(1);
     }
 
     #[inline(always)]
@@ -491,9 +481,7 @@ impl KeyParse {
         }
         self.prev2 = self.prev;
         self.prev = b;
-        if self.pos < u8::MAX {
-            self.pos += 1;
-        }
+        self.pos = self.pos.saturating_add(1);
     }
 
     /// The route of the request line: the first (most specific) whose whole

@@ -197,7 +197,7 @@ impl KeyPolicy {
         self.routes[..n]
             .iter()
             .map(|r| {
-                let per = |ns: u64| if ns == 0 { 0 } else { 1_000_000_000 / ns };
+                let per = |ns: u64| 1_000_000_000u64.checked_div(ns).unwrap_or(0);
                 let rate = per(r.limit.interval_ns) as u32;
                 RouteLimit {
                     method: if r.method_len == 0 {

@@ -183,7 +183,7 @@ fn busiest_keys(maps: &Pinned, mono: u64, n: usize) -> Result<Vec<Value>> {
         .map(|(k, tat)| (k.hash(), tat.saturating_sub(mono)))
         .filter(|(_, ahead)| *ahead > 0)
         .collect();
-    keys.sort_by(|a, b| b.1.cmp(&a.1));
+    keys.sort_by_key(|k| std::cmp::Reverse(k.1));
     keys.truncate(n);
     Ok(keys
         .into_iter()

@@ -1066,6 +1066,7 @@ fn bench_sampler() -> Result<BenchFlow> {
     )?);
     let flow = Flow::new(
         FlowConfig {
+            key_header: None,
             auth_headers: vec!["authorization".into(), "x-api-key".into()],
             auth: AuthCheck::Log,
             auth_failures: 10,
