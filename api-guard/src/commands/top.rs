@@ -181,7 +181,6 @@ fn busiest_keys(maps: &Pinned, mono: u64, n: usize) -> Result<Vec<Value>> {
         .into_iter()
         .filter(|(k, _)| k.kind == api_guard_common::keys::BUCKET_KEY)
         .map(|(k, tat)| (k.hash(), tat.saturating_sub(mono)))
-        .filter(|(_, ahead)| *ahead > 0)
         .collect();
     keys.sort_by_key(|k| std::cmp::Reverse(k.1));
     keys.truncate(n);
