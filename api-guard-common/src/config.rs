@@ -173,9 +173,11 @@ pub mod flags {
     /// `--proxy-protocol required`: a trusted peer's connection without a
     /// header is reset.
     pub const PROXY_REQUIRED: u32 = 1 << 7;
+    /// Key or route limits exist (`KEY_POLICY`): the key stage runs.
+    pub const KEY_LIMITS: u32 = 1 << 8;
     /// `--sample-wakeup batched`: the sample ring wakes the daemon only once
     /// `sample::WAKE_AT_BYTES` wait; the daemon also reads on a timer.
-    pub const SAMPLE_WAKEUP_BATCHED: u32 = 1 << 12;
+    pub const SAMPLE_WAKEUP_BATCHED: u32 = 1 << 9;
 }
 
 #[repr(C)]

@@ -37,10 +37,11 @@ pub enum Verdict {
     /// under `--proxy-protocol required` (reset), or a segment past a gap in an
     /// unfinished header (dropped until the gap is filled).
     ProxyRefused = 9,
-    /// Unused here: the number the keys work holds for its `KeyLimited`.
-    Unassigned10 = 10,
-    /// Unused here: the number the keys work holds for its `RouteLimited`.
-    Unassigned11 = 11,
+    /// A request over its API key's limit (`--key-rate`), at the end of the
+    /// key header's value.
+    KeyLimited = 10,
+    /// A request over a route's limit (`--route-limit`), of its client or key.
+    RouteLimited = 11,
     /// From a denied network, dropped by the XDP pre-filter (before an skb
     /// exists); the TC program never sees the packet.
     XdpDenied = 12,
@@ -61,8 +62,8 @@ pub const VERDICTS: [Verdict; 14] = [
     Verdict::WouldDrop,
     Verdict::FailedOpen,
     Verdict::ProxyRefused,
-    Verdict::Unassigned10,
-    Verdict::Unassigned11,
+    Verdict::KeyLimited,
+    Verdict::RouteLimited,
     Verdict::XdpDenied,
     Verdict::XdpBlocked,
 ];

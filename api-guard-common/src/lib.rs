@@ -14,6 +14,7 @@ pub mod counters;
 pub mod detect;
 pub mod exchange;
 pub mod http;
+pub mod keys;
 pub mod maps;
 pub mod network;
 pub mod ports;

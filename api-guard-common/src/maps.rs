@@ -57,7 +57,11 @@ pub const TAIL_JUDGE_PROXIED: u32 = 4;
 /// both ways in one program the verifier went past its million instructions.
 pub const TAIL_JUDGE_TLS: u32 = 5;
 pub const TAIL_JUDGE_PROXIED_TLS: u32 = 6;
-pub const TAIL_SLOTS: u32 = 7;
+/// Slot of the key stage (`--key-header`, `--route-limit`): key and route
+/// limits after the judge let a segment through (its own program, so the
+/// judges stay under the verifier's limit).
+pub const TAIL_KEYS: u32 = 7;
+pub const TAIL_SLOTS: u32 = 8;
 /// Sampled request heads ([`crate::sample`]), a ring buffer.
 pub const SAMPLES: &str = "SAMPLES";
 /// Per-CPU scratch space where a sample is built before it is copied out.
@@ -92,3 +96,16 @@ pub const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
 pub const PROXY_CONNS: &str = "PROXY_CONNS";
 /// Per-CPU space for the PROXY header stage.
 pub const PROXY_SCRATCH: &str = "PROXY_SCRATCH";
+/// The key and route policy ([`crate::keys::KeyPolicy`]), an array of one.
+pub const KEY_POLICY: &str = "KEY_POLICY";
+/// The keyed hash's secret (two u64), an array of one: drawn at each daemon
+/// start, never pinned.
+pub const KEY_SECRET: &str = "KEY_SECRET";
+/// Key and route buckets ([`crate::keys::BucketKey`] → GCRA clock u64), an
+/// LRU hash.
+pub const LIMIT_BUCKETS: &str = "LIMIT_BUCKETS";
+/// Entries in `LIMIT_BUCKETS`.
+pub const LIMIT_BUCKET_SLOTS: u32 = 65_536;
+/// Where the key parser stands in each connection
+/// ([`crate::keys::KeyParse`]), an LRU hash keyed by [`crate::conn::ConnKey`].
+pub const KEY_CONNS: &str = "KEY_CONNS";

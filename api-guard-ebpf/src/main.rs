@@ -17,6 +17,7 @@ mod count;
 mod egress;
 mod enforce;
 mod exchange;
+mod keys;
 mod maps;
 mod parse;
 mod proxy;
@@ -32,7 +33,7 @@ use api_guard_common::{
     client::ClientKey,
     config::{Config, flags},
     counters::{Event, Kind, Verdict},
-    maps::{TAIL_JUDGE, TAIL_JUDGE_TLS, TAIL_PROXY, TAIL_RESET, TAIL_SAMPLE},
+    maps::{TAIL_JUDGE, TAIL_JUDGE_TLS, TAIL_KEYS, TAIL_PROXY, TAIL_RESET, TAIL_SAMPLE},
     ports,
 };
 use aya_ebpf::{
@@ -182,6 +183,29 @@ pub fn api_guard_proxy(mut ctx: TcContext) -> i32 {
         named: true,
     };
     finish(&mut ctx, cfg, &pkt, ev, verdict, &acct, never, &mut clock)
+}
+
+/// Tail-called by a judge (not a TLS port's) for a segment it let through
+/// while key or route limits are set: those limits, then the judge's finish
+/// (keys.rs).
+#[classifier]
+pub fn api_guard_keys(mut ctx: TcContext) -> i32 {
+    let (Some(j), Some(cfg), Some(h)) = (Judge::load(&ctx), CONFIG.get(0), keys::handed()) else {
+        count::verdict(Kind::Packets, Verdict::Malformed);
+        return TC_ACT_PIPE;
+    };
+    let pkt = j.pkt;
+    let mut clock = Clock::new();
+    let (verdict, refused) = match keys::judge(&ctx, pkt.payload_off) {
+        Some(v) => v,
+        None => (Verdict::Allowed, 0),
+    };
+    if refused > h.ev.starts {
+        // Heads that began in an earlier segment end in this one.
+        count::requests(refused - h.ev.starts, verdict);
+    }
+    let acct = Accounted::from_parts(h.parts.0, h.parts.1, h.parts.2, true);
+    finish(&mut ctx, cfg, &pkt, h.ev, verdict, &acct, false, &mut clock)
 }
 
 /// Tail-called by the ingress program for `--on-limit reset`.
@@ -464,6 +488,18 @@ fn judge<const PROXIED: bool, const TLS: bool>(ctx: &mut TcContext) -> i32 {
     } else {
         enforce::client(cfg, &key, state, ev, &mut clock)
     };
+    if !TLS && judged.verdict == Verdict::Allowed && !allowed && cfg.has(flags::KEY_LIMITS) {
+        // Key and route limits, in a program of their own (keys.rs), which
+        // finishes the segment as below.
+        keys::hand(&key, ev, acct.parts());
+        Judge::call(ctx, &pkt, false, TAIL_KEYS);
+        // Only reached if the key stage is not loaded (the loader always
+        // fills its slot): passed, its accounting not kept (the next segment
+        // is accounted again). Ending here keeps the verifier's walk of the
+        // judge as it was.
+        count::verdict(Kind::Packets, Verdict::Passed);
+        return TC_ACT_PIPE;
+    }
     finish(
         ctx,
         cfg,
@@ -518,8 +554,11 @@ fn finish(
     }
     // `never`: the connection can never be admitted (a segment over the burst,
     // a trusted peer's connection refused or over a limit once open).
-    let reset =
-        drop && (never || (verdict == Verdict::RateLimited && cfg.has(flags::ON_LIMIT_RESET)));
+    let over_limit = matches!(
+        verdict,
+        Verdict::RateLimited | Verdict::KeyLimited | Verdict::RouteLimited
+    );
+    let reset = drop && (never || (over_limit && cfg.has(flags::ON_LIMIT_RESET)));
     if reset && never {
         count::event(Event::ConnectionsReset);
     }

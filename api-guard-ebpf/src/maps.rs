@@ -132,3 +132,26 @@ pub static PROXY_SCRATCH: PerCpuArray<crate::proxy::ProxyScratch> =
 #[map(name = "DETECT_CLIENTS")]
 pub static DETECT_CLIENTS: HashMap<ClientKey, api_guard_common::detect::DetectClient> =
     HashMap::with_max_entries(api_guard_common::detect::DETECT_SLOTS, 0);
+
+/// The key and route policy (keys.rs), one entry, changed live.
+#[map(name = "KEY_POLICY")]
+pub static KEY_POLICY: Array<api_guard_common::keys::KeyPolicy> = Array::with_max_entries(1, 0);
+
+/// The keyed hash's secret, drawn at each daemon start.
+#[map(name = "KEY_SECRET")]
+pub static KEY_SECRET: Array<[u64; 2]> = Array::with_max_entries(1, 0);
+
+/// Key and route buckets: GCRA clocks keyed by a key's keyed hash or a
+/// client's address, never by a key.
+#[map(name = "LIMIT_BUCKETS")]
+pub static LIMIT_BUCKETS: LruHashMap<api_guard_common::keys::BucketKey, u64> =
+    LruHashMap::with_max_entries(api_guard_common::maps::LIMIT_BUCKET_SLOTS, 0);
+
+/// Where the key parser stands in each connection (keys.rs).
+#[map(name = "KEY_CONNS")]
+pub static KEY_CONNS: LruHashMap<ConnKey, api_guard_common::keys::KeyParse> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONNS_TRACKED, 0);
+
+/// Per-CPU space for the key stage.
+#[map(name = "KEY_SCRATCH")]
+pub static KEY_SCRATCH: PerCpuArray<crate::keys::KeyScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -120,7 +120,11 @@ pub fn emit(ctx: &TcContext, h: &Handoff, capture_bytes: u32) -> Result<(), ()> 
     let bytes = unsafe {
         core::slice::from_raw_parts((buf as *const SampleBuf).cast::<u8>(), HEADER_LEN + n)
     };
-    if SAMPLES.output::<[u8]>(bytes, wakeup()).is_err() {
+    let sent = SAMPLES.output::<[u8]>(bytes, wakeup());
+    // The head may carry a credential: the ring hands it to the daemon, but
+    // no map keeps it after this run.
+    wipe(&mut buf.data, n);
+    if sent.is_err() {
         count::event(Event::SamplesLost);
         return Err(());
     }
@@ -149,4 +153,19 @@ fn numbered() -> u32 {
 fn mapped(v4: [u8; 4]) -> [u8; 16] {
     let [a, b, c, d] = v4;
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+}
+
+/// Zeroes the first `n` captured bytes (a whole word at a time).
+#[inline(always)]
+fn wipe(data: &mut [u8; MAX_CAPTURE], n: usize) {
+    let words = n.div_ceil(8);
+    for i in 0..MAX_CAPTURE / 8 {
+        if i >= words {
+            break;
+        }
+        // SAFETY: word i lies within `data` (i < MAX_CAPTURE / 8).
+        unsafe {
+            core::ptr::write_volatile(data.as_mut_ptr().add(i * 8).cast::<[u8; 8]>(), [0; 8])
+        };
+    }
 }

@@ -46,6 +46,8 @@ pub struct Accounted {
     /// Payload offset of the first start in the new bytes (for the sampler).
     pub first_off: u32,
     keep: u8,
+    /// The key stage parsed the segment: keep its state too (keys.rs).
+    pub keys: bool,
 }
 
 const KEEP_NOTHING: u8 = 0;
@@ -74,6 +76,15 @@ pub struct StreamScratch {
     /// Payload bytes before this offset are a PROXY header's (proxy.rs): no
     /// request is in them.
     skip: u32,
+    /// The segment's sequence number.
+    seq: u32,
+    /// What the connection's own framing scanned (payload offsets; none when
+    /// equal) and the framing before it: the key stage reads the same bytes
+    /// with the same framing (keys.rs).
+    pub main_from: u32,
+    pub main_to: u32,
+    pub main_seq: u32,
+    pub main_before: Framing,
 }
 
 /// Where a scan stands (payload offsets), and what it found.
@@ -102,7 +113,28 @@ impl Accounted {
         starts: 0,
         first_off: NO_START,
         keep: KEEP_NOTHING,
+        keys: false,
     };
+
+    /// What a tail-called stage needs to finish this accounting (keys.rs).
+    #[inline(always)]
+    pub fn parts(&self) -> (u32, u32, u32) {
+        (self.starts, self.first_off, self.keep as u32)
+    }
+
+    #[inline(always)]
+    pub fn from_parts(starts: u32, first_off: u32, keep: u32, keys: bool) -> Self {
+        Accounted {
+            starts,
+            first_off,
+            keep: if keep > KEEP_FORGET as u32 {
+                KEEP_NOTHING
+            } else {
+                keep as u8
+            },
+            keys,
+        }
+    }
 
     /// Keeps the parser's new state: the segment was let through.
     #[inline(always)]
@@ -122,6 +154,9 @@ impl Accounted {
         if sc.pushed.first_off != self.first_off {
             // The sampler captures from another start (a rescan's).
             sc.pushed.first_index = api_guard_common::sample::NO_EXCHANGE;
+        }
+        if self.keys {
+            crate::keys::commit(&sc.key, self.keep == KEEP_FORGET);
         }
         if self.keep == KEEP_FORGET {
             let _ = CONNS.remove(&sc.key);
@@ -181,6 +216,8 @@ fn account_with<const LOADED: bool>(
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let sc = unsafe { &mut *sc };
     sc.pushed = Pushed::NONE;
+    sc.main_from = 0;
+    sc.main_to = 0;
     let Some(seq) = (if LOADED {
         conn_key_loaded(ctx, pkt, client, &mut sc.key)
     } else {
@@ -199,6 +236,7 @@ fn account_with<const LOADED: bool>(
     let Some(ack) = ack else {
         return Accounted::NOTHING;
     };
+    sc.seq = seq;
     sc.pushed.ack = u32::from_be_bytes(ack);
     let len = pkt.payload_len as u32;
     let mut out = Accounted::NOTHING;
@@ -358,6 +396,9 @@ fn scan(
         return;
     }
     scr.framing = *framing;
+    if main {
+        scr.main_before = *framing;
+    }
     scr.cur = Cursor {
         base: pkt.payload_off as u32,
         pos: from,
@@ -379,6 +420,8 @@ fn scan(
     let rounds = (to - from) + (to - from) / 8 + 4;
     // SAFETY: the callback gets `s`, which lives on this frame for the whole loop.
     unsafe { bpf_loop(rounds, scan_round as *mut c_void, (&raw mut s).cast(), 0) };
+    // The last word read may be a credential's: no map keeps it.
+    scr.word = [0; 8];
     *framing = scr.framing;
     let c = &scr.cur;
     let mut starts = c.starts;
@@ -392,6 +435,9 @@ fn scan(
         out.first_off = c.first;
     }
     if main {
+        scr.main_from = from;
+        scr.main_to = to;
+        scr.main_seq = scr.seq.wrapping_add(from);
         scr.pushed.starts = starts;
         scr.pushed.heads = c.heads;
         scr.pushed.first_off = c.first;

@@ -152,6 +152,8 @@ pub struct Policy {
     pub proxy_required: bool,
     /// `--sample-wakeup batched`.
     pub sample_wakeup_batched: bool,
+    /// `--key-header`, `--key-rate`, `--route-limit`.
+    pub keys: api_guard_common::keys::KeyPolicy,
 }
 
 impl Policy {
@@ -222,6 +224,9 @@ impl Policy {
         if self.proxy_required {
             f |= flags::PROXY_REQUIRED;
         }
+        if self.keys.is_active() {
+            f |= flags::KEY_LIMITS;
+        }
         Config {
             requests: limit(self.rate, self.burst),
             connections: limit(self.conn_rate, self.conn_burst),
@@ -249,6 +254,7 @@ impl Policy {
             deny: keys(&self.deny),
             limits: self.overrides(),
             trusted_proxies: keys(&self.trusted_proxies),
+            keys: self.keys,
             config: self.config(netns_cookie),
         }
     }

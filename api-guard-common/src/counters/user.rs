@@ -27,8 +27,8 @@ impl Verdict {
             Verdict::WouldDrop => "would_drop",
             Verdict::FailedOpen => "failed_open",
             Verdict::ProxyRefused => "proxy_refused",
-            Verdict::Unassigned10 => "unassigned_10",
-            Verdict::Unassigned11 => "unassigned_11",
+            Verdict::KeyLimited => "key_limited",
+            Verdict::RouteLimited => "route_limited",
             Verdict::XdpDenied => "xdp_denied",
             Verdict::XdpBlocked => "xdp_blocked",
         }

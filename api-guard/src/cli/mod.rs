@@ -5,6 +5,7 @@
 //! (`API_GUARD_PORT=80,443`). Operator commands read no other variable, so a
 //! daemon's environment (`API_GUARD_RATE`) never changes what `limit` does.
 
+use api_guard_common::keys::{KeyPolicy, user::RouteLimit};
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -154,20 +155,37 @@ pub enum Command {
         /// The command whose page to print [default: the overview].
         command: Option<String>,
     },
-    /// Set (or --remove) a network's request limit on a running daemon.
+    /// Set (or --remove) a network's request limit, the key limit or route
+    /// limits on a running daemon.
     #[command(after_help = "Examples:
   api-guard limit 198.51.100.0/24 --rate 20 --burst 40
-  api-guard limit --remove 198.51.100.0/24")]
+  api-guard limit --remove 198.51.100.0/24
+  api-guard limit --key-rate 100:200
+  api-guard limit --route 'POST /v1/login=5:10'
+  api-guard limit --remove-route 'POST /v1/login'")]
     Limit {
         #[command(flatten)]
         pins: PinArgs,
         /// The network to limit.
-        #[arg(required_unless_present = "remove", conflicts_with = "remove")]
+        #[arg(required_unless_present_any = ["remove", "key_rate", "route", "remove_route"],
+              conflicts_with_all = ["remove", "key_rate", "route", "remove_route"])]
         cidr: Option<Network>,
         /// Requests per second per client of the network.
-        #[arg(long, value_name = "N", required_unless_present = "remove",
+        #[arg(long, value_name = "N", required_unless_present_any = ["remove", "key_rate", "route", "remove_route"],
               value_parser = clap::value_parser!(u32).range(1..=MAX_RATE))]
         rate: Option<u32>,
+        /// Requests per second per API key (the daemon's --key-header), with
+        /// bursts of BURST [default: the rate].
+        #[arg(long, value_name = "N[:BURST]", value_parser = api_guard_common::keys::user::parse_rate,
+              conflicts_with_all = ["remove", "route", "remove_route"])]
+        key_rate: Option<(u32, u32)>,
+        /// Add or change a route limit: 'METHOD /path/prefix=RATE[:BURST]'.
+        #[arg(long, value_name = "'METHOD /PREFIX=N[:BURST]'",
+              conflicts_with_all = ["remove", "remove_route"])]
+        route: Option<RouteLimit>,
+        /// Remove the route limit 'METHOD /path/prefix'.
+        #[arg(long, value_name = "'METHOD /PREFIX'", conflicts_with = "remove")]
+        remove_route: Option<String>,
         /// Requests at once before --rate applies [default: the rate].
         #[arg(long, value_name = "N", requires = "rate", value_parser = clap::value_parser!(u32).range(1..=MAX_RATE))]
         burst: Option<u32>,
@@ -448,6 +466,30 @@ pub struct RunArgs {
     /// reset (counted "proxy_refused"); optional: its peer is the client.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = ProxyProtocol::Optional, help_heading = "Identity")]
     pub proxy_protocol: ProxyProtocol,
+
+    /// The header that carries the API key (Authorization, X-API-Key, ...;
+    /// matched in any case). The kernel hashes its value with a keyed hash
+    /// whose secret is new at each start: no map or log holds a key.
+    #[arg(long, value_name = "NAME", value_parser = api_guard_common::keys::user::parse_key_header, help_heading = "Keys and routes")]
+    pub key_header: Option<String>,
+
+    /// Requests per second per API key, with bursts of BURST [default: the
+    /// rate]: one key's bucket whatever address it comes from. Over it:
+    /// dropped or reset as --on-limit says (counted "key_limited").
+    #[arg(long, value_name = "N[:BURST]", requires = "key_header",
+          value_parser = api_guard_common::keys::user::parse_rate, help_heading = "Keys and routes")]
+    pub key_rate: Option<(u32, u32)>,
+
+    /// A route's limit per client (per key with --key-header):
+    /// 'METHOD /path/prefix=RATE[:BURST]' (METHOD * for any; repeatable; at
+    /// most 16). The query string is not part of the path; the most specific
+    /// prefix wins (counted "route_limited").
+    #[arg(
+        long,
+        value_name = "'METHOD /PREFIX=N[:BURST]'",
+        help_heading = "Keys and routes"
+    )]
+    pub route_limit: Vec<RouteLimit>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -614,6 +656,7 @@ impl RunArgs {
             trusted_proxies: self.trusted_proxy.clone(),
             proxy_required: self.proxy_protocol == ProxyProtocol::Required,
             sample_wakeup_batched: self.sample_wakeup == SampleWakeup::Batched,
+            keys: KeyPolicy::build(self.key_header.as_deref(), self.key_rate, &self.route_limit)?,
         };
         // --fleet-rate: the kernel starts at the fallback's limit, which the
         // fleet task raises once Redis answers.

@@ -2,8 +2,11 @@
 
 use std::{io::Write, path::Path};
 
-use anyhow::Result;
-use api_guard_common::config::{Limit, flags};
+use anyhow::{Context as _, Result, bail};
+use api_guard_common::{
+    config::{Limit, flags},
+    keys::{KeyPolicy, user::RouteLimit},
+};
 
 use crate::{
     kernel::{KernelMaps, pins::Pinned},
@@ -40,6 +43,72 @@ pub fn remove_limit(pin_dir: &Path, net: &Network, out: &mut impl Write) -> Resu
         writeln!(out, "removed the limit on {net}")?;
     } else {
         writeln!(out, "no limit on exactly {net}")?;
+    }
+    Ok(())
+}
+
+/// `api-guard limit --key-rate N[:B]`, `--route SPEC`, `--remove-route
+/// 'METHOD /prefix'`: the key and route limits in `KEY_POLICY`, which the
+/// kernel reads on the next packet.
+pub fn keys(
+    pin_dir: &Path,
+    key_rate: Option<(u32, u32)>,
+    route: Option<&RouteLimit>,
+    remove_route: Option<&str>,
+    out: &mut impl Write,
+) -> Result<()> {
+    let mut maps = Pinned::open(pin_dir)?;
+    let mut policy = maps.key_policy()?;
+    let mut routes = policy.route_limits();
+    if let Some((rate, burst)) = key_rate {
+        if policy.name_len == 0 {
+            bail!(
+                "the daemon has no --key-header: a key limit needs to know where the key is (restart it with --key-header)"
+            );
+        }
+        policy.key_limit = Limit::per_second(u64::from(rate), u64::from(burst));
+    }
+    if let Some(spec) = remove_route {
+        let (method, prefix) = spec
+            .trim()
+            .split_once(' ')
+            .with_context(|| format!("{spec:?}: want 'METHOD /path/prefix'"))?;
+        let before = routes.len();
+        routes.retain(|r| !(r.method == method && r.prefix == prefix.trim()));
+        if routes.len() == before {
+            bail!("no route limit on exactly {spec:?}");
+        }
+    }
+    if let Some(r) = route {
+        routes.retain(|u| !u.same_route(r));
+        routes.push(r.clone());
+    }
+    let key_header = (policy.name_len > 0).then(|| {
+        let n = policy.name_len as usize - 1;
+        String::from_utf8_lossy(&policy.name[..n]).into_owned()
+    });
+    let mut next =
+        KeyPolicy::build(key_header.as_deref(), None, &routes).map_err(anyhow::Error::msg)?;
+    next.key_limit = policy.key_limit;
+    maps.set_key_policy(&next)?;
+    let mut cfg = maps.config()?;
+    let active = next.is_active();
+    if active != cfg.has(flags::KEY_LIMITS) {
+        cfg.flags ^= flags::KEY_LIMITS;
+        maps.set_config(&cfg)?;
+    }
+    if let Some((rate, burst)) = key_rate {
+        writeln!(out, "limited each API key to {rate}/s, bursts of {burst}")?;
+    }
+    if let Some(r) = route {
+        writeln!(
+            out,
+            "limited {} {} to {}/s, bursts of {}",
+            r.method, r.prefix, r.rate, r.burst
+        )?;
+    }
+    if let Some(spec) = remove_route {
+        writeln!(out, "removed the route limit on {spec}")?;
     }
     Ok(())
 }

@@ -79,8 +79,20 @@ pub fn run(command: Command, out: &mut impl Write) -> Result<()> {
             rate,
             burst,
             remove,
+            key_rate,
+            route,
+            remove_route,
         } => match (remove, cidr, rate) {
             (Some(net), _, _) => limit::remove_limit(&pins.pin_dir, &net, out),
+            (None, None, _) if key_rate.is_some() || route.is_some() || remove_route.is_some() => {
+                limit::keys(
+                    &pins.pin_dir,
+                    key_rate,
+                    route.as_ref(),
+                    remove_route.as_deref(),
+                    out,
+                )
+            }
             (None, Some(net), Some(rate)) => limit::limit(&pins.pin_dir, &net, rate, burst, out),
             _ => unreachable!("clap requires a CIDR and --rate without --remove"),
         },

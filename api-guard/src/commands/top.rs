@@ -160,6 +160,7 @@ fn top_frame(maps: &Pinned, before: &Snapshot, now: &Snapshot, n: usize) -> Resu
         .map(|(net, until)| json!({"network": net.to_string(), "remaining_secs": remaining_secs(*until, mono)}))
         .collect();
     let cfg = maps.config()?;
+    let keys = busiest_keys(maps, mono, n)?;
     Ok(json!({
         "interval_secs": round1(secs),
         "tracked_clients": now.clients.len(),
@@ -174,6 +175,7 @@ fn top_frame(maps: &Pinned, before: &Snapshot, now: &Snapshot, n: usize) -> Resu
         "dry_run": cfg.has(flags::DRY_RUN),
         "requests_per_second": verdicts,
         "clients": clients,
+        "keys": keys,
         "blocked_networks": blocked_networks,
         "findings": detected
             .iter()
@@ -182,6 +184,34 @@ fn top_frame(maps: &Pinned, before: &Snapshot, now: &Snapshot, n: usize) -> Resu
             .cloned()
             .collect::<Vec<_>>(),
     }))
+}
+
+/// The API keys whose buckets are fullest (`--key-rate`), by fingerprint (the
+/// top of the keyed hash; neither maps nor this show a key): how much of the
+/// burst is spent, and whether the next request would be refused.
+fn busiest_keys(maps: &Pinned, mono: u64, n: usize) -> Result<Vec<Value>> {
+    let limit = maps.key_policy()?.key_limit;
+    if !limit.is_set() {
+        return Ok(Vec::new());
+    }
+    let mut keys: Vec<(u64, u64)> = maps
+        .limit_buckets()?
+        .into_iter()
+        .filter(|(k, _)| k.kind == api_guard_common::keys::BUCKET_KEY)
+        .map(|(k, tat)| (k.hash(), tat.saturating_sub(mono)))
+        .collect();
+    keys.sort_by_key(|k| std::cmp::Reverse(k.1));
+    keys.truncate(n);
+    Ok(keys
+        .into_iter()
+        .map(|(hash, ahead)| {
+            json!({
+                "key": format!("{:08x}", api_guard_common::keys::fingerprint(hash)),
+                "burst_used": round1(100.0 * ahead as f64 / limit.burst_ns.max(1) as f64) / 100.0,
+                "limited": ahead + limit.interval_ns > limit.burst_ns,
+            })
+        })
+        .collect())
 }
 
 fn round1(x: f64) -> f64 {
@@ -251,6 +281,20 @@ fn render_top(frame: &Value, opts: &TopOptions, out: &mut impl Write) -> Result<
             d["last_finding_secs_ago"],
             d["findings"]
         )?;
+    }
+    let keys = frame["keys"].as_array().cloned().unwrap_or_default();
+    if !keys.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<10} {:>11}  STATUS", "KEY", "BURST USED")?;
+        for k in &keys {
+            writeln!(
+                out,
+                "{:<10} {:>10.0}%  {}",
+                k["key"].as_str().unwrap_or("?"),
+                100.0 * f(&k["burst_used"]),
+                if k["limited"] == true { "limited" } else { "" }
+            )?;
+        }
     }
     for n in frame["blocked_networks"].as_array().into_iter().flatten() {
         match n["remaining_secs"].as_u64() {

@@ -46,6 +46,8 @@ pub const JOIN_CAP: usize = 4_096;
 pub struct FlowConfig {
     /// Credential header names, lower-case.
     pub auth_headers: Vec<String>,
+    /// `--key-header`, for the access log's key fingerprints.
+    pub key_header: Option<crate::pipeline::KeyHeader>,
     pub auth: AuthCheck,
     /// Misses a minute before `--require-auth block` blocks.
     pub auth_failures: u32,
@@ -140,7 +142,7 @@ impl Flow {
                 u64::try_from(cfg.response_timeout.as_nanos()).unwrap_or(u64::MAX),
             ),
             classes: ClientClasses::new(CLASS_CLIENTS, CLASS_WINDOW.as_nanos() as u64),
-            heads: HeadStage::new(cfg.auth_headers),
+            heads: HeadStage::new(cfg.auth_headers, cfg.key_header),
             auth: cfg.auth,
             ipv6_prefix: cfg.ipv6_prefix,
             ifnames: cfg.ifnames,

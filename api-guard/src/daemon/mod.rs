@@ -276,6 +276,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let flow = Flow::new(
         FlowConfig {
             auth_headers: args.auth_header_names(),
+            key_header: match &args.key_header {
+                Some(name) => Some(crate::pipeline::KeyHeader {
+                    name: name.clone(),
+                    secret: datapath.key_secret()?,
+                    fold: policy.keys.flags & api_guard_common::keys::FOLD_SCHEME != 0,
+                }),
+                None => None,
+            },
             auth: args.require_auth.check(),
             auth_failures: args.auth_failures,
             ipv6_prefix: policy.ipv6_prefix,

@@ -14,7 +14,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/api-guard";
 /// The maps pinned for operators and for the next daemon. The tail-call table is
 /// among them: the kernel empties a program array once no file holds it, which
 /// would leave the attached programs of a stopped daemon without their tails.
-pub const PINNED: [&str; 20] = [
+pub const PINNED: [&str; 23] = [
     names::PORTS,
     names::CONFIG,
     names::CLIENTS,
@@ -35,6 +35,9 @@ pub const PINNED: [&str; 20] = [
     names::TRUSTED_PROXIES,
     names::PROXY_CONNS,
     api_guard_common::detect::DETECT_CLIENTS,
+    names::KEY_POLICY,
+    names::LIMIT_BUCKETS,
+    names::KEY_CONNS,
 ];
 
 /// Where the loader pins (or finds) each map of `PINNED` in `dir`.

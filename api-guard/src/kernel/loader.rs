@@ -17,8 +17,8 @@ use super::{
     adopt, layout,
     object::{
         EGRESS_PROGRAM, FLOOR_PROGRAM, INGRESS_PROGRAM, JUDGE_PROGRAM, JUDGE_PROXIED_PROGRAM,
-        JUDGE_PROXIED_TLS_PROGRAM, JUDGE_TLS_PROGRAM, OBJECT, PROXY_PROGRAM, RESET_PROGRAM,
-        SAMPLE_PROGRAM, XDP_PROGRAM,
+        JUDGE_PROXIED_TLS_PROGRAM, JUDGE_TLS_PROGRAM, KEYS_PROGRAM, OBJECT, PROXY_PROGRAM,
+        RESET_PROGRAM, SAMPLE_PROGRAM, XDP_PROGRAM,
     },
     ring::SampleRing,
     source::{MapSet, MapSource},
@@ -103,7 +103,11 @@ impl Datapath {
             JUDGE_PROXIED_TLS_PROGRAM,
             names::TAIL_JUDGE_PROXIED_TLS,
         )?;
+        load_tail(&mut ebpf, KEYS_PROGRAM, names::TAIL_KEYS)?;
         let mut datapath = Self { ebpf };
+        // The keyed hash's secret: new at each start, in a map never pinned,
+        // never logged.
+        datapath.set_key_secret(&random_secret()?)?;
         // Never leave a new policy zeroed (a zero IPv6 prefix would lump every
         // IPv6 client together): watch-only until the caller sets its own. An
         // adopted policy stays until the caller replaces it.
@@ -260,4 +264,19 @@ pub(super) fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .context("the XDP program is missing from the object")?
         .try_into()
         .context("the XDP program is not an XDP program")
+}
+
+/// 128 random bits from the kernel (getrandom(2) through /dev/urandom, which
+/// does not block once the pool is initialised).
+fn random_secret() -> Result<[u64; 2]> {
+    use std::io::Read as _;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("cannot read /dev/urandom for the key hash's secret")?;
+    let (lo, hi) = b.split_at(8);
+    Ok([
+        u64::from_le_bytes(lo.try_into().expect("8 bytes")),
+        u64::from_le_bytes(hi.try_into().expect("8 bytes")),
+    ])
 }

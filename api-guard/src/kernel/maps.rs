@@ -9,6 +9,7 @@ use api_guard_common::{
     config::flags as config_flags,
     config::{Config, Limit},
     counters::{self, Event, Kind, Verdict},
+    keys::{BucketKey, KeyPolicy},
     maps as names,
     network::NetKey,
     ports,
@@ -33,6 +34,8 @@ pub struct PolicyTables {
     pub limits: Vec<(LpmKey, Limit)>,
     /// `--trusted-proxy` networks.
     pub trusted_proxies: Vec<LpmKey>,
+    /// Key and route limits.
+    pub keys: KeyPolicy,
     pub config: Config,
 }
 
@@ -125,7 +128,49 @@ pub trait KernelMaps: MapSource {
         if !self.lpm_is_empty::<u64>(names::BLOCKS)? {
             config.flags |= config_flags::HAS_BLOCKS;
         }
+        self.set_key_policy(&tables.keys)?;
+        if tables.keys.is_active() {
+            config.flags |= config_flags::KEY_LIMITS;
+        }
         self.set_config(&config)
+    }
+
+    /// The key and route policy (`KEY_POLICY`).
+    fn key_policy(&self) -> Result<KeyPolicy> {
+        let map: Array<&MapData, KeyPolicy> = Array::try_from(self.map(names::KEY_POLICY)?)?;
+        Ok(map.get(&0, 0)?)
+    }
+
+    /// Replaces the key and route policy; the next packet reads it.
+    fn set_key_policy(&mut self, policy: &KeyPolicy) -> Result<()> {
+        let mut map: Array<&mut MapData, KeyPolicy> =
+            Array::try_from(self.map_mut(names::KEY_POLICY)?)?;
+        map.set(0, *policy, 0)
+            .context("cannot write the key and route limits")?;
+        Ok(())
+    }
+
+    /// The keyed hash's secret (`KEY_SECRET`; the loader draws it).
+    fn set_key_secret(&mut self, secret: &[u64; 2]) -> Result<()> {
+        let mut map: Array<&mut MapData, [u64; 2]> =
+            Array::try_from(self.map_mut(names::KEY_SECRET)?)?;
+        map.set(0, *secret, 0)
+            .context("cannot write the key hash's secret")?;
+        Ok(())
+    }
+
+    /// The keyed hash's secret (for the daemon's own fingerprints; never
+    /// logged).
+    fn key_secret(&self) -> Result<[u64; 2]> {
+        let map: Array<&MapData, [u64; 2]> = Array::try_from(self.map(names::KEY_SECRET)?)?;
+        Ok(map.get(&0, 0)?)
+    }
+
+    /// Key and route buckets with their GCRA clocks.
+    fn limit_buckets(&self) -> Result<Vec<(BucketKey, u64)>> {
+        let map: HashMap<&MapData, BucketKey, u64> =
+            HashMap::try_from(self.map(names::LIMIT_BUCKETS)?)?;
+        Ok(map.iter().filter_map(|e| e.ok()).collect())
     }
 
     fn lpm_is_empty<V: aya::Pod>(&self, name: &str) -> Result<bool> {

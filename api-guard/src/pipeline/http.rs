@@ -68,6 +68,8 @@ pub struct RequestHead<'a> {
     pub auth: AuthScheme,
     /// The (lower-cased) name of the credential header found, as configured.
     pub auth_header: Option<&'a str>,
+    /// The `--key-header` value's fingerprint (set by `HeadStage`).
+    pub key_fingerprint: Option<u32>,
 }
 
 /// What replaces a redacted value.
@@ -127,6 +129,7 @@ pub fn parse<'a>(data: &'a [u8], auth_headers: &'a [String]) -> Result<RequestHe
         content_length: None,
         auth: AuthScheme::None,
         auth_header: None,
+        key_fingerprint: None,
     };
     let mut auth_rank = usize::MAX;
     // httparse leaves unparsed slots empty.

@@ -18,15 +18,28 @@ use http::{NotHttp, RequestHead};
 pub struct HeadStage {
     /// Credential header names, lower-case.
     auth_headers: Vec<String>,
+    key: Option<KeyHeader>,
     /// The key of credential fingerprints: random per daemon, so a
     /// fingerprint cannot be matched against a list of known credentials.
     fingerprint_key: std::hash::RandomState,
 }
 
+/// `--key-header` and the kernel's hash secret: a sampled head's key is shown
+/// by its fingerprint, the bucket's, never by its value.
+#[derive(Clone, Debug)]
+pub struct KeyHeader {
+    /// Lower-case.
+    pub name: String,
+    pub secret: [u64; 2],
+    /// Lower-case the value's first word (an `Authorization` scheme).
+    pub fold: bool,
+}
+
 impl HeadStage {
-    pub fn new(auth_headers: Vec<String>) -> Self {
+    pub fn new(auth_headers: Vec<String>, key: Option<KeyHeader>) -> Self {
         Self {
             auth_headers,
+            key,
             fingerprint_key: std::hash::RandomState::new(),
         }
     }
@@ -40,8 +53,28 @@ impl HeadStage {
     }
 
     pub fn parse<'a>(&'a self, head: &'a [u8]) -> Result<RequestHead<'a>, NotHttp> {
-        http::parse(head, &self.auth_headers)
+        let mut parsed = http::parse(head, &self.auth_headers)?;
+        if let Some(k) = &self.key {
+            parsed.key_fingerprint = key_value(head, &k.name).and_then(|v| {
+                api_guard_common::keys::hash_value(k.secret, k.fold, v)
+                    .map(api_guard_common::keys::fingerprint)
+            });
+        }
+        Ok(parsed)
     }
+}
+
+/// The value of the first header named `name` (lower-case) in a head.
+fn key_value<'a>(head: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    head.split(|b| *b == b'\n')
+        .skip(1)
+        .take_while(|line| !line.is_empty() && *line != b"\r")
+        .find_map(|line| {
+            let colon = line.iter().position(|b| *b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| &line[colon + 1..])
+        })
 }
 
 /// A bounded method label: the nine methods the kernel recognises, else OTHER.
@@ -59,7 +92,7 @@ mod tests {
 
     #[test]
     fn fingerprints_tell_credentials_apart_and_hold_none() {
-        let stage = HeadStage::new(vec!["authorization".into(), "x-api-key".into()]);
+        let stage = HeadStage::new(vec!["authorization".into(), "x-api-key".into()], None);
         let a = stage.fingerprint(b"GET / HTTP/1.1\r\nAuthorization: Bearer aaa\r\n\r\n");
         let a2 = stage.fingerprint(b"GET /x HTTP/1.1\r\nauthorization: Bearer aaa\r\n\r\n");
         let b = stage.fingerprint(b"GET / HTTP/1.1\r\nAuthorization: Bearer aab\r\n\r\n");
@@ -75,7 +108,7 @@ mod tests {
             None
         );
         // Another daemon's key: other fingerprints.
-        let other = HeadStage::new(vec!["authorization".into()]);
+        let other = HeadStage::new(vec!["authorization".into()], None);
         assert_ne!(
             other.fingerprint(b"GET / HTTP/1.1\r\nAuthorization: Bearer aaa\r\n\r\n"),
             a

@@ -78,6 +78,9 @@ pub struct AccessRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub auth_header: Option<&'a str>,
+    /// The `--key-header` value's fingerprint (its bucket's), never the key.
+    #[serde(rename = "api_guard.key", skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Set when --require-auth is on and the request had no credential.
     #[serde(
         rename = "api_guard.auth.missing",
@@ -150,6 +153,7 @@ impl<'a> AccessRecord<'a> {
             auth_present: head.auth != AuthScheme::None,
             auth_scheme: head.auth.as_str(),
             auth_header: head.auth_header,
+            key: head.key_fingerprint.map(|f| format!("{f:08x}")),
             auth_missing,
             head: match head.completeness {
                 Completeness::Complete => "complete",

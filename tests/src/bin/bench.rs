@@ -297,6 +297,9 @@ fn harness(flags: &[&str]) -> Result<Harness> {
 
 const GET: &[u8] = b"GET /v1/items?page=2 HTTP/1.1\r\nHost: api.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n";
 
+/// A request carrying an API key, for the key stage's rows.
+const GET_KEYED: &[u8] = b"GET /v1/items?page=2 HTTP/1.1\r\nHost: api.example\r\nUser-Agent: bench\r\nX-API-Key: k-0123456789abcdef0123\r\nAccept: */*\r\n\r\n";
+
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}";
 
 /// The kernel's median timing of `n` responses on one connection from port
@@ -444,6 +447,16 @@ fn k1() -> Result<Section> {
     // a client first, then its requests (the proxy program, then the proxied
     // judge, on every segment).
     let proxied = harness(&["--trusted-proxy", &packet::CLIENT4.to_string()])?;
+    // A key limit and a route limit, both high enough never to refuse: the
+    // key stage's cost on the allowed path.
+    let keyed = harness(&[
+        "--key-header",
+        "x-api-key",
+        "--key-rate",
+        "1000000000",
+        "--route-limit",
+        "GET /v1/items=1000000000",
+    ])?;
     let mut proxy_header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
     proxy_header.extend_from_slice(&[198, 19, 0, 7, 198, 18, 0, 1, 0xd4, 0x31, 0x1f, 0x90]);
     // (case, its harness, a head sent first, the payload of every measured segment)
@@ -467,6 +480,18 @@ fn k1() -> Result<Section> {
             &proxied,
             Some(&proxy_header),
             GET,
+        ),
+        (
+            "in order: one request a segment with an API key, no key or route limit",
+            &plain,
+            None,
+            GET_KEYED,
+        ),
+        (
+            "in order: the same with a key limit and a route limit (the key stage)",
+            &keyed,
+            None,
+            GET_KEYED,
         ),
     ];
     let singles: usize = if repeat >= 1_000_000 { 20_000 } else { 2_000 };
@@ -1256,6 +1281,7 @@ fn bench_sampler() -> Result<BenchFlow> {
     )?);
     let flow = Flow::new(
         FlowConfig {
+            key_header: None,
             auth_headers: vec!["authorization".into(), "x-api-key".into()],
             auth: AuthCheck::Log,
             auth_failures: 10,
