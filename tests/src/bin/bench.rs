@@ -727,7 +727,7 @@ fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
     let secs = if o.quick { 2 } else { 6 };
     let runs = if o.quick { 3 } else { RUNS };
     // The defaults first (the goal's row), then one lever changed at a time.
-    let configs: [(&str, Option<&[&str]>); 7] = [
+    let configs: [(&str, Option<&[&str]>); 8] = [
         ("no api-guard", None),
         (
             "api-guard, defaults (--sample 1.0, --sample-budget 10000/s)",
@@ -752,6 +752,17 @@ fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
         (
             "api-guard, --sample-wakeup batched",
             Some(&["--rate", "1000000", "--sample-wakeup", "batched"]),
+        ),
+        (
+            "api-guard, --sample-budget 1000/s --sample-wakeup batched",
+            Some(&[
+                "--rate",
+                "1000000",
+                "--sample-budget",
+                "1000/s",
+                "--sample-wakeup",
+                "batched",
+            ]),
         ),
     ];
     let n = configs.len();
