@@ -157,7 +157,7 @@ fn mapped(v4: [u8; 4]) -> [u8; 16] {
 
 /// Zeroes the first `n` captured bytes (a whole word at a time).
 #[inline(always)]
-fn wipe(data: &mut [u8; MAX_CAPTURE], n: usize) {
+pub fn wipe(data: &mut [u8; MAX_CAPTURE], n: usize) {
     let words = n.div_ceil(8);
     for i in 0..MAX_CAPTURE / 8 {
         if i >= words {

@@ -342,6 +342,17 @@ fn account_with<const LOADED: bool>(
             count::event(Event::StreamsUntrusted);
             let mut again = Framing::untrusted();
             scan(ctx, pkt, &mut again, from, old_end, &mut out, false);
+            // The framing at `next_seq` came from a copy the server did not
+            // take (refused, forged, or other bytes than these): a body it
+            // announced must not hide what follows. Where these bytes reach
+            // `next_seq`, their own (untrusted) framing is the one to go on
+            // with; else where the stream stands is unknown: err high.
+            if old_end == behind as u32 {
+                state.framing = again;
+            } else {
+                state.framing.distrust();
+                out.starts += 1;
+            }
         }
         if old_end < len {
             sc.pushed.fresh = state.framing.is_fresh() as u32;

@@ -459,6 +459,8 @@ fn scan(sc: &mut TlsScratch, buf: u64, len: u32) -> (u32, u32) {
     let rounds = len + len / 8 + 4;
     // SAFETY: the callback gets `s`, which lives on this frame for the whole loop.
     unsafe { bpf_loop(rounds, scan_round as *mut c_void, (&raw mut s).cast(), 0) };
+    // The last word read may be a credential's: no map keeps it.
+    sc.word = [0; 8];
     let c = &sc.cur;
     let mut starts = c.starts;
     if c.pos < c.end {
@@ -637,10 +639,11 @@ fn emit(key: &ConnKey, buf: u64, first: u32, len: u32, verdict: Verdict, capture
     let bytes = unsafe {
         core::slice::from_raw_parts((b as *const SampleBuf).cast::<u8>(), HEADER_LEN + n)
     };
-    if SAMPLES
-        .output::<[u8]>(bytes, crate::sample::wakeup())
-        .is_err()
-    {
+    let sent = SAMPLES.output::<[u8]>(bytes, crate::sample::wakeup());
+    // The head may carry a credential: the ring hands it to the daemon, but
+    // no map keeps it after this run.
+    crate::sample::wipe(&mut b.data, n);
+    if sent.is_err() {
         count::event(Event::SamplesLost);
         return;
     }

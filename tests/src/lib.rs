@@ -6,6 +6,7 @@
 //! 198.18.0.0/15 and 2001:db8::/32.
 
 pub mod attack;
+pub mod bpf_maps;
 pub mod bpffs;
 pub mod cgroup;
 pub mod client;

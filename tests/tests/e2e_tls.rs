@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use api_guard_tests::{
+    bpf_maps,
     bpffs::BpfFs,
     daemon::Daemon,
     netns::{Client, Topology},
@@ -213,6 +214,15 @@ fn tls_requests_over_the_rate_are_held_to_burst_plus_rate_plus_one_per_connectio
         .arg(s.url(0, "/flood"))
         .output()?;
     let secs = t0.elapsed().as_secs_f64();
+    // The decrypted heads passed through the sampler's scratch and the scan's
+    // words: no map keeps the credential after them (bpftool is the judge,
+    // read before any other client's request could overwrite a scratch).
+    let holding = bpf_maps::maps_holding(
+        &bpf_maps::all_map_bytes(&s.topo.server)?,
+        b"secret-token-xyz",
+        6,
+    );
+    ensure!(holding.is_empty(), "the credential is in maps {holding:?}");
     let report = String::from_utf8_lossy(&report.stdout).to_string();
     let sent: u64 = report
         .lines()

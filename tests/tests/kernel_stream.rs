@@ -147,6 +147,39 @@ fn a_retransmission_the_server_has_not_taken_is_charged_again() {
 }
 
 #[test]
+fn a_refused_segment_cannot_leave_a_body_that_hides_later_requests() {
+    // The attack: a segment the server throws away (a bad checksum, an ACK of
+    // unsent data) announces a huge body; the client then sends other bytes
+    // at the same sequence numbers, and pipelines requests after them. Were
+    // the refused segment's framing kept, everything after would be skipped
+    // as its body. No server socket here, as for a refused segment: nothing
+    // vouches for the first copy.
+    let h = harness(&[]);
+    let src: IpAddr = CLIENT4.into();
+    let s = Stream::open(&h, src, 40000);
+    let refused = b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n";
+    let mut real = b"GET /a HTTP/1.1\r\nX-Pad: ".to_vec();
+    real.resize(refused.len() - 4, b'x');
+    real.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(real.len(), refused.len());
+    assert_eq!(h.run(&s.frame(refused)).unwrap(), TC_ACT_PIPE);
+    assert_eq!(h.run(&s.frame(&real)).unwrap(), TC_ACT_PIPE);
+    let before = requests(&h, src);
+    let mut after = Stream {
+        next: s.next.wrapping_add(refused.len() as u32),
+        ..s
+    };
+    for _ in 0..5 {
+        after.send(&h, &GET.repeat(4));
+    }
+    assert!(
+        requests(&h, src) - before >= 20,
+        "requests after a refused body went uncounted: {} of 20",
+        requests(&h, src) - before
+    );
+}
+
+#[test]
 fn a_segment_is_admitted_on_one_token_and_pays_for_every_start() {
     let h = harness(&["--rate", "1", "--burst", "5"]);
     let mut s = Stream::open(&h, CLIENT4.into(), 40000);
