@@ -346,17 +346,26 @@ fn tls_library(pid: u32) -> Result<(PathBuf, (u64, u64)), String> {
     let root = PathBuf::from(format!("/proc/{pid}/root"));
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
         .map_err(|e| format!("cannot read /proc/{pid}/maps: {e}"))?;
-    let lib = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            Path::new(p)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libssl.so"))
-        });
+    let lib = mapped_libssl(&maps);
     let target = match lib {
-        Some(path) => root.join(path.trim_start_matches('/')),
+        Some(MappedLib {
+            path,
+            inode,
+            deleted,
+        }) => {
+            let target = root.join(path.trim_start_matches('/'));
+            // A library replaced on disk (a package upgrade renames the new
+            // file over it) under a running server: its path names the new
+            // file, which the server never runs. Probing it would say
+            // "followed" and see nothing. (Inodes are not compared: on
+            // overlayfs the maps and stat(2) may name different layers.)
+            if deleted {
+                return Err(format!(
+                    "its {path} (inode {inode}) was replaced on disk after it started: restart it to be followed"
+                ));
+            }
+            target
+        }
         None => {
             let exe = PathBuf::from(format!("/proc/{pid}/exe"));
             match executable_tls(&exe) {
@@ -384,6 +393,40 @@ fn tls_library(pid: u32) -> Result<(PathBuf, (u64, u64)), String> {
     let meta =
         fs::metadata(&target).map_err(|e| format!("cannot open {}: {e}", target.display()))?;
     Ok((target, (meta.dev(), meta.ino())))
+}
+
+/// The libssl a process has mapped, as its `/proc/PID/maps` names it.
+#[derive(Debug, PartialEq)]
+struct MappedLib<'a> {
+    path: &'a str,
+    inode: u64,
+    /// The kernel marked the path " (deleted)": the file it names is gone.
+    deleted: bool,
+}
+
+fn mapped_libssl(maps: &str) -> Option<MappedLib<'_>> {
+    maps.lines().find_map(|line| {
+        // address perms offset dev inode path[ (deleted)]
+        let mut rest = line;
+        let mut inode = None;
+        for _ in 0..5 {
+            rest = rest.trim_start();
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            inode = rest[..end].parse::<u64>().ok();
+            rest = &rest[end..];
+        }
+        let rest = rest.trim();
+        let (path, deleted) = match rest.strip_suffix(" (deleted)") {
+            Some(p) => (p, true),
+            None => (rest, false),
+        };
+        let name = Path::new(path).file_name()?.to_str()?;
+        name.starts_with("libssl.so").then_some(MappedLib {
+            path,
+            inode: inode?,
+            deleted,
+        })
+    })
 }
 
 enum ExeTls {
@@ -437,6 +480,35 @@ fn comm(pid: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_libssl_replaced_on_disk_is_told_apart() {
+        let maps = "\
+55d0c0000000-55d0c0001000 r--p 00000000 08:01 131 /usr/sbin/nginx
+7f0000000000-7f0000001000 r-xp 00020000 08:01 4242    /usr/lib/x86_64-linux-gnu/libssl.so.3 (deleted)
+";
+        assert_eq!(
+            super::mapped_libssl(maps),
+            Some(super::MappedLib {
+                path: "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+                inode: 4242,
+                deleted: true
+            })
+        );
+        let live = "7f00-7f01 r-xp 00000000 fd:00 77 /opt/my ssl/libssl.so.1.1\n";
+        assert_eq!(
+            super::mapped_libssl(live),
+            Some(super::MappedLib {
+                path: "/opt/my ssl/libssl.so.1.1",
+                inode: 77,
+                deleted: false
+            })
+        );
+        assert_eq!(
+            super::mapped_libssl("7f00-7f01 r-xp 0 08:01 5 /lib/libc.so.6\n"),
+            None
+        );
+    }
+
     use super::*;
 
     #[test]
