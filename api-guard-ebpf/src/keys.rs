@@ -123,7 +123,10 @@ pub fn judge(ctx: &TcContext, payload_off: usize) -> Option<(Verdict, u32)> {
     // SAFETY: a live map value (RCU), read at once; the stream's state before
     // this segment (it is committed after this stage).
     let stream_next = CONNS.get_ptr(&sc.key).map(|c| unsafe { (*c).next_seq });
-    if stream_next.is_some_and(|n| n != sc.main_seq) {
+    // The segment's own first byte (the scan may start later in it: bytes
+    // already read, or a PROXY header's).
+    let seg_seq = sc.main_seq.wrapping_sub(sc.main_from);
+    if stream_next.is_some_and(|n| seg_seq.wrapping_sub(n) as i32 > 0) {
         // New bytes past a gap in the stream: the bytes of the gap would come
         // later, behind what was scanned, and the key stage would never read
         // them (a key header, a request line). Dropped: the sender sends them
