@@ -420,3 +420,31 @@ fn a_get_route_binds_head_and_a_path_parameter_pays_the_strictest_route() {
     assert_eq!(s.send(&h, b"GET /v1/items HTTP/1.1\r\n\r\n"), TC_ACT_PIPE);
     assert_eq!(s.send(&h, b"HEAD /v1/items HTTP/1.1\r\n\r\n"), TC_ACT_PIPE);
 }
+
+#[test]
+fn a_proxy_header_before_the_head_is_no_gap_for_the_key_stage() {
+    let h = harness(&[
+        "--trusted-proxy",
+        "198.18.200.1",
+        "--key-header",
+        "x-api-key",
+        "--key-rate",
+        "1:100000",
+    ]);
+    let since = api_guard::clock::monotonic_ns();
+    let lb = IpAddr::V4(Ipv4Addr::new(198, 18, 200, 1));
+    let proxy = b"PROXY TCP4 198.18.14.1 198.18.0.1 54321 8080\r\n";
+    let req = b"GET / HTTP/1.1\r\nX-Api-Key: k\r\n\r\n";
+    // The header and a head in one segment.
+    let mut s = Stream::open(&h, lb, 40000);
+    assert_eq!(s.send(&h, &[&proxy[..], &req[..]].concat()), TC_ACT_PIPE);
+    assert_eq!(s.send(&h, req), TC_ACT_PIPE);
+    // The header alone, then the head.
+    let mut s = Stream::open(&h, lb, 40001);
+    assert_eq!(s.send(&h, proxy), TC_ACT_PIPE);
+    assert_eq!(s.send(&h, req), TC_ACT_PIPE);
+    assert_eq!(counter(&h, Kind::Packets, Verdict::ProxyRefused), 0);
+    let keys = buckets(&h, BUCKET_KEY);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(charges(keys[0].1, since), 3);
+}
