@@ -35,7 +35,9 @@ pub enum Verdict {
     FailedOpen = 8,
     /// From a `--trusted-proxy` peer: a connection without a valid PROXY header
     /// under `--proxy-protocol required` (reset), or a segment past a gap in an
-    /// unfinished header (dropped until the gap is filled).
+    /// unfinished header (dropped until the gap is filled). Also, while key or
+    /// route limits are set, a segment past a gap in its stream (dropped until
+    /// the gap is filled, so the key stage reads every byte in order).
     ProxyRefused = 9,
     /// A request over its API key's limit (`--key-rate`), at the end of the
     /// key header's value.

@@ -11,13 +11,14 @@
 //! Decisions, one request at a time:
 //! - at the end of each key header value: the key's bucket, and (when a route
 //!   limit matched the request line) the route's bucket of that key;
-//! - at the end of the head: a matched route's bucket of the client, if no key
-//!   of the request paid for the route.
+//! - at the end of the head: a matched route's bucket of the client, always
+//!   (a key is the sender's to make up: a new one must not buy a fresh route
+//!   bucket).
 //!
 //! Routes match on the method and a byte prefix of the path (the query string
 //! and fragment are not part of it). A target that is not a plain origin-form
-//! path (percent-encoding, a backslash, an empty or dot segment, an absolute
-//! URI) may name the route in a form the server normalises: it is charged to
+//! path (percent-encoding, a backslash, a `;` path parameter, an empty or dot
+//! segment, an absolute URI) may name the route in a form the server normalises: it is charged to
 //! the strictest limit of its method, so no spelling escapes a limit.
 
 use crate::config::Limit;
@@ -203,6 +204,13 @@ pub struct Sip {
 }
 
 impl Sip {
+    /// No state (between key values).
+    pub const CLEAR: Sip = Sip {
+        v: [0; 4],
+        tail: 0,
+        len: 0,
+    };
+
     #[inline(always)]
     pub const fn new(k: [u64; 2]) -> Self {
         Self {
@@ -329,7 +337,8 @@ pub struct KeyParse {
     /// The target is not a plain origin-form path.
     pub odd: u8,
     pub route: u8,
-    /// A key of this request paid for its route.
+    /// A key of this request paid its route bucket (informational: the
+    /// client's bucket is charged at the head's end all the same).
     pub keyed: u8,
     /// Whitespace inside the value not yet hashed.
     pub ws: u8,
@@ -347,11 +356,7 @@ impl Default for KeyParse {
 impl KeyParse {
     /// Waiting for the next request start.
     pub const IDLE: KeyParse = KeyParse {
-        sip: Sip {
-            v: [0; 4],
-            tail: 0,
-            len: 0,
-        },
+        sip: Sip::CLEAR,
         next_seq: 0,
         alive: 0,
         strict: 0,
@@ -380,7 +385,10 @@ impl KeyParse {
     ) -> Option<Charge> {
         if ended {
             let route = self.route;
-            let pay = route != NO_ROUTE && self.keyed == 0 && self.phase != P_IDLE;
+            // The client's bucket, keyed or not: a key header is the sender's
+            // to make up, and a new key a request must not buy a fresh route
+            // bucket (its key's route bucket is charged on top).
+            let pay = route != NO_ROUTE && self.phase != P_IDLE;
             self.phase = P_IDLE;
             return if pay {
                 Some(Charge { key: None, route })
@@ -470,6 +478,7 @@ impl KeyParse {
         }
         if (self.pos == 0 && b != b'/')
             || b == b'%'
+            || b == b';'
             || b == b'\\'
             || (b == b'/' && self.prev == b'/')
         {
@@ -549,8 +558,11 @@ impl KeyParse {
             if self.route != NO_ROUTE {
                 self.keyed = 1;
             }
+            let key = self.sip.finish();
+            // The unhashed tail holds the value's last bytes: none is kept.
+            self.sip = Sip::CLEAR;
             return Some(Charge {
-                key: Some(self.sip.finish()),
+                key: Some(key),
                 route: self.route,
             });
         }

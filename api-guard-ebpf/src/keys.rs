@@ -19,7 +19,7 @@ use api_guard_common::{
     stream::{Framing, MODE_BODY, MODE_HEAD},
 };
 use aya_ebpf::{
-    bindings::__sk_buff,
+    bindings::{__sk_buff, BPF_NOEXIST},
     helpers::{bpf_loop, bpf_skb_load_bytes},
     programs::TcContext,
 };
@@ -28,7 +28,7 @@ use crate::{
     atomic::Tat,
     clock::Clock,
     count::Seen,
-    maps::{KEY_CONNS, KEY_POLICY, KEY_SCRATCH, KEY_SECRET, LIMIT_BUCKETS, STREAM_SCRATCH},
+    maps::{CONNS, KEY_CONNS, KEY_POLICY, KEY_SCRATCH, KEY_SECRET, LIMIT_BUCKETS, STREAM_SCRATCH},
 };
 
 /// What the judge hands the key stage beside skb->cb, and the stage's own
@@ -57,6 +57,11 @@ pub struct KeyScratch {
     limited: u32,
     /// Requests refused in the segment.
     refused: u32,
+    /// The request being read was counted as refused (a request pays up to
+    /// two charges: its key's at the value, its client's at the head's end).
+    head_refused: u32,
+    /// `parse` is this segment's (it had new bytes): only then is it kept.
+    parsed: u32,
 }
 
 /// Hands the judge's decision to the key stage (before its tail call).
@@ -107,8 +112,26 @@ pub fn judge(ctx: &TcContext, payload_off: usize) -> Option<(Verdict, u32)> {
     let k = unsafe { &mut *ks };
     k.limited = 0;
     k.refused = 0;
+    k.parsed = 0;
+    k.head_refused = 0;
+    // No byte of another run stays here (a key's hash state).
+    k.parse = KeyParse::IDLE;
     if sc.main_to <= sc.main_from {
+        // No new bytes (a SYN, an ACK, a retransmission): nothing to keep.
         return None;
+    }
+    // SAFETY: a live map value (RCU), read at once; the stream's state before
+    // this segment (it is committed after this stage).
+    let stream_next = CONNS.get_ptr(&sc.key).map(|c| unsafe { (*c).next_seq });
+    // The segment's own first byte (the scan may start later in it: bytes
+    // already read, or a PROXY header's).
+    let seg_seq = sc.main_seq.wrapping_sub(sc.main_from);
+    if stream_next.is_some_and(|n| seg_seq.wrapping_sub(n) as i32 > 0) {
+        // New bytes past a gap in the stream: the bytes of the gap would come
+        // later, behind what was scanned, and the key stage would never read
+        // them (a key header, a request line). Dropped: the sender sends them
+        // again once the gap is filled, in order.
+        return Some((Verdict::ProxyRefused, 0));
     }
     // SAFETY: a live map value (RCU), copied out at once.
     let mut parse = KEY_CONNS
@@ -120,6 +143,7 @@ pub fn judge(ctx: &TcContext, payload_off: usize) -> Option<(Verdict, u32)> {
         parse = KeyParse::IDLE;
     }
     k.parse = parse;
+    k.parsed = 1;
     k.framing = sc.main_before;
     k.pos = sc.main_from;
     k.end = sc.main_to;
@@ -150,11 +174,19 @@ pub fn commit(key: &ConnKey, forget: bool) {
         let _ = KEY_CONNS.remove(key);
         return;
     }
-    let Some(ks) = KEY_SCRATCH.get_ptr(0) else {
+    let Some(ks) = KEY_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's scratch entry, filled by `judge` in this run.
-    let _ = KEY_CONNS.insert(key, unsafe { &(*ks).parse }, 0);
+    let k = unsafe { &mut *ks };
+    if k.parsed == 0 {
+        // No new bytes: the scratch's parser is not this connection's.
+        return;
+    }
+    let _ = KEY_CONNS.insert(key, &k.parse, 0);
+    // The hash state of a key value still open stays in KEY_CONNS only.
+    k.parse = KeyParse::IDLE;
+    k.parsed = 0;
 }
 
 #[repr(C)]
@@ -201,17 +233,32 @@ extern "C" fn round(_index: u64, ctx: *mut c_void) -> i64 {
     let (Some(p), Some(secret)) = (KEY_POLICY.get(0), KEY_SECRET.get(0)) else {
         return 1;
     };
+    if start {
+        k.head_refused = 0;
+    }
     if let Some(c) = k.parse.byte(p, *secret, b, start, ended) {
         charge(k, &c);
     }
+    if ended {
+        k.head_refused = 0;
+    }
     0
+}
+
+/// Counts the request being read as refused, once.
+#[inline(always)]
+fn refuse(k: &mut KeyScratch) {
+    if k.head_refused == 0 {
+        k.head_refused = 1;
+        k.refused += 1;
+    }
 }
 
 /// Takes the charge's buckets; the first refusal decides the segment.
 #[inline(always)]
 fn charge(k: &mut KeyScratch, c: &Charge) {
     if k.limited != 0 {
-        k.refused += 1;
+        refuse(k);
         return;
     }
     let Some(p) = KEY_POLICY.get(0) else {
@@ -222,7 +269,7 @@ fn charge(k: &mut KeyScratch, c: &Charge) {
         && !take(&BucketKey::key(hash), &p.key_limit)
     {
         k.limited = Verdict::KeyLimited as u32;
-        k.refused += 1;
+        refuse(k);
         return;
     }
     let i = c.route as usize;
@@ -240,7 +287,7 @@ fn charge(k: &mut KeyScratch, c: &Charge) {
     };
     if limit.is_set() && !take(&bucket, limit) {
         k.limited = Verdict::RouteLimited as u32;
-        k.refused += 1;
+        refuse(k);
     }
 }
 
@@ -251,9 +298,9 @@ fn take(bucket: &BucketKey, limit: &api_guard_common::config::Limit) -> bool {
         Some(t) => t,
         None => {
             // An LRU map: a full one evicts its least recently used bucket.
-            if LIMIT_BUCKETS.insert(bucket, &0, 0).is_err() {
-                return true;
-            }
+            // Only if absent: another CPU may have made it (and charged it)
+            // since the lookup; then its clock is taken, not reset.
+            let _ = LIMIT_BUCKETS.insert(bucket, &0, BPF_NOEXIST as u64);
             match LIMIT_BUCKETS.get_ptr_mut(bucket) {
                 Some(t) => t,
                 None => return true,

@@ -60,6 +60,17 @@ impl Stream {
         }
         action
     }
+
+    /// Sends a segment `ahead` bytes past the next (out of order); `next`
+    /// does not move.
+    fn send_ahead(&self, h: &Harness, ahead: u32, payload: &[u8]) -> u32 {
+        let tcp = Tcp {
+            sport: self.sport,
+            seq: self.next.wrapping_add(ahead),
+            ..Tcp::data(API, payload)
+        };
+        h.run(&packet::from(self.src, &tcp)).unwrap()
+    }
 }
 
 fn addr(c: u8, d: u8) -> IpAddr {
@@ -209,7 +220,11 @@ fn a_route_per_key_and_per_client_and_the_most_specific_wins() {
     assert_eq!(s.send(&h, export("a").as_bytes()), TC_ACT_PIPE);
     assert_eq!(s.send(&h, export("a").as_bytes()), TC_ACT_SHOT);
     assert_eq!(counter(&h, Kind::Requests, Verdict::RouteLimited), 1);
-    // Another key from the same connection has its own route bucket.
+    // Another key from another client has its own route bucket (from the
+    // same client, the client's bucket of the route is spent too).
+    assert_eq!(s.send(&h, export("c").as_bytes()), TC_ACT_SHOT);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::RouteLimited), 2);
+    let mut s = Stream::open(&h, addr(5, 2), 40000);
     assert_eq!(s.send(&h, export("b").as_bytes()), TC_ACT_PIPE);
     // A respelled path pays the strictest limit of its method (export's).
     assert_eq!(
@@ -222,11 +237,12 @@ fn a_route_per_key_and_per_client_and_the_most_specific_wins() {
         TC_ACT_PIPE
     );
     let per_key = buckets(&h, BUCKET_ROUTE_KEY);
-    assert_eq!(per_key.len(), 3, "{per_key:?}");
+    assert_eq!(per_key.len(), 4, "{per_key:?}");
     // Without a key: the client's bucket of the route.
+    let mut s = Stream::open(&h, addr(5, 3), 40000);
     assert_eq!(s.send(&h, b"GET /v1/export HTTP/1.1\r\n\r\n"), TC_ACT_PIPE);
     assert_eq!(s.send(&h, b"GET /v1/export HTTP/1.1\r\n\r\n"), TC_ACT_SHOT);
-    assert_eq!(buckets(&h, BUCKET_ROUTE_CLIENT).len(), 1);
+    assert_eq!(buckets(&h, BUCKET_ROUTE_CLIENT).len(), 4);
 }
 
 #[test]
@@ -249,10 +265,13 @@ fn dry_run_counts_key_and_route_limits_and_drops_nothing() {
     }
     assert_eq!(counter(&h, Kind::Requests, Verdict::KeyLimited), 2);
     assert_eq!(counter(&h, Kind::Requests, Verdict::WouldDrop), 2);
+    // The first keyed request spent the client's bucket of the route (a key
+    // does not spare it): both keyless ones are over.
     for _ in 0..2 {
         assert_eq!(s.send(&h, b"GET /a HTTP/1.1\r\n\r\n"), TC_ACT_PIPE);
     }
-    assert_eq!(counter(&h, Kind::Requests, Verdict::RouteLimited), 1);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::RouteLimited), 2);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::WouldDrop), 4);
 }
 
 #[test]
@@ -277,4 +296,155 @@ fn on_limit_reset_turns_a_key_limited_segment_into_a_reset() {
     assert_eq!(action, TC_ACT_PIPE, "rewritten, not dropped");
     // The TCP flags byte of the rewritten frame (Ethernet 14 + IPv4 20 + 13).
     assert_ne!(out[14 + 20 + 13] & 0x04, 0, "a RST");
+}
+
+#[test]
+fn a_key_header_sent_past_a_gap_is_dropped_until_the_gap_is_filled_then_charged_once() {
+    let h = harness(&[
+        "--key-header",
+        "x-api-key",
+        "--key-rate",
+        "1:100000",
+        "--route-limit",
+        "GET /v1/login=1:100000",
+    ]);
+    let since = api_guard::clock::monotonic_ns();
+    let a = b"GET /v1/login HTTP/1.1\r\nHost: h\r\n";
+    let b = b"X-P: 1\r\n";
+    let c = b"X-Api-Key: K\r\n\r\n";
+    let mut s = Stream::open(&h, addr(8, 1), 40000);
+    assert_eq!(s.send(&h, a), TC_ACT_PIPE);
+    // C before B: the key stage would never read B (behind what it scanned).
+    assert_eq!(
+        s.send_ahead(&h, b.len() as u32, c),
+        TC_ACT_SHOT,
+        "C past the gap"
+    );
+    assert_eq!(counter(&h, Kind::Packets, Verdict::ProxyRefused), 1);
+    assert_eq!(s.send(&h, b), TC_ACT_PIPE, "B fills the gap");
+    assert_eq!(s.send(&h, c), TC_ACT_PIPE, "C again, in order");
+    let keys = buckets(&h, BUCKET_KEY);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(charges(keys[0].1, since), 1);
+    let routes = buckets(&h, BUCKET_ROUTE_CLIENT);
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(charges(routes[0].1, since), 1);
+    assert_eq!(buckets(&h, BUCKET_ROUTE_KEY).len(), 1);
+}
+
+#[test]
+fn a_new_made_up_key_per_request_still_pays_the_clients_route_bucket() {
+    let h = harness(&[
+        "--key-header",
+        "x-api-key",
+        "--route-limit",
+        "POST /v1/login=1:2",
+    ]);
+    let mut s = Stream::open(&h, addr(9, 1), 40000);
+    let req = |key: &str| format!("POST /v1/login HTTP/1.1\r\nX-Api-Key: {key}\r\n\r\n");
+    assert_eq!(s.send(&h, req("random-1").as_bytes()), TC_ACT_PIPE);
+    assert_eq!(s.send(&h, req("random-2").as_bytes()), TC_ACT_PIPE);
+    assert_eq!(s.send(&h, req("random-3").as_bytes()), TC_ACT_SHOT);
+    assert_eq!(counter(&h, Kind::Requests, Verdict::RouteLimited), 1);
+}
+
+#[test]
+fn a_syn_or_an_empty_segment_writes_no_key_parser_state() {
+    let h = harness(&["--key-header", "x-api-key", "--key-rate", "1:100000"]);
+    // A connection stopped inside a key's value: its parser holds hash state.
+    let mut s = Stream::open(&h, addr(10, 1), 40000);
+    assert_eq!(
+        s.send(&h, b"GET / HTTP/1.1\r\nX-Api-Key: abcdefghij"),
+        TC_ACT_PIPE
+    );
+    assert_eq!(h.datapath.key_conns().unwrap().len(), 1);
+    // Spoofed SYNs (and a bare ACK) from many addresses: no entry each.
+    for i in 0..20u8 {
+        let _ = Stream::open(&h, addr(11, i), 41000);
+    }
+    let ack = Tcp {
+        sport: s.sport,
+        seq: s.next,
+        ..Tcp::data(API, b"")
+    };
+    assert_eq!(h.run(&packet::from(s.src, &ack)).unwrap(), TC_ACT_PIPE);
+    assert_eq!(h.datapath.key_conns().unwrap().len(), 1);
+}
+
+#[test]
+fn no_byte_of_a_key_stays_in_the_parser_state_after_its_value_ends() {
+    let h = harness(&["--key-header", "x-api-key", "--key-rate", "1:100000"]);
+    // 15 bytes: 7 past the last whole 8-byte word.
+    let key = b"Kq7-zx93-Wm4Lp2";
+    assert_eq!(key.len() % 8, 7);
+    let mut s = Stream::open(&h, addr(12, 1), 40000);
+    let head = format!(
+        "GET / HTTP/1.1\r\nX-Api-Key: {}\r\nHost: h\r\n",
+        std::str::from_utf8(key).unwrap()
+    );
+    assert_eq!(s.send(&h, head.as_bytes()), TC_ACT_PIPE);
+    let parses = h.datapath.key_conns().unwrap();
+    assert_eq!(parses.len(), 1);
+    for p in parses {
+        let mut bytes = p.sip.tail.to_le_bytes().to_vec();
+        for v in p.sip.v {
+            bytes.extend(v.to_le_bytes());
+        }
+        assert!(
+            !bytes.windows(3).any(|w| key.windows(3).any(|k| k == w)),
+            "the parser state holds bytes of the key: {p:?}"
+        );
+        assert_eq!(p.sip.len, 0, "no hash state once the value ended");
+    }
+}
+
+#[test]
+fn a_get_route_binds_head_and_a_path_parameter_pays_the_strictest_route() {
+    let h = harness(&[
+        "--route-limit",
+        "GET /v1=1:100",
+        "--route-limit",
+        "GET /v1/export=1:1",
+    ]);
+    let mut s = Stream::open(&h, addr(13, 1), 40000);
+    assert_eq!(s.send(&h, b"GET /v1/export HTTP/1.1\r\n\r\n"), TC_ACT_PIPE);
+    assert_eq!(s.send(&h, b"HEAD /v1/export HTTP/1.1\r\n\r\n"), TC_ACT_SHOT);
+    // "/v1;a/export" is "/v1/export" to a server that strips path parameters.
+    let mut s = Stream::open(&h, addr(13, 2), 40000);
+    assert_eq!(s.send(&h, b"GET /v1/export HTTP/1.1\r\n\r\n"), TC_ACT_PIPE);
+    assert_eq!(
+        s.send(&h, b"GET /v1;a/export HTTP/1.1\r\n\r\n"),
+        TC_ACT_SHOT
+    );
+    // The less specific route is untouched.
+    assert_eq!(s.send(&h, b"GET /v1/items HTTP/1.1\r\n\r\n"), TC_ACT_PIPE);
+    assert_eq!(s.send(&h, b"HEAD /v1/items HTTP/1.1\r\n\r\n"), TC_ACT_PIPE);
+}
+
+#[test]
+fn a_proxy_header_before_the_head_is_no_gap_for_the_key_stage() {
+    let h = harness(&[
+        "--trusted-proxy",
+        "198.18.200.1",
+        "--key-header",
+        "x-api-key",
+        "--key-rate",
+        "1:100000",
+    ]);
+    let since = api_guard::clock::monotonic_ns();
+    let lb = IpAddr::V4(Ipv4Addr::new(198, 18, 200, 1));
+    let proxy = b"PROXY TCP4 198.18.14.1 198.18.0.1 54321 8080\r\n";
+    let req = b"GET / HTTP/1.1\r\nX-Api-Key: k\r\n\r\n";
+    // The header and a head in one segment.
+    let mut s = Stream::open(&h, lb, 40000);
+    assert_eq!(s.send(&h, &[&proxy[..], &req[..]].concat()), TC_ACT_PIPE);
+    assert_eq!(s.send(&h, req), TC_ACT_PIPE);
+    // The header alone, then the head.
+    let mut s = Stream::open(&h, lb, 40001);
+    assert_eq!(s.send(&h, proxy), TC_ACT_PIPE);
+    assert_eq!(s.send(&h, req), TC_ACT_PIPE);
+    assert_eq!(counter(&h, Kind::Packets, Verdict::ProxyRefused), 0);
+    let keys = buckets(&h, BUCKET_KEY);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(charges(keys[0].1, since), 3);
 }

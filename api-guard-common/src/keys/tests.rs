@@ -89,6 +89,11 @@ fn a_key_header_split_at_every_offset_charges_the_same_bucket() {
                 key: Some(std_hash(b"k-1")),
                 route: 0
             },
+            // The client's bucket of the route, at the head's end.
+            Charge {
+                key: None,
+                route: 0
+            },
             Charge {
                 key: Some(std_hash(b"k-2")),
                 route: NO_ROUTE
@@ -228,7 +233,7 @@ fn respelled_targets_pay_the_strictest_limit_of_their_method() {
 }
 
 #[test]
-fn a_route_without_a_key_is_charged_to_the_client_once_per_request() {
+fn a_route_is_charged_to_the_client_once_per_request_with_a_key_or_without() {
     let p = policy(Some("x-api-key"), &["GET /a=5"]);
     let two = b"GET /a HTTP/1.1\r\n\r\nGET /a?q HTTP/1.1\r\nX-API-Key: k\r\n\r\n";
     assert_eq!(
@@ -238,12 +243,45 @@ fn a_route_without_a_key_is_charged_to_the_client_once_per_request() {
                 key: None,
                 route: 0
             },
+            // A key (made up, maybe) pays its own route bucket and spares
+            // the client's nothing.
             Charge {
                 key: Some(std_hash(b"k")),
                 route: 0
             },
+            Charge {
+                key: None,
+                route: 0
+            },
         ]
     );
+}
+
+#[test]
+fn a_get_route_binds_head_and_a_path_parameter_is_odd() {
+    let p = policy(None, &["GET /v1=1:100", "GET /v1/export=1:1"]);
+    assert_eq!(route_of(&p, "HEAD /v1/export HTTP/1.1"), 0);
+    assert_eq!(route_of(&p, "HEAD /v1/items HTTP/1.1"), 1);
+    assert_eq!(route_of(&p, "GET /v1;a/export HTTP/1.1"), 0);
+    assert_eq!(route_of(&p, "POST /v1/export HTTP/1.1"), NO_ROUTE);
+    assert!("GET /v1;x=1=5".parse::<RouteLimit>().is_err());
+}
+
+#[test]
+fn no_byte_of_a_key_stays_in_the_hash_state_after_its_value() {
+    let p = policy(Some("x-api-key"), &[]);
+    let mut f = Framing::start();
+    let mut k = KeyParse::IDLE;
+    let mut out = Vec::new();
+    feed(
+        &p,
+        &mut f,
+        &mut k,
+        b"GET / HTTP/1.1\r\nX-Api-Key: abcdefghijklmno\r\n",
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(k.sip, super::Sip::CLEAR);
 }
 
 #[test]

@@ -57,12 +57,12 @@ impl core::str::FromStr for RouteLimit {
         }
         if prefix
             .bytes()
-            .any(|b| matches!(b, b'?' | b'#' | b'%' | b'\\') || b <= b' ' || b >= 0x7f)
+            .any(|b| matches!(b, b'?' | b'#' | b'%' | b'\\' | b';') || b <= b' ' || b >= 0x7f)
             || prefix.contains("//")
             || prefix.split('/').any(|seg| seg == "." || seg == "..")
         {
             return Err(bad(
-                "the path must be plain (no query, fragment, percent-encoding, empty or dot segment, space or control)",
+                "the path must be plain (no query, fragment, percent-encoding, ';', empty or dot segment, space or control)",
             ));
         }
         let (rate, burst) = parse_rate(rate.trim()).map_err(|e| bad(&e))?;
@@ -238,16 +238,30 @@ impl RouteTables {
         for (i, r) in routes.iter().enumerate() {
             let (bit, sbit) = (1u16 << i, strict_bit(i));
             let any = r.method_len == 0;
+            let method = &r.method[..(r.method_len as usize).min(METHOD_MAX)];
+            // A server answers HEAD as GET (without the body): a GET limit binds
+            // HEAD too. Per byte position the masks then take G|H, E, T|A, D and
+            // a length of 3 or 4: a few made-up methods ("HET") match as well,
+            // which servers refuse anyway; over-charging never lets one escape.
+            let spellings: &[&[u8]] = if method == b"GET" {
+                &[b"GET", b"HEAD"]
+            } else {
+                &[method]
+            };
             for at in 0..METHOD_MAX {
                 for b in 0..256usize {
-                    if any || (at < r.method_len as usize && r.method[at] as usize == b) {
+                    if any
+                        || spellings
+                            .iter()
+                            .any(|m| m.get(at).is_some_and(|&c| c as usize == b))
+                    {
                         t.method[at][b] |= bit;
                         t.method_strict[at][b] |= sbit;
                     }
                 }
             }
             for end in 0..METHOD_MAX + 2 {
-                if any || r.method_len as usize == end {
+                if any || spellings.iter().any(|m| m.len() == end) {
                     t.method_end[end] |= bit;
                     t.method_end_strict[end] |= sbit;
                 }

@@ -9,7 +9,7 @@ use api_guard_common::{
     config::flags as config_flags,
     config::{Config, Limit},
     counters::{self, Event, Kind, Verdict},
-    keys::{BucketKey, KeyPolicy},
+    keys::{BucketKey, KeyParse, KeyPolicy},
     maps as names,
     network::NetKey,
     ports,
@@ -171,6 +171,15 @@ pub trait KernelMaps: MapSource {
         let map: HashMap<&MapData, BucketKey, u64> =
             HashMap::try_from(self.map(names::LIMIT_BUCKETS)?)?;
         Ok(map.iter().filter_map(|e| e.ok()).collect())
+    }
+
+    /// The key parser's state of each connection (to check that it holds no
+    /// byte of a key).
+    fn key_conns(&self) -> Result<Vec<KeyParse>> {
+        const CONN_KEY: usize = core::mem::size_of::<api_guard_common::conn::ConnKey>();
+        let map: HashMap<&MapData, [u8; CONN_KEY], KeyParse> =
+            HashMap::try_from(self.map(names::KEY_CONNS)?)?;
+        Ok(map.iter().filter_map(|e| e.ok()).map(|(_, v)| v).collect())
     }
 
     fn lpm_is_empty<V: aya::Pod>(&self, name: &str) -> Result<bool> {
