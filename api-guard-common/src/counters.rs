@@ -50,10 +50,13 @@ pub enum Verdict {
     /// From a blocked network or a client serving a block, dropped by the XDP
     /// pre-filter.
     XdpBlocked = 13,
+    /// While key or route limits are set: a segment past a gap in its stream,
+    /// dropped until the gap is filled (the key stage reads heads in order).
+    OutOfOrder = 14,
 }
 
 pub const KINDS: [Kind; 3] = [Kind::Packets, Kind::Requests, Kind::Connections];
-pub const VERDICTS: [Verdict; 14] = [
+pub const VERDICTS: [Verdict; 15] = [
     Verdict::Allowed,
     Verdict::Passed,
     Verdict::Malformed,
@@ -68,6 +71,7 @@ pub const VERDICTS: [Verdict; 14] = [
     Verdict::RouteLimited,
     Verdict::XdpDenied,
     Verdict::XdpBlocked,
+    Verdict::OutOfOrder,
 ];
 
 /// Per-CPU counts of datapath events that are not verdicts, in the `EVENTS` array.

@@ -131,7 +131,7 @@ pub fn judge(ctx: &TcContext, payload_off: usize) -> Option<(Verdict, u32)> {
         // later, behind what was scanned, and the key stage would never read
         // them (a key header, a request line). Dropped: the sender sends them
         // again once the gap is filled, in order.
-        return Some((Verdict::ProxyRefused, 0));
+        return Some((Verdict::OutOfOrder, 0));
     }
     // SAFETY: a live map value (RCU), copied out at once.
     let mut parse = KEY_CONNS

@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use api_guard_tests::{
+    bpf_maps,
     netns::{Client, Netns},
     process::wait_until,
     scenario::{API, Scenario},
@@ -356,54 +357,6 @@ fn a_live_limit_change_takes_effect_without_a_restart() -> Result<()> {
     Ok(())
 }
 
-/// Every byte of every map of the daemon's programs, by bpftool, with the
-/// map's name.
-fn all_map_bytes(ns: &Netns) -> Result<Vec<(String, Vec<u8>)>> {
-    let progs = ns.exec("bpftool", &["-j", "prog", "show"])?;
-    let progs: serde_json::Value = serde_json::from_str(&progs)?;
-    let mut ids: Vec<u64> = progs
-        .as_array()
-        .context("prog list")?
-        .iter()
-        .filter(|p| {
-            p["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("api_guard"))
-        })
-        .filter_map(|p| p["map_ids"].as_array())
-        .flatten()
-        .filter_map(|i| i.as_u64())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ensure!(!ids.is_empty(), "no maps of api-guard found");
-    let mut maps = Vec::new();
-    for id in ids {
-        let Ok(dump) = ns.exec("bpftool", &["-j", "map", "dump", "id", &id.to_string()]) else {
-            continue; // a ring buffer cannot be dumped
-        };
-        let info = ns.exec("bpftool", &["-j", "map", "show", "id", &id.to_string()])?;
-        let info: serde_json::Value = serde_json::from_str(&info)?;
-        let name = info["name"].as_str().unwrap_or("?").to_string();
-        let mut bytes = Vec::new();
-        let mut stack = vec![serde_json::from_str::<serde_json::Value>(&dump)?];
-        while let Some(v) = stack.pop() {
-            match v {
-                serde_json::Value::String(s) if s.starts_with("0x") => {
-                    if let Ok(b) = u8::from_str_radix(&s[2..], 16) {
-                        bytes.push(b);
-                    }
-                }
-                serde_json::Value::Array(a) => stack.extend(a.into_iter().rev()),
-                serde_json::Value::Object(o) => stack.extend(o.into_iter().map(|(_, v)| v)),
-                _ => {}
-            }
-        }
-        maps.push((name, bytes));
-    }
-    Ok(maps)
-}
-
 #[test]
 fn no_credential_is_in_any_map_or_log() -> Result<()> {
     // 31 bytes: 7 past the last whole 8-byte word, the bytes a hash's
@@ -440,7 +393,7 @@ fn no_credential_is_in_any_map_or_log() -> Result<()> {
     wait_until(Duration::from_secs(60), "the access log's lines", || {
         Ok(std::fs::read_to_string(log.path()).is_ok_and(|t| t.lines().count() >= 2))
     })?;
-    let maps = all_map_bytes(&s.topo.server)?;
+    let maps = bpf_maps::all_map_bytes(&s.topo.server)?;
     let names: Vec<&str> = maps.iter().map(|(n, _)| n.as_str()).collect();
     for want in [
         "KEY_POLICY",
@@ -452,16 +405,8 @@ fn no_credential_is_in_any_map_or_log() -> Result<()> {
         assert!(names.contains(&want), "{want} was dumped: {names:?}");
     }
     // Any 3 bytes of the key, anywhere (ring buffers cannot be dumped).
-    let key = SECRET.as_bytes();
-    for (name, bytes) in &maps {
-        for needle in key.windows(3) {
-            assert!(
-                !bytes.windows(needle.len()).any(|w| w == needle),
-                "map {name} holds bytes of the key ({:?})",
-                String::from_utf8_lossy(needle)
-            );
-        }
-    }
+    let holding = bpf_maps::maps_holding(&maps, SECRET.as_bytes(), 3);
+    assert!(holding.is_empty(), "maps {holding:?} hold bytes of the key");
     let access = std::fs::read_to_string(log.path())?;
     assert!(
         !access.contains(&SECRET[..8]),

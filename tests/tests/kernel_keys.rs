@@ -320,7 +320,7 @@ fn a_key_header_sent_past_a_gap_is_dropped_until_the_gap_is_filled_then_charged_
         TC_ACT_SHOT,
         "C past the gap"
     );
-    assert_eq!(counter(&h, Kind::Packets, Verdict::ProxyRefused), 1);
+    assert_eq!(counter(&h, Kind::Packets, Verdict::OutOfOrder), 1);
     assert_eq!(s.send(&h, b), TC_ACT_PIPE, "B fills the gap");
     assert_eq!(s.send(&h, c), TC_ACT_PIPE, "C again, in order");
     let keys = buckets(&h, BUCKET_KEY);
@@ -443,7 +443,7 @@ fn a_proxy_header_before_the_head_is_no_gap_for_the_key_stage() {
     let mut s = Stream::open(&h, lb, 40001);
     assert_eq!(s.send(&h, proxy), TC_ACT_PIPE);
     assert_eq!(s.send(&h, req), TC_ACT_PIPE);
-    assert_eq!(counter(&h, Kind::Packets, Verdict::ProxyRefused), 0);
+    assert_eq!(counter(&h, Kind::Packets, Verdict::OutOfOrder), 0);
     let keys = buckets(&h, BUCKET_KEY);
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert_eq!(charges(keys[0].1, since), 3);

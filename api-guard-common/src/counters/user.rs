@@ -31,6 +31,7 @@ impl Verdict {
             Verdict::RouteLimited => "route_limited",
             Verdict::XdpDenied => "xdp_denied",
             Verdict::XdpBlocked => "xdp_blocked",
+            Verdict::OutOfOrder => "out_of_order",
         }
     }
 }
