@@ -105,3 +105,62 @@ pub fn policy(flags: &[&str]) -> Result<Policy> {
     };
     args.policy().map_err(anyhow::Error::msg)
 }
+
+/// One client→server connection driven through a [`Harness`]: its segments
+/// carry consecutive sequence numbers, as a real TCP sender's do.
+pub struct Stream {
+    pub src: std::net::IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    /// The sequence number of the next byte to send.
+    pub next: u32,
+}
+
+impl Stream {
+    /// Opens the stream with a SYN through `h` (the kernel sees the handshake).
+    pub fn open(h: &Harness, dport: u16, src: std::net::IpAddr, sport: u16) -> Self {
+        let syn = crate::packet::Tcp {
+            sport,
+            seq: 5000,
+            ..crate::packet::Tcp::syn(dport)
+        };
+        assert_eq!(h.run(&crate::packet::from(src, &syn)).unwrap(), TC_ACT_PIPE);
+        Stream {
+            src,
+            sport,
+            dport,
+            next: 5001,
+        }
+    }
+
+    /// The frame of a segment `ahead` bytes past the next (not sent).
+    pub fn frame_ahead(&self, ahead: u32, payload: &[u8]) -> Vec<u8> {
+        let tcp = crate::packet::Tcp {
+            sport: self.sport,
+            seq: self.next.wrapping_add(ahead),
+            ..crate::packet::Tcp::data(self.dport, payload)
+        };
+        crate::packet::from(self.src, &tcp)
+    }
+
+    /// The frame of the next segment (not yet sent).
+    pub fn frame(&self, payload: &[u8]) -> Vec<u8> {
+        self.frame_ahead(0, payload)
+    }
+
+    /// Sends the next segment; advances only if it was let through, as TCP
+    /// would retransmit a dropped one.
+    pub fn send(&mut self, h: &Harness, payload: &[u8]) -> u32 {
+        let action = h.run(&self.frame(payload)).unwrap();
+        if action == TC_ACT_PIPE {
+            self.next = self.next.wrapping_add(payload.len() as u32);
+        }
+        action
+    }
+
+    /// Sends a segment `ahead` bytes past the next (out of order); `next`
+    /// does not move.
+    pub fn send_ahead(&self, h: &Harness, ahead: u32, payload: &[u8]) -> u32 {
+        h.run(&self.frame_ahead(ahead, payload)).unwrap()
+    }
+}

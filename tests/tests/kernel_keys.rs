@@ -13,7 +13,7 @@ use api_guard_common::{
 };
 use api_guard_tests::{
     packet::{self, Tcp},
-    testrun::{Harness, TC_ACT_PIPE, TC_ACT_SHOT, policy},
+    testrun::{Harness, Stream, TC_ACT_PIPE, TC_ACT_SHOT, policy},
 };
 
 const API: u16 = 8080;
@@ -23,54 +23,6 @@ const SECOND: u64 = 1_000_000_000;
 
 fn harness(flags: &[&str]) -> Harness {
     Harness::with_policy(&[API], &policy(flags).unwrap()).unwrap()
-}
-
-/// One client→server connection (as in kernel_stream.rs).
-struct Stream {
-    src: IpAddr,
-    sport: u16,
-    next: u32,
-}
-
-impl Stream {
-    fn open(h: &Harness, src: IpAddr, sport: u16) -> Self {
-        let syn = Tcp {
-            sport,
-            seq: 7000,
-            ..Tcp::syn(API)
-        };
-        assert_eq!(h.run(&packet::from(src, &syn)).unwrap(), TC_ACT_PIPE);
-        Stream {
-            src,
-            sport,
-            next: 7001,
-        }
-    }
-
-    /// Sends the next segment; advances only if it went through.
-    fn send(&mut self, h: &Harness, payload: &[u8]) -> u32 {
-        let tcp = Tcp {
-            sport: self.sport,
-            seq: self.next,
-            ..Tcp::data(API, payload)
-        };
-        let action = h.run(&packet::from(self.src, &tcp)).unwrap();
-        if action == TC_ACT_PIPE {
-            self.next = self.next.wrapping_add(payload.len() as u32);
-        }
-        action
-    }
-
-    /// Sends a segment `ahead` bytes past the next (out of order); `next`
-    /// does not move.
-    fn send_ahead(&self, h: &Harness, ahead: u32, payload: &[u8]) -> u32 {
-        let tcp = Tcp {
-            sport: self.sport,
-            seq: self.next.wrapping_add(ahead),
-            ..Tcp::data(API, payload)
-        };
-        h.run(&packet::from(self.src, &tcp)).unwrap()
-    }
 }
 
 fn addr(c: u8, d: u8) -> IpAddr {
@@ -125,7 +77,7 @@ fn a_key_header_split_at_every_offset_and_in_any_case_is_charged_once_to_one_buc
             break;
         }
         let cut = i + 1;
-        let mut s = Stream::open(&h, addr(1 + (i / 200) as u8, (i % 200) as u8), 40000);
+        let mut s = Stream::open(&h, API, addr(1 + (i / 200) as u8, (i % 200) as u8), 40000);
         assert_eq!(
             s.send(&h, &head.as_bytes()[..cut]),
             TC_ACT_PIPE,
@@ -157,12 +109,12 @@ fn a_route_with_a_query_split_at_every_offset_is_charged_once_per_request() {
     let head = b"POST /v1/login?x=1 HTTP/1.1\r\nHost: api\r\nContent-Length: 4\r\n\r\nabcd";
     let client = addr(3, 1);
     for cut in 1..head.len() {
-        let mut s = Stream::open(&h, client, 20000 + cut as u16);
+        let mut s = Stream::open(&h, API, client, 20000 + cut as u16);
         assert_eq!(s.send(&h, &head[..cut]), TC_ACT_PIPE, "cut {cut}");
         assert_eq!(s.send(&h, &head[cut..]), TC_ACT_PIPE, "cut {cut}");
     }
     // Another route, and the body of the first, pay nothing.
-    let mut s = Stream::open(&h, client, 30000);
+    let mut s = Stream::open(&h, API, client, 30000);
     s.send(
         &h,
         b"POST /v1/logout HTTP/1.1\r\n\r\nGET /v1/login HTTP/1.1\r\n\r\n",
@@ -181,20 +133,20 @@ fn over_the_key_limit_the_segment_ending_the_key_is_dropped_until_a_token_frees(
         .into_iter()
         .enumerate()
     {
-        let mut s = Stream::open(&h, addr(4, i as u8 + 1), 40000);
+        let mut s = Stream::open(&h, API, addr(4, i as u8 + 1), 40000);
         assert_eq!(s.send(&h, req("shared").as_bytes()), want, "request {i}");
     }
     assert_eq!(counter(&h, Kind::Requests, Verdict::KeyLimited), 1);
     // The scheme in another case is the same key.
-    let mut s = Stream::open(&h, addr(4, 9), 40000);
+    let mut s = Stream::open(&h, API, addr(4, 9), 40000);
     let respelled = b"GET / HTTP/1.1\r\nAUTHORIZATION: BEARER shared\r\n\r\n";
     assert_eq!(s.send(&h, respelled), TC_ACT_SHOT);
     // Two keys from one address: two buckets.
-    let mut s = Stream::open(&h, addr(4, 1), 40001);
+    let mut s = Stream::open(&h, API, addr(4, 1), 40001);
     assert_eq!(s.send(&h, req("other").as_bytes()), TC_ACT_PIPE);
     // The key in the second segment of a head: the first passes, the second
     // (which ends the key) is dropped, and its retransmission too.
-    let mut s = Stream::open(&h, addr(4, 20), 40000);
+    let mut s = Stream::open(&h, API, addr(4, 20), 40000);
     let head = req("shared");
     let (a, b) = head.as_bytes().split_at(20);
     assert_eq!(s.send(&h, a), TC_ACT_PIPE);
@@ -215,7 +167,7 @@ fn a_route_per_key_and_per_client_and_the_most_specific_wins() {
         "--route-limit",
         "GET /v1/export=1:1",
     ]);
-    let mut s = Stream::open(&h, addr(5, 1), 40000);
+    let mut s = Stream::open(&h, API, addr(5, 1), 40000);
     let export = |key: &str| format!("GET /v1/export?all=1 HTTP/1.1\r\nX-API-Key: {key}\r\n\r\n");
     assert_eq!(s.send(&h, export("a").as_bytes()), TC_ACT_PIPE);
     assert_eq!(s.send(&h, export("a").as_bytes()), TC_ACT_SHOT);
@@ -224,7 +176,7 @@ fn a_route_per_key_and_per_client_and_the_most_specific_wins() {
     // same client, the client's bucket of the route is spent too).
     assert_eq!(s.send(&h, export("c").as_bytes()), TC_ACT_SHOT);
     assert_eq!(counter(&h, Kind::Requests, Verdict::RouteLimited), 2);
-    let mut s = Stream::open(&h, addr(5, 2), 40000);
+    let mut s = Stream::open(&h, API, addr(5, 2), 40000);
     assert_eq!(s.send(&h, export("b").as_bytes()), TC_ACT_PIPE);
     // A respelled path pays the strictest limit of its method (export's).
     assert_eq!(
@@ -239,7 +191,7 @@ fn a_route_per_key_and_per_client_and_the_most_specific_wins() {
     let per_key = buckets(&h, BUCKET_ROUTE_KEY);
     assert_eq!(per_key.len(), 4, "{per_key:?}");
     // Without a key: the client's bucket of the route.
-    let mut s = Stream::open(&h, addr(5, 3), 40000);
+    let mut s = Stream::open(&h, API, addr(5, 3), 40000);
     assert_eq!(s.send(&h, b"GET /v1/export HTTP/1.1\r\n\r\n"), TC_ACT_PIPE);
     assert_eq!(s.send(&h, b"GET /v1/export HTTP/1.1\r\n\r\n"), TC_ACT_SHOT);
     assert_eq!(buckets(&h, BUCKET_ROUTE_CLIENT).len(), 4);
@@ -256,7 +208,7 @@ fn dry_run_counts_key_and_route_limits_and_drops_nothing() {
         "--route-limit",
         "* /=1:1",
     ]);
-    let mut s = Stream::open(&h, addr(6, 1), 40000);
+    let mut s = Stream::open(&h, API, addr(6, 1), 40000);
     for _ in 0..3 {
         assert_eq!(
             s.send(&h, b"GET /?x=1 HTTP/1.1\r\nX-API-Key: k\r\n\r\n"),
@@ -284,7 +236,7 @@ fn on_limit_reset_turns_a_key_limited_segment_into_a_reset() {
         "--key-rate",
         "1:1",
     ]);
-    let mut s = Stream::open(&h, addr(7, 1), 40000);
+    let mut s = Stream::open(&h, API, addr(7, 1), 40000);
     let req = b"GET / HTTP/1.1\r\nX-API-Key: k\r\n\r\n";
     assert_eq!(s.send(&h, req), TC_ACT_PIPE);
     let tcp = Tcp {
@@ -312,7 +264,7 @@ fn a_key_header_sent_past_a_gap_is_dropped_until_the_gap_is_filled_then_charged_
     let a = b"GET /v1/login HTTP/1.1\r\nHost: h\r\n";
     let b = b"X-P: 1\r\n";
     let c = b"X-Api-Key: K\r\n\r\n";
-    let mut s = Stream::open(&h, addr(8, 1), 40000);
+    let mut s = Stream::open(&h, API, addr(8, 1), 40000);
     assert_eq!(s.send(&h, a), TC_ACT_PIPE);
     // C before B: the key stage would never read B (behind what it scanned).
     assert_eq!(
@@ -340,7 +292,7 @@ fn a_new_made_up_key_per_request_still_pays_the_clients_route_bucket() {
         "--route-limit",
         "POST /v1/login=1:2",
     ]);
-    let mut s = Stream::open(&h, addr(9, 1), 40000);
+    let mut s = Stream::open(&h, API, addr(9, 1), 40000);
     let req = |key: &str| format!("POST /v1/login HTTP/1.1\r\nX-Api-Key: {key}\r\n\r\n");
     assert_eq!(s.send(&h, req("random-1").as_bytes()), TC_ACT_PIPE);
     assert_eq!(s.send(&h, req("random-2").as_bytes()), TC_ACT_PIPE);
@@ -352,7 +304,7 @@ fn a_new_made_up_key_per_request_still_pays_the_clients_route_bucket() {
 fn a_syn_or_an_empty_segment_writes_no_key_parser_state() {
     let h = harness(&["--key-header", "x-api-key", "--key-rate", "1:100000"]);
     // A connection stopped inside a key's value: its parser holds hash state.
-    let mut s = Stream::open(&h, addr(10, 1), 40000);
+    let mut s = Stream::open(&h, API, addr(10, 1), 40000);
     assert_eq!(
         s.send(&h, b"GET / HTTP/1.1\r\nX-Api-Key: abcdefghij"),
         TC_ACT_PIPE
@@ -360,7 +312,7 @@ fn a_syn_or_an_empty_segment_writes_no_key_parser_state() {
     assert_eq!(h.datapath.key_conns().unwrap().len(), 1);
     // Spoofed SYNs (and a bare ACK) from many addresses: no entry each.
     for i in 0..20u8 {
-        let _ = Stream::open(&h, addr(11, i), 41000);
+        let _ = Stream::open(&h, API, addr(11, i), 41000);
     }
     let ack = Tcp {
         sport: s.sport,
@@ -377,7 +329,7 @@ fn no_byte_of_a_key_stays_in_the_parser_state_after_its_value_ends() {
     // 15 bytes: 7 past the last whole 8-byte word.
     let key = b"Kq7-zx93-Wm4Lp2";
     assert_eq!(key.len() % 8, 7);
-    let mut s = Stream::open(&h, addr(12, 1), 40000);
+    let mut s = Stream::open(&h, API, addr(12, 1), 40000);
     let head = format!(
         "GET / HTTP/1.1\r\nX-Api-Key: {}\r\nHost: h\r\n",
         std::str::from_utf8(key).unwrap()
@@ -406,11 +358,11 @@ fn a_get_route_binds_head_and_a_path_parameter_pays_the_strictest_route() {
         "--route-limit",
         "GET /v1/export=1:1",
     ]);
-    let mut s = Stream::open(&h, addr(13, 1), 40000);
+    let mut s = Stream::open(&h, API, addr(13, 1), 40000);
     assert_eq!(s.send(&h, b"GET /v1/export HTTP/1.1\r\n\r\n"), TC_ACT_PIPE);
     assert_eq!(s.send(&h, b"HEAD /v1/export HTTP/1.1\r\n\r\n"), TC_ACT_SHOT);
     // "/v1;a/export" is "/v1/export" to a server that strips path parameters.
-    let mut s = Stream::open(&h, addr(13, 2), 40000);
+    let mut s = Stream::open(&h, API, addr(13, 2), 40000);
     assert_eq!(s.send(&h, b"GET /v1/export HTTP/1.1\r\n\r\n"), TC_ACT_PIPE);
     assert_eq!(
         s.send(&h, b"GET /v1;a/export HTTP/1.1\r\n\r\n"),
@@ -436,11 +388,11 @@ fn a_proxy_header_before_the_head_is_no_gap_for_the_key_stage() {
     let proxy = b"PROXY TCP4 198.18.14.1 198.18.0.1 54321 8080\r\n";
     let req = b"GET / HTTP/1.1\r\nX-Api-Key: k\r\n\r\n";
     // The header and a head in one segment.
-    let mut s = Stream::open(&h, lb, 40000);
+    let mut s = Stream::open(&h, API, lb, 40000);
     assert_eq!(s.send(&h, &[&proxy[..], &req[..]].concat()), TC_ACT_PIPE);
     assert_eq!(s.send(&h, req), TC_ACT_PIPE);
     // The header alone, then the head.
-    let mut s = Stream::open(&h, lb, 40001);
+    let mut s = Stream::open(&h, API, lb, 40001);
     assert_eq!(s.send(&h, proxy), TC_ACT_PIPE);
     assert_eq!(s.send(&h, req), TC_ACT_PIPE);
     assert_eq!(counter(&h, Kind::Packets, Verdict::OutOfOrder), 0);

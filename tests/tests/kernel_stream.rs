@@ -13,7 +13,7 @@ use std::{
 use api_guard_common::counters::{Event, Kind, Verdict};
 use api_guard_tests::{
     packet::{self, CLIENT4, ETH_P_IP, IPPROTO_TCP, SERVER4, Tcp},
-    testrun::{Harness, TC_ACT_PIPE, TC_ACT_SHOT, policy},
+    testrun::{Harness, Stream, TC_ACT_PIPE, TC_ACT_SHOT, policy},
 };
 
 const API: u16 = 8080;
@@ -21,51 +21,6 @@ const GET: &[u8] = b"GET /v1/items HTTP/1.1\r\nHost: api\r\n\r\n";
 
 fn harness(flags: &[&str]) -> Harness {
     Harness::with_policy(&[API], &policy(flags).unwrap()).unwrap()
-}
-
-/// One client→server connection whose segments carry consecutive sequence
-/// numbers, as a real TCP sender's do.
-struct Stream {
-    src: IpAddr,
-    sport: u16,
-    next: u32,
-}
-
-impl Stream {
-    /// Opens the stream with a SYN through `h` (the kernel sees the handshake).
-    fn open(h: &Harness, src: IpAddr, sport: u16) -> Self {
-        let syn = Tcp {
-            sport,
-            seq: 5000,
-            ..Tcp::syn(API)
-        };
-        assert_eq!(h.run(&packet::from(src, &syn)).unwrap(), TC_ACT_PIPE);
-        Stream {
-            src,
-            sport,
-            next: 5001,
-        }
-    }
-
-    /// The frame of the next segment (not yet sent).
-    fn frame(&self, payload: &[u8]) -> Vec<u8> {
-        let tcp = Tcp {
-            sport: self.sport,
-            seq: self.next,
-            ..Tcp::data(API, payload)
-        };
-        packet::from(self.src, &tcp)
-    }
-
-    /// Sends the next segment; advances only if it was let through, as TCP
-    /// would retransmit a dropped one.
-    fn send(&mut self, h: &Harness, payload: &[u8]) -> u32 {
-        let action = h.run(&self.frame(payload)).unwrap();
-        if action == TC_ACT_PIPE {
-            self.next = self.next.wrapping_add(payload.len() as u32);
-        }
-        action
-    }
 }
 
 fn requests(h: &Harness, src: IpAddr) -> u64 {
@@ -81,7 +36,7 @@ fn pipelined_requests_in_one_segment_each_count() {
     let h = harness(&[]);
     for n in [1usize, 2, 3, 10, 64] {
         let src = IpAddr::V4(Ipv4Addr::new(198, 18, 1, n as u8));
-        let mut s = Stream::open(&h, src, 40000);
+        let mut s = Stream::open(&h, API, src, 40000);
         assert_eq!(s.send(&h, &GET.repeat(n)), TC_ACT_PIPE);
         assert_eq!(requests(&h, src), n as u64, "{n} pipelined");
     }
@@ -94,7 +49,7 @@ fn a_head_split_at_every_offset_counts_once() {
     for cut in 1..two.len() {
         let src = IpAddr::V4(Ipv4Addr::new(198, 18, 2, (cut % 250) as u8));
         let before = requests(&h, src);
-        let mut s = Stream::open(&h, src, 40000 + cut as u16);
+        let mut s = Stream::open(&h, API, src, 40000 + cut as u16);
         s.send(&h, &two[..cut]);
         s.send(&h, &two[cut..]);
         assert_eq!(requests(&h, src) - before, 2, "split at {cut}");
@@ -104,7 +59,7 @@ fn a_head_split_at_every_offset_counts_once() {
 #[test]
 fn leading_empty_lines_are_skipped() {
     let h = harness(&[]);
-    let mut s = Stream::open(&h, CLIENT4.into(), 40000);
+    let mut s = Stream::open(&h, API, CLIENT4.into(), 40000);
     for prefix in [&b"\r\n"[..], b"\r\n\r\n\r\n", b"\n", b"\n\r\n\n"] {
         s.send(&h, &[prefix, GET].concat());
         s.send(&h, prefix);
@@ -124,7 +79,7 @@ fn bodies_are_skipped_and_hide_no_request() {
     // Whole, and cut into segments of every size from 1 to 40 bytes.
     for size in [stream.len(), 1, 2, 3, 7, 13, 40] {
         let src = IpAddr::V4(Ipv4Addr::new(198, 18, 3, (size % 250) as u8));
-        let mut s = Stream::open(&h, src, 40000);
+        let mut s = Stream::open(&h, API, src, 40000);
         for seg in stream.chunks(size) {
             s.send(&h, seg);
         }
@@ -138,7 +93,7 @@ fn a_retransmission_the_server_has_not_taken_is_charged_again() {
     // the second is charged too (a forged or refused segment must not pass its
     // bytes off as accounted).
     let h = harness(&[]);
-    let s = Stream::open(&h, CLIENT4.into(), 40000);
+    let s = Stream::open(&h, API, CLIENT4.into(), 40000);
     let frame = s.frame(&GET.repeat(3));
     assert_eq!(h.run(&frame).unwrap(), TC_ACT_PIPE);
     assert_eq!(h.run(&frame).unwrap(), TC_ACT_PIPE);
@@ -156,7 +111,7 @@ fn a_refused_segment_cannot_leave_a_body_that_hides_later_requests() {
     // vouches for the first copy.
     let h = harness(&[]);
     let src: IpAddr = CLIENT4.into();
-    let s = Stream::open(&h, src, 40000);
+    let s = Stream::open(&h, API, src, 40000);
     let refused = b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n";
     let mut real = b"GET /a HTTP/1.1\r\nX-Pad: ".to_vec();
     real.resize(refused.len() - 4, b'x');
@@ -182,7 +137,7 @@ fn a_refused_segment_cannot_leave_a_body_that_hides_later_requests() {
 #[test]
 fn a_segment_is_admitted_on_one_token_and_pays_for_every_start() {
     let h = harness(&["--rate", "1", "--burst", "5"]);
-    let mut s = Stream::open(&h, CLIENT4.into(), 40000);
+    let mut s = Stream::open(&h, API, CLIENT4.into(), 40000);
     // Five starts in one segment: admitted with the bucket full, which empties it.
     assert_eq!(s.send(&h, &GET.repeat(5)), TC_ACT_PIPE);
     // The next start waits for a token: dropped, and so retransmitted.
@@ -194,7 +149,7 @@ fn a_segment_is_admitted_on_one_token_and_pays_for_every_start() {
 #[test]
 fn a_segment_with_more_starts_than_the_burst_resets_the_connection() {
     let h = harness(&["--rate", "1", "--burst", "5"]);
-    let s = Stream::open(&h, CLIENT4.into(), 40000);
+    let s = Stream::open(&h, API, CLIENT4.into(), 40000);
     let (action, out) = h.run_out(&s.frame(&GET.repeat(6))).unwrap();
     // Turned into a RST toward the server (let through as such).
     assert_eq!(action, TC_ACT_PIPE);
