@@ -18,8 +18,8 @@ use api_guard_common::{
         Exchange, FIFO_SLOTS, HEAD_BITS, REPLY_AHEAD, REPLY_SEQ_KNOWN, RESPONSE_PAIRED,
         ResponseCount, ResponseRecord, SLOT_HEAD, SLOT_SAMPLED, class_of, watched_status,
     },
-    response::{REPLY_BODY, REPLY_DONE, Reply, Step},
     ports,
+    response::{REPLY_BODY, REPLY_DONE, Reply, Step},
     sample::{SAMPLE_IPV6, SampleHeader, Source},
 };
 use aya_ebpf::{

@@ -22,8 +22,7 @@ use api_guard_common::{
     tls::{
         AF_INET, AF_INET6, CALL_NONE, CALL_READ, CALL_SLOTS, CALL_WRITE, ConnVerdict, PID_SLOTS,
         SOURCE_TLS_READ, SOURCE_TLS_WRITE, SSL_SLOTS, STATUS_SLOTS, STREAM_H2, SockOffsets, SslKey,
-        TLS_EVENT_SLOTS,
-        TlsCall, TlsEvent, TlsStatus, TlsStatusKey, TlsStream, VERDICT_SLOTS,
+        TLS_EVENT_SLOTS, TlsCall, TlsEvent, TlsStatus, TlsStatusKey, TlsStream, VERDICT_SLOTS,
     },
 };
 use aya_ebpf::{

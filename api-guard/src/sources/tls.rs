@@ -1,9 +1,14 @@
 //! Request heads the libssl uprobes sample from decrypted plaintext: the
 //! connection's addresses, the verdict the uprobe charged, and the head.
 //! Records of family `0x02nn`; the same [`RequestSample`] as TC ingress,
-//! marked as TLS so the sinks say `https` and where it was seen.
+//! marked as TLS so the sinks say `https` and where it was seen. Their
+//! responses, read from `SSL_write`'s plaintext, come as the same
+//! [`super::ResponseSample`] as TC egress's and join the same way.
 
-use api_guard_common::{sample::SampleHeader, tls::SOURCE_TLS_READ};
+use api_guard_common::{
+    sample::SampleHeader,
+    tls::{SOURCE_TLS_READ, SOURCE_TLS_WRITE},
+};
 
 use super::{DecodeError, Event, Family, RequestSample, Source, SourceId};
 
@@ -23,6 +28,27 @@ impl Source for TlsRead {
 
     fn decode(&self, hdr: &SampleHeader, data: &[u8]) -> Result<Event, DecodeError> {
         Ok(Event::TlsRequest(RequestSample::of(hdr, data)))
+    }
+}
+
+/// `SSL_write`'s plaintext as a source: responses to sampled TLS requests,
+/// the same records as TC egress's (status, time to first byte from the
+/// `SSL_read` return that delivered the request).
+pub struct TlsWrite;
+
+impl TlsWrite {
+    pub const ID: SourceId = SourceId(SOURCE_TLS_WRITE);
+}
+
+const _: () = assert!(TlsWrite::ID.0 >> 8 == Family::Tls as u16);
+
+impl Source for TlsWrite {
+    fn id(&self) -> SourceId {
+        Self::ID
+    }
+
+    fn decode(&self, hdr: &SampleHeader, data: &[u8]) -> Result<Event, DecodeError> {
+        super::tc_egress::decode_response(hdr, data)
     }
 }
 
