@@ -112,7 +112,7 @@ pub enum TlsEvent {
     /// connection whose requests are numbered).
     ResponseWrites = 7,
     /// `SSL_write` calls taken for the repeat of one that hit a full socket,
-    /// not framed again.
+    /// or for the rest of a partial write: not framed again.
     WriteRetries = 8,
 }
 

@@ -270,30 +270,39 @@ fn respond(call: &TlsCall, sc: &mut ReplyScratch, ret: i32) {
     // side's fields back.
     sc.ex = unsafe { *ex };
     let len32 = call.len as u32;
-    let repeat = sc.ex.reply_flags & REPLY_RETRY != 0 && sc.ex.retry_len == len32;
+    let end32 = call.buf.wrapping_add(call.len) as u32;
+    // libssl's rule: after a write that could not finish, the same write
+    // comes again (its buffer may have moved).
+    let repeat = sc.ex.reply_flags & REPLY_RETRY != 0 && sc.ex.write_len == len32;
+    // The rest of a partial write: the same buffer from further in, ending
+    // where the framed one ended. (A reused buffer written again from its
+    // start ends elsewhere unless as long, and then it is not shorter.)
+    let rest = sc.ex.reply_seq == end32 && len32 < sc.ex.write_len;
     sc.ex.reply_flags &= !REPLY_RETRY;
-    if repeat {
-        // libssl's rule: after a write that could not finish, the same write
-        // comes again. Its bytes were framed the first time.
+    if repeat || rest {
+        // Its bytes were framed with the write they belong to.
         event(TlsEvent::WriteRetries);
     } else {
         event(TlsEvent::ResponseWrites);
         frame_write(sc, call.buf, call.len);
+        sc.ex.reply_seq = end32;
+        sc.ex.write_len = len32;
     }
     if ret < 0 {
         sc.ex.reply_flags |= REPLY_RETRY;
-        sc.ex.retry_len = len32;
     }
     // SAFETY: as above; the request side's fields are left alone.
     unsafe {
         (*ex).head = sc.ex.head;
         (*ex).reply = sc.ex.reply;
         (*ex).reply_flags = sc.ex.reply_flags;
-        (*ex).retry_len = sc.ex.retry_len;
+        (*ex).reply_seq = sc.ex.reply_seq;
+        (*ex).write_len = sc.ex.write_len;
     }
 }
 
-/// A later send of a write found the socket full: the write will be repeated.
+/// A later send of a write found the socket full: the write will be repeated
+/// (or, for a write that was itself a repeat or a rest, that one).
 #[inline(always)]
 fn retry_pending(call: &TlsCall, tgid: u32) {
     let ssl = SslKey {
@@ -307,10 +316,7 @@ fn retry_pending(call: &TlsCall, tgid: u32) {
     };
     if let Some(ex) = EXCHANGES.get_ptr_mut(&key) {
         // SAFETY: a live map value; response-side fields only.
-        unsafe {
-            (*ex).reply_flags |= REPLY_RETRY;
-            (*ex).retry_len = call.len as u32;
-        }
+        unsafe { (*ex).reply_flags |= REPLY_RETRY };
     }
 }
 
