@@ -76,4 +76,38 @@ mod tests {
         assert_eq!(r.client.to_string(), "198.18.0.2");
         assert_eq!(r.server_port, 443);
     }
+
+    #[test]
+    fn a_tls_write_record_decodes_to_a_response_joined_like_egress_ones() {
+        use api_guard_common::exchange::{RESPONSE_PAIRED, ResponseRecord};
+        let hdr = SampleHeader {
+            source: SOURCE_TLS_WRITE,
+            client: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 2],
+            client_port: 40000,
+            server_port: 443,
+            exchange: 3,
+            captured: size_of::<ResponseRecord>() as u32,
+            ..Default::default()
+        };
+        let rec = ResponseRecord {
+            request_ns: 10,
+            ttfb_ns: 7,
+            status: 401,
+            _pad: 0,
+            flags: RESPONSE_PAIRED,
+        };
+        let mut record = hdr.as_bytes().to_vec();
+        // SAFETY: a plain integer struct viewed as its bytes.
+        record.extend_from_slice(unsafe {
+            std::slice::from_raw_parts((&raw const rec).cast::<u8>(), size_of::<ResponseRecord>())
+        });
+        let Ok(Event::Response(r)) = Sources::kernel().decode(&record) else {
+            panic!("not a response");
+        };
+        assert_eq!((r.status, r.exchange, r.ttfb_ns), (401, 3, 7));
+        assert_eq!(
+            (r.client.to_string().as_str(), r.server_port),
+            ("198.18.0.2", 443)
+        );
+    }
 }
