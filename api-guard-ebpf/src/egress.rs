@@ -66,6 +66,10 @@ pub struct ReplyScratch {
     pub(crate) word_len: u32,
     pub(crate) _pad: u32,
     pub(crate) word: [u8; 8],
+    /// The TLS write path's bytes of the process, read `tls::CHUNK` at a
+    /// time (a helper call each), and 8 more so a word at any of them is in
+    /// bounds.
+    pub(crate) chunk: [u8; 72],
 }
 
 /// The bpf_loop callback's context (the scratch pointer rides along).

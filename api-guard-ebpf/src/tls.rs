@@ -112,6 +112,8 @@ const MAX_SCAN: u32 = 1 << 20;
 /// Plaintext bytes of one write framed at most (bodies are skipped whole):
 /// past it the connection's responses are not framed any more.
 const MAX_WRITE: u32 = 1 << 30;
+/// Plaintext bytes the write scan reads from the process at once.
+const CHUNK: u32 = 64;
 
 #[repr(C)]
 pub struct TlsScratch {
@@ -365,8 +367,8 @@ fn frame_write(sc: &mut ReplyScratch, buf: u64, len: u64) {
             0,
         )
     };
-    // The last word read is the response's: no map keeps it.
-    sc.word = [0; 8];
+    // The last bytes read are the response's: no map keeps them.
+    sc.chunk = [0; 72];
     if (sc.pos < sc.end || len > MAX_WRITE as u64) && sc.ex.reply.mode != REPLY_DONE {
         // Not framed to the end (a read failed, or a head past the bound):
         // where the next response begins is unknown.
@@ -392,14 +394,15 @@ extern "C" fn write_round(_index: u64, ctx: *mut c_void) -> i64 {
         return 0;
     }
     if sc.pos < sc.word_at || sc.pos - sc.word_at >= sc.word_len {
-        // The next 8 bytes, or the last few: never before the buffer's start.
+        // The next CHUNK bytes, or the last few: never before the buffer's
+        // start. One helper call for 64 bytes, not 8: most of a response
+        // head is skimmed a word at a time.
         let left = sc.end - sc.pos;
-        let n = if left >= 8 { 8 } else { left & 7 };
-        sc.word = [0; 8];
-        // SAFETY: `word` holds 8 bytes and n <= 8.
+        let n = if left >= CHUNK { CHUNK } else { left & (CHUNK - 1) };
+        // SAFETY: `chunk` holds CHUNK + 8 bytes and n <= CHUNK.
         let rc = unsafe {
             bpf_probe_read_user(
-                sc.word.as_mut_ptr().cast(),
+                sc.chunk.as_mut_ptr().cast(),
                 n,
                 (sc.buf + sc.pos as u64) as *const c_void,
             )
@@ -411,17 +414,20 @@ extern "C" fn write_round(_index: u64, ctx: *mut c_void) -> i64 {
         sc.word_at = sc.pos;
         sc.word_len = n;
     }
-    let idx = (sc.pos - sc.word_at) & 7;
-    let avail = sc.word_len - idx;
-    let k = sc
-        .ex
-        .reply
-        .skim(u64::from_le_bytes(sc.word) >> (8 * idx), avail);
+    let idx = (sc.pos - sc.word_at) & (CHUNK - 1);
+    // SAFETY: idx < CHUNK and `chunk` holds CHUNK + 8 bytes, so the 8 bytes
+    // from idx are in it; those past `word_len` are stale, and `skim` is told
+    // how many are not.
+    let word = u64::from_le(unsafe {
+        core::ptr::read_unaligned(sc.chunk.as_ptr().add(idx as usize) as *const u64)
+    });
+    let left = sc.word_len - idx;
+    let k = sc.ex.reply.skim(word, if left < 8 { left } else { 8 });
     if k > 0 {
         sc.pos += k;
         return 0;
     }
-    if sc.ex.reply.step(sc.word[idx as usize]) == Step::Status {
+    if sc.ex.reply.step(word as u8) == Step::Status {
         egress::answered(sc, SOURCE_TLS_WRITE);
     }
     sc.pos += 1;
