@@ -398,7 +398,11 @@ extern "C" fn write_round(_index: u64, ctx: *mut c_void) -> i64 {
         // start. One helper call for 64 bytes, not 8: most of a response
         // head is skimmed a word at a time.
         let left = sc.end - sc.pos;
-        let n = if left >= CHUNK { CHUNK } else { left & (CHUNK - 1) };
+        let n = if left >= CHUNK {
+            CHUNK
+        } else {
+            left & (CHUNK - 1)
+        };
         // SAFETY: `chunk` holds CHUNK + 8 bytes and n <= CHUNK.
         let rc = unsafe {
             bpf_probe_read_user(

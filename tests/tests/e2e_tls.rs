@@ -957,3 +957,44 @@ fn a_daemon_started_on_open_tls_connections_mispairs_no_response() -> Result<()>
     ensure!(pairing(&text, "unseen") >= 1.0, "{text}");
     Ok(())
 }
+
+#[test]
+fn the_detectors_see_tls_answers_a_prober_over_tls_is_found() -> Result<()> {
+    let _serial = serial();
+    let mut s = Scene::with(1, Some(ROUTES))?;
+    let findings = s.log.path().join("findings.log");
+    s.start_daemon(&[
+        "--sample",
+        "1",
+        "--findings-log",
+        findings.to_str().context("path")?,
+    ])?;
+    // 30 distinct missing paths (the `probing` threshold is 20), only over
+    // TLS: the detector can know they were answered 404 only from SSL_write.
+    let paths: Vec<String> = (0..30u8)
+        .map(|i| {
+            format!(
+                "/hidden{}{}",
+                (b'a' + i / 26) as char,
+                (b'a' + i % 26) as char
+            )
+        })
+        .collect();
+    let urls: Vec<String> = paths.iter().map(|p| s.url(0, p)).collect();
+    let statuses = curl_https(s.client(0), &urls, &[])?;
+    ensure!(statuses.iter().all(|&st| st == 404), "{statuses:?}");
+    let me = s.client(0).addr(false).to_string();
+    let mut all = Vec::new();
+    wait_until(Duration::from_secs(30), "a probing finding", || {
+        all = std::fs::read_to_string(&findings)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect();
+        Ok(all
+            .iter()
+            .any(|f| f["client"] == me.as_str() && f["detector"] == "probing"))
+    })
+    .with_context(|| format!("findings: {all:?}"))?;
+    Ok(())
+}
