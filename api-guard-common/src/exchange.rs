@@ -41,6 +41,12 @@ pub const REPLY_SEQ_KNOWN: u32 = 1 << 0;
 /// it (the server answered something the framing did not count): from here on
 /// no response is paired.
 pub const REPLY_AHEAD: u32 = 1 << 1;
+/// `Exchange::reply_flags`: a TLS write on the connection hit a full socket
+/// (`EAGAIN`): libssl requires the next `SSL_write` to repeat the same call
+/// (its buffer may move), so a next write of `write_len` bytes is that repeat
+/// and is not framed again. Set and read only by the libssl uprobes (the TC
+/// egress path never sees a TLS connection's responses).
+pub const REPLY_RETRY: u32 = 1 << 2;
 /// Outstanding requests whose `HEAD` bit is kept (the bits of `head_bits`).
 pub const HEAD_BITS: u32 = 64;
 
@@ -59,13 +65,21 @@ pub struct Exchange {
     /// Final responses seen so far (egress).
     pub head: u32,
     pub reply_flags: u32,
-    /// The server's next sequence number not yet framed (egress).
+    /// The server's next sequence number not yet framed (egress). On a TLS
+    /// connection (no sequence numbers: plaintext): the low 32 bits of the
+    /// address where the last framed write's buffer ended, so that the rest
+    /// of a partial write (libssl's `SSL_MODE_ENABLE_PARTIAL_WRITE`: the same
+    /// buffer from further in) is not framed twice.
     pub reply_seq: u32,
-    pub _pad: u32,
+    /// The length of the last framed TLS write (its low 32 bits), for
+    /// [`REPLY_RETRY`] and partial writes. 0 on the TC path.
+    pub write_len: u32,
     pub reply: Reply,
 }
 
-/// Connections paired at once (an LRU map: the least recently seen goes first;
+/// Connections paired at once (plaintext ones and TLS ones share the map: a
+/// TLS port's entries are numbered by the `SSL_read` uprobe and popped by the
+/// `SSL_write` one; an LRU map: the least recently seen goes first;
 /// its later responses are counted unpaired).
 pub const DEFAULT_MAX_EXCHANGES: u32 = 65_536;
 

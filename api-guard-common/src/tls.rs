@@ -59,6 +59,9 @@ pub struct TlsCall {
     pub buf: u64,
     /// `SSL_read_ex`'s `size_t *readbytes` (0 for `SSL_read`).
     pub readbytes: u64,
+    /// A write's plaintext length (`num`, the third argument of `SSL_write`,
+    /// `SSL_write_ex` and their shared internal function).
+    pub len: u64,
     /// The `struct sock *` a `tcp_recvmsg`/`tcp_sendmsg` on this thread saw
     /// during the call (0: none, the plaintext was buffered).
     pub sock: u64,
@@ -105,9 +108,15 @@ pub enum TlsEvent {
     Verdicts = 5,
     /// `SSL_write` calls tied to their connection.
     Writes = 6,
+    /// `SSL_write` calls whose plaintext was framed for responses (a
+    /// connection whose requests are numbered).
+    ResponseWrites = 7,
+    /// `SSL_write` calls taken for the repeat of one that hit a full socket,
+    /// or for the rest of a partial write: not framed again.
+    WriteRetries = 8,
 }
 
-pub const TLS_EVENT_SLOTS: u32 = 8;
+pub const TLS_EVENT_SLOTS: u32 = 16;
 pub type TlsEventBlock = [u64; TLS_EVENT_SLOTS as usize];
 
 /// Map names (the kernel declares them, the daemon looks them up).
@@ -164,6 +173,10 @@ pub const VERDICT_SLOTS: u32 = 16_384;
 
 /// The sample source of TLS request heads (family 0x02).
 pub const SOURCE_TLS_READ: u16 = 0x0201;
+/// The sample source of TLS responses to sampled requests, read from the
+/// plaintext `SSL_write` sends: a [`crate::exchange::ResponseRecord`] follows,
+/// as for TC egress's.
+pub const SOURCE_TLS_WRITE: u16 = 0x0202;
 
 /// The connection key of a TLS connection, as the TC path keys it.
 pub type TlsConnKey = ConnKey;
@@ -178,7 +191,7 @@ mod tests {
     #[test]
     fn shared_types_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<SslKey>(), 16);
-        assert_eq!(core::mem::size_of::<TlsCall>(), 40);
+        assert_eq!(core::mem::size_of::<TlsCall>(), 48);
         assert_eq!(core::mem::size_of::<TlsStream>(), 24);
         assert_eq!(core::mem::size_of::<SockOffsets>(), 32);
         assert_eq!(core::mem::size_of::<TlsStatusKey>(), 8);

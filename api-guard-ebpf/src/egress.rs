@@ -18,6 +18,7 @@ use api_guard_common::{
         Exchange, FIFO_SLOTS, HEAD_BITS, REPLY_AHEAD, REPLY_SEQ_KNOWN, RESPONSE_PAIRED,
         ResponseCount, ResponseRecord, SLOT_HEAD, SLOT_SAMPLED, class_of, watched_status,
     },
+    ports,
     response::{REPLY_BODY, REPLY_DONE, Reply, Step},
     sample::{SAMPLE_IPV6, SampleHeader, Source},
 };
@@ -46,18 +47,29 @@ pub struct ResponseOut {
 
 /// The egress program's working state, too large for the stack: the
 /// connection, a copy of its entry (the scan pops from it), the scan's cursor.
+/// The TLS write path (tls.rs) frames plaintext with the same state, in a
+/// per-CPU entry of its own.
 #[repr(C)]
 pub struct ReplyScratch {
-    key: ConnKey,
-    ex: Exchange,
+    pub(crate) key: ConnKey,
+    pub(crate) ex: Exchange,
     out: ResponseOut,
-    /// `bpf_ktime_get_ns()` when the segment left.
-    now: u64,
-    base: u32,
-    pos: u32,
-    end: u32,
-    word_at: u32,
-    word: [u8; 8],
+    /// `bpf_ktime_get_ns()` when the segment left (or the TLS write was sent).
+    pub(crate) now: u64,
+    /// The TLS write's plaintext in the process's memory (0 on the TC path).
+    pub(crate) buf: u64,
+    pub(crate) base: u32,
+    pub(crate) pos: u32,
+    pub(crate) end: u32,
+    pub(crate) word_at: u32,
+    /// Bytes of `word` that are valid (the TLS path's reads may be short).
+    pub(crate) word_len: u32,
+    pub(crate) _pad: u32,
+    pub(crate) word: [u8; 8],
+    /// The TLS write path's bytes of the process, read `tls::CHUNK` at a
+    /// time (a helper call each), and 8 more so a word at any of them is in
+    /// bounds.
+    pub(crate) chunk: [u8; 72],
 }
 
 /// The bpf_loop callback's context (the scratch pointer rides along).
@@ -74,7 +86,8 @@ pub fn run(ctx: &TcContext, pkt: &TcpPacket) {
         return;
     };
     let sport = u16::from_be_bytes([th[0], th[1]]);
-    if !classify::is_watched(classify::flags_of_port(sport)) {
+    let port_flags = classify::flags_of_port(sport);
+    if !classify::is_watched(port_flags) {
         return;
     }
     let seq = u32::from_be_bytes([th[4], th[5], th[6], th[7]]);
@@ -88,6 +101,15 @@ pub fn run(ctx: &TcContext, pkt: &TcpPacket) {
         return;
     }
     let len = pkt.payload_len as u32;
+    if port_flags & ports::TLS != 0 {
+        // A TLS port: its responses are read from the plaintext `SSL_write`
+        // sends (tls.rs), never from these encrypted bytes. Its entry still
+        // goes with the connection.
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            let _ = EXCHANGES.remove(&sc.key);
+        }
+        return;
+    }
     let Some(ex) = EXCHANGES.get_ptr_mut(&sc.key) else {
         if len > 0 {
             untracked(ctx, pkt);
@@ -226,15 +248,16 @@ extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
     }
     let b = sc.word[idx as usize];
     if sc.ex.reply.step(b) == Step::Status {
-        answered(sc);
+        answered(sc, Source::TcEgress as u16);
     }
     sc.pos += 1;
     0
 }
 
-/// A status line was read: count it, and pair it if it is final.
+/// A status line was read: count it, and pair it if it is final; a sampled
+/// request's response goes to the ring as a record of `source`.
 #[inline(always)]
-fn answered(sc: &mut ReplyScratch) {
+pub(crate) fn answered(sc: &mut ReplyScratch, source: u16) {
     let status = sc.ex.reply.status;
     if sc.ex.reply.is_interim() {
         count(ResponseCount::Interim, 1);
@@ -280,7 +303,7 @@ fn answered(sc: &mut ReplyScratch) {
         None => sc.key.client,
     };
     h.server = sc.key.server;
-    h.source = Source::TcEgress as u16;
+    h.source = source;
     h.verdict = 0;
     h.flags = if is_v4_mapped(&h.client) {
         0
@@ -340,7 +363,7 @@ fn untracked(ctx: &TcContext, pkt: &TcpPacket) {
 }
 
 #[inline(always)]
-fn is_v4_mapped(a: &[u8; 16]) -> bool {
+pub(crate) fn is_v4_mapped(a: &[u8; 16]) -> bool {
     a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
 }
 

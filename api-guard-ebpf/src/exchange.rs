@@ -87,7 +87,7 @@ pub fn push(key: &ConnKey, p: &mut Pushed, exact: bool, fresh: &mut Exchange) {
         fresh.reply = Reply::start();
         fresh.reply_seq = p.ack;
         fresh.reply_flags = REPLY_SEQ_KNOWN;
-        fresh._pad = 0;
+        fresh.write_len = 0;
         // The slots stay as the scratch has them: zeroes (only this copy is
         // ever written here), and read only below `tail`, once written.
         // A new connection (or a reused port): whatever was kept goes.

@@ -283,14 +283,23 @@ pub fn api_guard_ssl_write_enter(ctx: ProbeContext) -> u32 {
 /// nor tracefs.
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn api_guard_sock_recv(ctx: RawTracePointContext) -> i32 {
-    tls::saw_sock(ctx.arg::<u64>(0), api_guard_common::tls::CALL_READ);
+    tls::saw_sock(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(1) as i32,
+        api_guard_common::tls::CALL_READ,
+    );
     0
 }
 
-/// `sock_send_length` during an `SSL_write`.
+/// `sock_send_length` during an `SSL_write`: the call's socket, and its
+/// plaintext framed for response status lines (tls.rs).
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn api_guard_sock_send(ctx: RawTracePointContext) -> i32 {
-    tls::saw_sock(ctx.arg::<u64>(0), api_guard_common::tls::CALL_WRITE);
+    tls::saw_sock(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(1) as i32,
+        api_guard_common::tls::CALL_WRITE,
+    );
     0
 }
 

@@ -14,13 +14,15 @@ use api_guard_common::{
     client::ClientKey,
     conn::ConnKey,
     counters::{Event, Verdict},
+    exchange::{Exchange, REPLY_RETRY, ResponseCount, class_of, watched_status},
     ports,
-    sample::{HEADER_LEN, MAX_CAPTURE, SAMPLE_IPV6, SampleBuf},
+    response::{REPLY_BODY, REPLY_DONE, Reply, Step},
+    sample::{HEADER_LEN, MAX_CAPTURE, NO_EXCHANGE, SAMPLE_IPV6, SampleBuf},
     stream::{Framing, MODE_BODY, MODE_OPAQUE},
     tls::{
         AF_INET, AF_INET6, CALL_NONE, CALL_READ, CALL_SLOTS, CALL_WRITE, ConnVerdict, PID_SLOTS,
-        SOURCE_TLS_READ, SSL_SLOTS, STATUS_SLOTS, STREAM_H2, SockOffsets, SslKey, TLS_EVENT_SLOTS,
-        TlsCall, TlsEvent, TlsStatus, TlsStatusKey, TlsStream, VERDICT_SLOTS,
+        SOURCE_TLS_READ, SOURCE_TLS_WRITE, SSL_SLOTS, STATUS_SLOTS, STREAM_H2, SockOffsets, SslKey,
+        TLS_EVENT_SLOTS, TlsCall, TlsEvent, TlsStatus, TlsStatusKey, TlsStream, VERDICT_SLOTS,
     },
 };
 use aya_ebpf::{
@@ -36,8 +38,10 @@ use aya_ebpf::{
 use crate::{
     clock::Clock,
     count::{self, Seen},
+    egress::{self, ReplyScratch},
     enforce,
-    maps::{CONFIG, CONNS, PORTS, SAMPLE_SCRATCH, SAMPLES},
+    exchange::{self as fifo, Pushed},
+    maps::{CONFIG, CONNS, EXCHANGES, PORTS, SAMPLE_SCRATCH, SAMPLES},
     parse::{TCP_SYN, TcpPacket},
     sample,
 };
@@ -88,6 +92,12 @@ static TLS_STATUS: HashMap<TlsStatusKey, TlsStatus> = HashMap::with_max_entries(
 #[map(name = "TLS_SCRATCH")]
 static TLS_SCRATCH: PerCpuArray<TlsScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU space of the `SSL_write` path: the response framing (egress.rs's
+/// state, in an entry of its own: the TC egress program may run in a softirq
+/// on the same CPU).
+#[map(name = "TLS_WRITE_SCRATCH")]
+static TLS_WRITE_SCRATCH: PerCpuArray<ReplyScratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU space of the TC judge's TLS step (a map of its own: a packet's
 /// softirq can interrupt a uprobe program on the same CPU).
 #[map(name = "TLS_TC_KEY")]
@@ -99,6 +109,11 @@ const NO_START: u32 = u32::MAX;
 /// record, 16 KiB; `SSL_read_ex` with a large buffer may return more). Past
 /// it, the stream errs high: one more start, and untrusted from there.
 const MAX_SCAN: u32 = 1 << 20;
+/// Plaintext bytes of one write framed at most (bodies are skipped whole):
+/// past it the connection's responses are not framed any more.
+const MAX_WRITE: u32 = 1 << 30;
+/// Plaintext bytes the write scan reads from the process at once.
+const CHUNK: u32 = 64;
 
 #[repr(C)]
 pub struct TlsScratch {
@@ -106,6 +121,12 @@ pub struct TlsScratch {
     stream: TlsStream,
     cur: Cursor,
     word: [u8; 8],
+    /// The requests of this read, numbered for their responses (exchange.rs).
+    pushed: Pushed,
+    /// A new connection's FIFO entry, built here (too large for the stack).
+    fresh: Exchange,
+    /// A request start's first bytes, to tell a `HEAD`.
+    method: [u8; 8],
 }
 
 #[repr(C)]
@@ -119,6 +140,10 @@ struct Cursor {
     word_at: u32,
     /// Bytes of `word` that are valid.
     word_len: u32,
+    /// Bit i: start i is a `HEAD`.
+    heads: u32,
+    /// A start past 32, or whose method could not be read.
+    unknown: u32,
 }
 
 #[inline(always)]
@@ -141,6 +166,7 @@ pub fn enter(ctx: &ProbeContext, kind: u32) {
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
         buf: ctx.arg::<u64>(1).unwrap_or(0),
         readbytes: ctx.arg::<u64>(3).unwrap_or(0),
+        len: ctx.arg::<u64>(2).unwrap_or(0),
         sock: 0,
         kind,
         _pad: 0,
@@ -186,32 +212,259 @@ pub fn handshake(ctx: &ProbeContext) {
     let _ = TLS_FRESH.insert(&key, &1, 0);
 }
 
-/// `sock_recv_length`/`sock_send_length` (`struct sock *sk, ...`): the socket
-/// of the SSL call this thread is in, if any. A write is tied to its
-/// connection here, at its first send: `SSL_write` needs no return probe.
+/// `sock_recv_length`/`sock_send_length` (`struct sock *sk, int ret, ...`):
+/// the socket of the SSL call this thread is in, if any. A write is tied to
+/// its connection here, at its first send, and its plaintext (still the
+/// caller's buffer: the call has not returned) is framed for responses:
+/// `SSL_write` needs no return probe. `ret` < 0 (a full socket) means libssl
+/// will have the same write repeated.
 #[inline(always)]
-pub fn saw_sock(sk: u64, kind: u32) {
+pub fn saw_sock(sk: u64, ret: i32, kind: u32) {
     let id = bpf_get_current_pid_tgid();
     let Some(call) = TLS_CALLS.get_ptr_mut(&id) else {
         return;
     };
     // SAFETY: a live map value of this thread's call.
     let call = unsafe { &mut *call };
-    if call.kind != kind || call.sock != 0 {
+    if call.kind != kind {
+        return;
+    }
+    if call.sock != 0 {
+        if kind == CALL_WRITE && ret < 0 && call.sock == sk {
+            // A later record of this write found the socket full.
+            let call = *call;
+            retry_pending(&call, (id >> 32) as u32);
+        }
         return;
     }
     call.sock = sk;
     if kind == CALL_WRITE {
         let call = *call;
-        let mut key = ConnKey {
-            client: [0; 16],
-            server: [0; 16],
-            client_port: 0,
-            server_port: 0,
-            _pad: 0,
+        let Some(sc) = TLS_WRITE_SCRATCH.get_ptr_mut(0) else {
+            return;
         };
-        if attribute(&call, (id >> 32) as u32, &mut key).is_ok() {
+        // SAFETY: this CPU's scratch entry, used by this program run only.
+        let sc = unsafe { &mut *sc };
+        if attribute(&call, (id >> 32) as u32, &mut sc.key).is_ok() {
             event(TlsEvent::Writes);
+            respond(&call, sc, ret);
+        }
+    }
+}
+
+/// Frames a write's plaintext on the connection in `sc.key`: each final
+/// status pops the request it answers, as TC egress does for plaintext.
+#[inline(always)]
+fn respond(call: &TlsCall, sc: &mut ReplyScratch, ret: i32) {
+    let Some(flags) = PORTS.get(sc.key.server_port as u32) else {
+        return;
+    };
+    if *flags & ports::WATCHED == 0 || call.len == 0 {
+        return;
+    }
+    let Some(ex) = EXCHANGES.get_ptr_mut(&sc.key) else {
+        // No request numbered on it (picked up mid-way, never exact, or
+        // evicted): a status line at the write's start is counted, unpaired.
+        untracked(call.buf, call.len);
+        return;
+    };
+    // SAFETY: a live map value (RCU); the write path writes only the response
+    // side's fields back.
+    sc.ex = unsafe { *ex };
+    let len32 = call.len as u32;
+    let end32 = call.buf.wrapping_add(call.len) as u32;
+    // libssl's rule: after a write that could not finish, the same write
+    // comes again (its buffer may have moved).
+    let repeat = sc.ex.reply_flags & REPLY_RETRY != 0 && sc.ex.write_len == len32;
+    // The rest of a partial write: the same buffer from further in, ending
+    // where the framed one ended. (A reused buffer written again from its
+    // start ends elsewhere unless as long, and then it is not shorter.)
+    let rest = sc.ex.reply_seq == end32 && len32 < sc.ex.write_len;
+    sc.ex.reply_flags &= !REPLY_RETRY;
+    if repeat || rest {
+        // Its bytes were framed with the write they belong to.
+        event(TlsEvent::WriteRetries);
+    } else {
+        event(TlsEvent::ResponseWrites);
+        frame_write(sc, call.buf, call.len);
+        sc.ex.reply_seq = end32;
+        sc.ex.write_len = len32;
+    }
+    if ret < 0 {
+        sc.ex.reply_flags |= REPLY_RETRY;
+    }
+    // SAFETY: as above; the request side's fields are left alone.
+    unsafe {
+        (*ex).head = sc.ex.head;
+        (*ex).reply = sc.ex.reply;
+        (*ex).reply_flags = sc.ex.reply_flags;
+        (*ex).reply_seq = sc.ex.reply_seq;
+        (*ex).write_len = sc.ex.write_len;
+    }
+}
+
+/// A later send of a write found the socket full: the write will be repeated
+/// (or, for a write that was itself a repeat or a rest, that one).
+#[inline(always)]
+fn retry_pending(call: &TlsCall, tgid: u32) {
+    let ssl = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: call.ssl,
+    };
+    // SAFETY: a live map value, copied out at once.
+    let Some(key) = TLS_SSL_CONNS.get_ptr(&ssl).map(|k| unsafe { *k }) else {
+        return;
+    };
+    if let Some(ex) = EXCHANGES.get_ptr_mut(&key) {
+        // SAFETY: a live map value; response-side fields only.
+        unsafe { (*ex).reply_flags |= REPLY_RETRY };
+    }
+}
+
+/// What the write scan's `bpf_loop` callback gets.
+#[repr(C)]
+struct WriteScan {
+    sc: *mut ReplyScratch,
+}
+
+/// Frames `len` plaintext bytes at `buf` with the connection's response
+/// framing (in `sc.ex`).
+#[inline(always)]
+fn frame_write(sc: &mut ReplyScratch, buf: u64, len: u64) {
+    if sc.ex.reply.mode == REPLY_DONE {
+        if sc.ex.reply.is_lost() {
+            // Not framed any more, still counted: a status line at the
+            // write's start, unpaired.
+            untracked(buf, len);
+        }
+        return;
+    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    sc.now = unsafe { bpf_ktime_get_ns() };
+    sc.buf = buf;
+    sc.pos = 0;
+    sc.end = if len > MAX_WRITE as u64 {
+        MAX_WRITE
+    } else {
+        len as u32
+    };
+    sc.word_at = u32::MAX;
+    sc.word_len = 0;
+    let mut s = WriteScan {
+        sc: sc as *mut ReplyScratch,
+    };
+    // Each round takes a byte, a skimmed word or a whole body; a body needs a
+    // head of at least 16 bytes before it, so heads of MAX_SCAN bytes at most
+    // are always framed to their end.
+    let heads = if sc.end > MAX_SCAN { MAX_SCAN } else { sc.end };
+    // SAFETY: the callback gets `s`, which lives on this frame for the whole loop.
+    unsafe {
+        bpf_loop(
+            heads + heads / 8 + 4,
+            write_round as *mut c_void,
+            (&raw mut s).cast(),
+            0,
+        )
+    };
+    // The last bytes read are the response's: no map keeps them.
+    sc.chunk = [0; 72];
+    if (sc.pos < sc.end || len > MAX_WRITE as u64) && sc.ex.reply.mode != REPLY_DONE {
+        // Not framed to the end (a read failed, or a head past the bound):
+        // where the next response begins is unknown.
+        sc.ex.reply = Reply::lost();
+        fifo::count(ResponseCount::Lost, 1);
+    } else if sc.ex.reply.is_lost() {
+        fifo::count(ResponseCount::Lost, 1);
+    }
+}
+
+/// One round of the write scan: a body skipped, a head word skimmed, a byte.
+extern "C" fn write_round(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `WriteScan` that `frame_write` passed to bpf_loop.
+    let s = unsafe { &*(ctx as *const WriteScan) };
+    // SAFETY: this CPU's scratch entry, set by `frame_write`.
+    let sc = unsafe { &mut *s.sc };
+    if sc.pos >= sc.end || sc.ex.reply.mode == REPLY_DONE {
+        return 1;
+    }
+    if sc.ex.reply.mode == REPLY_BODY {
+        let n = sc.ex.reply.skip_body((sc.end - sc.pos) as u64);
+        sc.pos += n as u32;
+        return 0;
+    }
+    if sc.pos < sc.word_at || sc.pos - sc.word_at >= sc.word_len {
+        // The next CHUNK bytes, or the last few: never before the buffer's
+        // start. One helper call for 64 bytes, not 8: most of a response
+        // head is skimmed a word at a time.
+        let left = sc.end - sc.pos;
+        let n = if left >= CHUNK {
+            CHUNK
+        } else {
+            left & (CHUNK - 1)
+        };
+        // SAFETY: `chunk` holds CHUNK + 8 bytes and n <= CHUNK.
+        let rc = unsafe {
+            bpf_probe_read_user(
+                sc.chunk.as_mut_ptr().cast(),
+                n,
+                (sc.buf + sc.pos as u64) as *const c_void,
+            )
+        };
+        if rc != 0 || n == 0 {
+            event(TlsEvent::ReadFailed);
+            return 1;
+        }
+        sc.word_at = sc.pos;
+        sc.word_len = n;
+    }
+    let idx = (sc.pos - sc.word_at) & (CHUNK - 1);
+    // SAFETY: idx < CHUNK and `chunk` holds CHUNK + 8 bytes, so the 8 bytes
+    // from idx are in it; those past `word_len` are stale, and `skim` is told
+    // how many are not.
+    let word = u64::from_le(unsafe {
+        core::ptr::read_unaligned(sc.chunk.as_ptr().add(idx as usize) as *const u64)
+    });
+    let left = sc.word_len - idx;
+    let k = sc.ex.reply.skim(word, if left < 8 { left } else { 8 });
+    if k > 0 {
+        sc.pos += k;
+        return 0;
+    }
+    if sc.ex.reply.step(word as u8) == Step::Status {
+        egress::answered(sc, SOURCE_TLS_WRITE);
+    }
+    sc.pos += 1;
+    0
+}
+
+/// A write on a connection whose responses are not framed: a status line at
+/// its very start is counted, unpaired (as TC egress counts a segment's).
+#[inline(always)]
+fn untracked(buf: u64, len: u64) {
+    if len < 12 {
+        return;
+    }
+    // SAFETY: reads the process's memory through the checked helper.
+    let Ok(line) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(buf as *const [u8; 12]) })
+    else {
+        return;
+    };
+    let mut r = Reply::start();
+    for b in line {
+        if r.step(b) == Step::Status {
+            if r.is_interim() {
+                fifo::count(ResponseCount::Interim, 1);
+                return;
+            }
+            if let Some(c) = class_of(r.status) {
+                fifo::count(c, 1);
+            }
+            if let Some(c) = watched_status(r.status) {
+                fifo::count(c, 1);
+            }
+            fifo::count(ResponseCount::Unseen, 1);
+            return;
         }
     }
 }
@@ -289,6 +542,7 @@ pub fn read_return(ctx: &RetProbeContext, ex: bool) {
         sc.stream.framing.mode = MODE_OPAQUE;
         event(TlsEvent::H2Streams);
     }
+    let fresh = sc.stream.framing.is_fresh();
     let (starts, first) = if sc.stream.flags & STREAM_H2 != 0 {
         (0, NO_START)
     } else {
@@ -300,6 +554,20 @@ pub fn read_return(ctx: &RetProbeContext, ex: bool) {
     } else {
         starts
     };
+    // Numbered for their responses (`SSL_write`), in the FIFO TC egress uses
+    // for plaintext, with this return's time as their arrival.
+    sc.pushed = Pushed {
+        starts,
+        heads: sc.cur.heads,
+        first_off: first,
+        unknown: sc.cur.unknown,
+        fresh: fresh as u32,
+        ack: 0,
+        first_index: NO_EXCHANGE,
+        _pad: 0,
+    };
+    let exact = sc.stream.framing.is_exact() && sc.stream.flags & STREAM_H2 == 0;
+    fifo::push(&sc.key, &mut sc.pushed, exact, &mut sc.fresh);
     match TLS_STREAMS.get_ptr_mut(&sc.key) {
         // In place: one thread reads a connection at a time (libssl is not
         // used on one SSL* from two threads at once).
@@ -318,7 +586,21 @@ pub fn read_return(ctx: &RetProbeContext, ex: bool) {
         && first != NO_START
         && crate::budget::take()
     {
-        emit(&sc.key, call.buf, first, len, verdict, cfg.capture_bytes);
+        let index = sc.pushed.first_index;
+        let index = if index != NO_EXCHANGE && fifo::mark_sampled(&sc.key, index) {
+            index
+        } else {
+            NO_EXCHANGE
+        };
+        emit(
+            &sc.key,
+            call.buf,
+            first,
+            len,
+            verdict,
+            cfg.capture_bytes,
+            index,
+        );
     }
 }
 
@@ -453,6 +735,8 @@ fn scan(sc: &mut TlsScratch, buf: u64, len: u32) -> (u32, u32) {
         first: NO_START,
         word_at: u32::MAX,
         word_len: 0,
+        heads: 0,
+        unknown: 0,
     };
     let mut s = Scan { sc };
     // As in stream.rs: each round parses a byte, skims up to 8, or skips a body.
@@ -513,7 +797,12 @@ extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
         c.pos += k;
         return 0;
     }
-    if f.step(sc.word[idx as usize]) {
+    let b = sc.word[idx as usize];
+    if f.step(b) {
+        if b == b'H' {
+            // A HEAD's response has no body: the write path must know.
+            note_head(c, &mut sc.method);
+        }
         c.starts += 1;
         if c.first == NO_START {
             c.first = c.pos;
@@ -521,6 +810,28 @@ extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
     }
     c.pos += 1;
     0
+}
+
+/// Notes whether the request starting at `c.pos` (with an `H`) is a `HEAD`.
+#[inline(always)]
+fn note_head(c: &mut Cursor, method: &mut [u8; 8]) {
+    if c.starts >= 32 || c.end - c.pos < 5 {
+        c.unknown = 1;
+        return;
+    }
+    // SAFETY: `method` holds 8 >= 5 bytes; the helper checks the source.
+    let rc = unsafe {
+        bpf_probe_read_user(
+            method.as_mut_ptr().cast(),
+            5,
+            (c.buf + c.pos as u64) as *const c_void,
+        )
+    };
+    if rc != 0 {
+        c.unknown = 1;
+    } else if method[..5] == *b"HEAD " {
+        c.heads |= 1 << c.starts;
+    }
 }
 
 /// Who a connection's requests are charged to: the client a trusted proxy's
@@ -587,7 +898,15 @@ fn charge(conn: &ConnKey, starts: u32) -> Verdict {
 
 /// Emits a sample of the plaintext from the first request start.
 #[inline(always)]
-fn emit(key: &ConnKey, buf: u64, first: u32, len: u32, verdict: Verdict, capture: u32) {
+fn emit(
+    key: &ConnKey,
+    buf: u64,
+    first: u32,
+    len: u32,
+    verdict: Verdict,
+    capture: u32,
+    exchange: u32,
+) {
     let Some(b) = SAMPLE_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -615,8 +934,9 @@ fn emit(key: &ConnKey, buf: u64, first: u32, len: u32, verdict: Verdict, capture
     hdr.verdict = verdict as u8;
     hdr.ifindex = 0;
     hdr.payload_len = len - first;
-    // TLS responses are not paired yet (SSL_write): no number to join on.
-    hdr.exchange = api_guard_common::sample::NO_EXCHANGE;
+    // The request's number on its connection: its response (`SSL_write`)
+    // carries the same, for the daemon's join.
+    hdr.exchange = exchange;
     let mut n = ((len - first) as usize).min(capture as usize);
     n &= MAX_CAPTURE * 2 - 1;
     if n == 0 || n > MAX_CAPTURE {

@@ -34,6 +34,16 @@ impl TlsNginx {
 
     /// With `http2`, nginx offers HTTP/2 by ALPN.
     pub fn start_with(ns: &Netns, port: u16, http2: bool) -> Result<Self> {
+        Self::start_full(ns, port, http2, None)
+    }
+
+    /// With the server's `location` blocks given (replacing the one that
+    /// answers 200 to everything).
+    pub fn start_locations(ns: &Netns, port: u16, locations: &str) -> Result<Self> {
+        Self::start_full(ns, port, false, Some(locations))
+    }
+
+    fn start_full(ns: &Netns, port: u16, http2: bool, locations: Option<&str>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
         let d = dir.path();
         let out = Command::new("openssl")
@@ -61,7 +71,7 @@ impl TlsNginx {
         }
         fs::create_dir_all(d.join("www"))?;
         fs::write(d.join("www/ok.txt"), "ok\n")?;
-        fs::write(d.join("nginx.conf"), config(d, port, http2))?;
+        fs::write(d.join("nginx.conf"), config(d, port, http2, locations))?;
         let child = ns
             .command(&binary())
             .arg("-c")
@@ -179,9 +189,20 @@ fn binary() -> String {
         .to_string()
 }
 
-fn config(dir: &std::path::Path, port: u16, http2: bool) -> String {
+fn config(dir: &std::path::Path, port: u16, http2: bool, locations: Option<&str>) -> String {
     let d = dir.display();
     let h2 = if http2 { " http2" } else { "" };
+    let locations = match locations {
+        Some(l) => l.to_string(),
+        None => format!(
+            r#"        location / {{
+            default_type text/plain;
+            root {d}/www;
+            try_files /ok.txt =404;
+        }}
+"#
+        ),
+    };
     format!(
         r#"# Written by the api-guard test harness.
 daemon off;
@@ -207,12 +228,7 @@ http {{
         listen [::]:{port} ssl{h2};
         ssl_certificate {d}/cert.pem;
         ssl_certificate_key {d}/key.pem;
-        location / {{
-            default_type text/plain;
-            root {d}/www;
-            try_files /ok.txt =404;
-        }}
-    }}
+{locations}    }}
 }}
 "#
     )

@@ -37,9 +37,17 @@ struct Scene {
 
 impl Scene {
     fn new(clients: usize) -> Result<Self> {
+        Self::with(clients, None)
+    }
+
+    /// nginx with the server's `location` blocks given.
+    fn with(clients: usize, locations: Option<&str>) -> Result<Self> {
         let bpffs = BpfFs::mount()?;
         let topo = Topology::new(clients)?;
-        let nginx = TlsNginx::start(&topo.server, PORT)?;
+        let nginx = match locations {
+            Some(l) => TlsNginx::start_locations(&topo.server, PORT, l)?,
+            None => TlsNginx::start(&topo.server, PORT)?,
+        };
         let log = tempfile::Builder::new()
             .prefix(api_guard_tests::PREFIX)
             .tempdir()?;
@@ -76,6 +84,34 @@ impl Scene {
         .with_context(|| format!("daemon log: {}", daemon.stderr()))?;
         self.daemon = Some(daemon);
         Ok(())
+    }
+
+    /// Scrapes the daemon's metrics (default address, in the server namespace).
+    fn scrape(&self) -> Result<String> {
+        self.topo.server.exec(
+            "curl",
+            &["-sS", "--max-time", "10", "http://127.0.0.1:9477/metrics"],
+        )
+    }
+
+    /// The daemon's access log lines so far (whole lines only).
+    fn log_lines(&self) -> Result<Vec<serde_json::Value>> {
+        let text = std::fs::read_to_string(self.log.path().join("access.json")).unwrap_or_default();
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
+            .lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("bad log line {l:?}")))
+            .collect()
+    }
+
+    /// Waits until the access log has at least `n` lines.
+    fn wait_lines(&self, n: usize) -> Result<Vec<serde_json::Value>> {
+        let mut lines = Vec::new();
+        wait_until(Duration::from_secs(60), "the access log lines", || {
+            lines = self.log_lines()?;
+            Ok(lines.len() >= n)
+        })?;
+        Ok(lines)
     }
 
     fn daemon(&self) -> &Daemon {
@@ -127,9 +163,10 @@ print("OPEN", flush=True)
 buf = b""
 for line in sys.stdin:
     cmd = line.split()
-    if cmd[0] == "SEND":
-        n = int(cmd[1])
-        s.sendall(b"".join(b"GET /p%d HTTP/1.1\r\nHost: api.test\r\n\r\n" % i for i in range(n)))
+    if cmd[0] in ("SEND", "PATHS"):
+        paths = [b"/p%d" % i for i in range(int(cmd[1]))] if cmd[0] == "SEND" else [p.encode() for p in cmd[1:]]
+        n = len(paths)
+        s.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: api.test\r\n\r\n" % p for p in paths))
         got = 0
         while got < n:
             chunk = s.recv(65536)
@@ -174,6 +211,22 @@ impl PyTls {
     /// Sends `n` pipelined requests in one record; returns the responses read.
     fn send(&mut self, n: usize) -> Result<usize> {
         writeln!(self.child.stdin.as_mut().context("stdin")?, "SEND {n}")?;
+        let line = self.line()?;
+        line.strip_prefix("READ ")
+            .context("no answer from the TLS client")?
+            .parse()
+            .map_err(Into::into)
+    }
+}
+
+impl PyTls {
+    /// Sends GETs of `paths` pipelined in one record; returns the responses read.
+    fn paths(&mut self, paths: &[&str]) -> Result<usize> {
+        writeln!(
+            self.child.stdin.as_mut().context("stdin")?,
+            "PATHS {}",
+            paths.join(" ")
+        )?;
         let line = self.line()?;
         line.strip_prefix("READ ")
             .context("no answer from the TLS client")?
@@ -694,5 +747,254 @@ fn uprobes_trap_in_the_followed_server_only_not_in_other_libssl_users() -> Resul
         client.iter().all(|&b| b != 0xcc),
         "the Python client (not followed) carries breakpoints: {client:02x?}"
     );
+    Ok(())
+}
+
+/// Routes answering each status with a body of its own (nginx's `return` with
+/// text keeps the connection open after a 500, where its error page would not).
+const ROUTES: &str = r#"        default_type text/plain;
+        location = /v1/ok { return 200 "ok\n"; }
+        location = /v1/secret { return 401 "no\n"; }
+        location = /v1/broken { return 500 "broken\n"; }
+        location /v1/users/ { return 200 "user\n"; }
+        location / { return 404 "missing\n"; }
+"#;
+
+/// The status the configuration gives a path (the pairing judge).
+fn status_of(path: &str) -> u16 {
+    match path {
+        "/v1/ok" => 200,
+        "/v1/secret" => 401,
+        "/v1/broken" => 500,
+        p if p.starts_with("/v1/users/") => 200,
+        _ => 404,
+    }
+}
+
+/// The route of a path by the test's own rule: digit-only segments are `{id}`.
+fn route_of(path: &str) -> String {
+    path.split('/')
+        .map(|s| {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                "{id}"
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn pairing(text: &str, outcome: &str) -> f64 {
+    api_guard_tests::prom::value(
+        text,
+        "api_guard_response_pairing_total",
+        &[("outcome", outcome)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn every_tls_response_status_is_counted_per_route_as_nginx_logged_it() -> Result<()> {
+    use std::collections::BTreeMap;
+    let _serial = serial();
+    let mut s = Scene::with(1, Some(ROUTES))?;
+    s.start_daemon(&["--sample", "1"])?;
+    // curl: one request a record, so each is sampled, and its answer joined.
+    let mut paths = Vec::new();
+    for i in 0..5 {
+        paths.extend([
+            "/v1/ok".to_string(),
+            "/v1/ok".into(),
+            "/v1/secret".into(),
+            "/v1/broken".into(),
+            format!("/v1/missing/{i}"),
+            format!("/v1/users/{}", 1000 + i),
+            format!("/v1/users/{}", 2000 + i),
+        ]);
+    }
+    let urls: Vec<String> = paths.iter().map(|p| s.url(0, p)).collect();
+    let statuses = curl_https(s.client(0), &urls, &[])?;
+    let want: Vec<u16> = paths.iter().map(|p| status_of(p)).collect();
+    ensure!(statuses == want, "curl got {statuses:?}");
+
+    let ours = s.wait_lines(paths.len())?;
+    let nginx = s.nginx.access_log()?;
+    ensure!(nginx.len() == paths.len(), "nginx logged {}", nginx.len());
+    let mut want: BTreeMap<(String, u16), usize> = BTreeMap::new();
+    for l in &nginx {
+        *want.entry((route_of(&l.uri), l.status)).or_default() += 1;
+    }
+    let mut got: BTreeMap<(String, u16), usize> = BTreeMap::new();
+    for l in &ours {
+        ensure!(l["api_guard.response"] == "joined", "not joined: {l}");
+        let route = l["http.route"].as_str().context("http.route")?.to_string();
+        let status = l["http.response.status_code"]
+            .as_u64()
+            .context("http.response.status_code")? as u16;
+        ensure!(
+            status == status_of(l["url.path"].as_str().context("url.path")?),
+            "mispaired: {l}"
+        );
+        *got.entry((route, status)).or_default() += 1;
+    }
+    ensure!(got == want, "per route: ours {got:?}, nginx {want:?}");
+
+    // Pipelined in one record, with a different status each: the kernel pairs
+    // them all in order (only each read's first is sampled into the log).
+    let host = s.client(0).server(false).to_string();
+    let mut py = PyTls::open(s.client(0), &host)?;
+    let batches: [&[&str]; 3] = [
+        &[
+            "/v1/ok",
+            "/v1/secret",
+            "/v1/nowhere",
+            "/v1/users/7",
+            "/v1/broken",
+        ],
+        &["/v1/secret", "/v1/ok"],
+        &["/v1/broken", "/v1/secret", "/v1/users/8"],
+    ];
+    for b in batches {
+        ensure!(py.paths(b)? == b.len(), "nginx did not answer {b:?}");
+    }
+    drop(py);
+    let nginx = s.nginx.access_log()?;
+    let total = paths.len() + batches.iter().map(|b| b.len()).sum::<usize>();
+    ensure!(
+        nginx.len() == total,
+        "nginx logged {} of {total}",
+        nginx.len()
+    );
+    let ours = s.wait_lines(paths.len() + batches.len())?;
+    for l in &ours {
+        ensure!(l["api_guard.response"] == "joined", "not joined: {l}");
+        ensure!(
+            l["http.response.status_code"] == status_of(l["url.path"].as_str().unwrap_or("")),
+            "mispaired: {l}"
+        );
+    }
+    // Every answer counted by class and paired, as nginx logged them.
+    let count = |f: &dyn Fn(u16) -> bool| nginx.iter().filter(|l| f(l.status)).count() as f64;
+    let mut text = String::new();
+    wait_until(Duration::from_secs(10), "every answer counted", || {
+        text = s.scrape()?;
+        Ok(pairing(&text, "paired") >= total as f64)
+    })
+    .with_context(|| text.clone())?;
+    let class =
+        |c: &str| api_guard_tests::prom::value(&text, "api_guard_responses_total", &[("class", c)]);
+    ensure!(pairing(&text, "paired") == total as f64);
+    ensure!(pairing(&text, "unseen") == 0.0 && pairing(&text, "overflow") == 0.0);
+    ensure!(class("2xx") == Some(count(&|s| (200..300).contains(&s))));
+    ensure!(class("4xx") == Some(count(&|s| (400..500).contains(&s))));
+    ensure!(class("5xx") == Some(count(&|s| s >= 500)));
+    let watched = |st: &str| {
+        api_guard_tests::prom::value(
+            &text,
+            "api_guard_responses_watched_status_total",
+            &[("status", st)],
+        )
+    };
+    ensure!(watched("401") == Some(count(&|s| s == 401)));
+    ensure!(watched("404") == Some(count(&|s| s == 404)));
+    // And per route, the response durations (the sampled, joined ones).
+    let per_route = |route: &str| -> f64 {
+        api_guard_tests::prom::series(&text, "http_server_request_duration_seconds_count")
+            .into_iter()
+            .filter(|(labels, _)| labels.contains(&format!(r#"http_route="{route}""#)))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let sampled_users = ours
+        .iter()
+        .filter(|l| l["http.route"] == "/v1/users/{id}")
+        .count() as f64;
+    ensure!(per_route("/v1/users/{id}") == sampled_users);
+    Ok(())
+}
+
+#[test]
+fn a_daemon_started_on_open_tls_connections_mispairs_no_response() -> Result<()> {
+    let _serial = serial();
+    let mut s = Scene::with(1, Some(ROUTES))?;
+    let host = s.client(0).server(false).to_string();
+    let mut py = PyTls::open(s.client(0), &host)?;
+    ensure!(py.paths(&["/v1/ok", "/v1/secret"])? == 2);
+    s.start_daemon(&["--sample", "1"])?;
+    // The old connection, picked up mid-way: nothing on it can be paired.
+    let old: [&[&str]; 3] = [&["/v1/secret"], &["/v1/nowhere", "/v1/ok"], &["/v1/broken"]];
+    for b in old {
+        ensure!(py.paths(b)? == b.len(), "nginx did not answer {b:?}");
+    }
+    // A connection opened after the start: every answer paired.
+    let fresh = ["/v1/secret", "/v1/ok", "/v1/users/3", "/v1/broken"];
+    let urls: Vec<String> = fresh.iter().map(|p| s.url(0, p)).collect();
+    let statuses = curl_https(s.client(0), &urls, &[])?;
+    ensure!(statuses == fresh.map(status_of), "curl got {statuses:?}");
+    drop(py);
+    let lines = s.wait_lines(old.len() + fresh.len())?;
+    let mut joined = Vec::new();
+    for l in &lines {
+        let path = l["url.path"].as_str().context("url.path")?;
+        if l["api_guard.response"] == "joined" {
+            ensure!(
+                l["http.response.status_code"] == status_of(path),
+                "mispaired: {l}"
+            );
+            joined.push(path.to_string());
+        }
+    }
+    ensure!(joined == fresh, "joined {joined:?}; lines {lines:?}");
+    let mut text = String::new();
+    wait_until(Duration::from_secs(10), "the answers counted", || {
+        text = s.scrape()?;
+        Ok(pairing(&text, "paired") >= fresh.len() as f64)
+    })?;
+    ensure!(pairing(&text, "paired") == fresh.len() as f64, "{text}");
+    // The old connection's answers were counted, unpaired (a write starting
+    // with a status line each at least).
+    ensure!(pairing(&text, "unseen") >= 1.0, "{text}");
+    Ok(())
+}
+
+#[test]
+fn the_detectors_see_tls_answers_a_prober_over_tls_is_found() -> Result<()> {
+    let _serial = serial();
+    let mut s = Scene::with(1, Some(ROUTES))?;
+    let findings = s.log.path().join("findings.log");
+    s.start_daemon(&[
+        "--sample",
+        "1",
+        "--findings-log",
+        findings.to_str().context("path")?,
+    ])?;
+    // 30 distinct missing paths (the `probing` threshold is 20), only over
+    // TLS: the detector can know they were answered 404 only from SSL_write.
+    let paths: Vec<String> = (0..30u8)
+        .map(|i| {
+            format!(
+                "/hidden{}{}",
+                (b'a' + i / 26) as char,
+                (b'a' + i % 26) as char
+            )
+        })
+        .collect();
+    let urls: Vec<String> = paths.iter().map(|p| s.url(0, p)).collect();
+    let statuses = curl_https(s.client(0), &urls, &[])?;
+    ensure!(statuses.iter().all(|&st| st == 404), "{statuses:?}");
+    let me = s.client(0).addr(false).to_string();
+    let mut all = Vec::new();
+    wait_until(Duration::from_secs(30), "a probing finding", || {
+        all = std::fs::read_to_string(&findings)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect();
+        Ok(all
+            .iter()
+            .any(|f| f["client"] == me.as_str() && f["detector"] == "probing"))
+    })
+    .with_context(|| format!("findings: {all:?}"))?;
     Ok(())
 }

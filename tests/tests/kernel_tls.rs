@@ -16,17 +16,28 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
+use api_guard::kernel::ring::SampleRing;
 use api_guard::kernel::{Datapath, KernelMaps as _, LoadOptions, attach::ssl_sites};
 use api_guard_common::{
     config::{Config, Limit},
     counters::{Kind, Verdict},
-    tls::TlsEvent,
+    exchange::{RESPONSE_PAIRED, ResponseBlock, ResponseCount as C, ResponseRecord},
+    sample::{HEADER_LEN, NO_EXCHANGE, SampleHeader},
+    tls::{SOURCE_TLS_READ, SOURCE_TLS_WRITE, TlsEvent},
 };
 
 /// What the fake `SSL*` points at: the socket, and plaintext "buffered".
 struct FakeSsl {
     fd: i32,
     pending: Vec<u8>,
+    /// Writes do not wait for room: like libssl on a non-blocking socket, a
+    /// write that cannot finish returns -1 and must be repeated; `sent` is
+    /// how much of it went out already.
+    nonblocking: bool,
+    sent: usize,
+    /// Non-zero: libssl's partial-write mode (`SSL_MODE_ENABLE_PARTIAL_WRITE`),
+    /// a write returns after one record of this many bytes.
+    record: usize,
 }
 
 /// Like libssl's: plaintext from the buffer if any (no syscall), else from
@@ -69,9 +80,35 @@ extern "C" fn SSL_do_handshake(ssl: *mut c_void) -> i32 {
 extern "C" fn SSL_write(ssl: *mut c_void, buf: *const u8, num: i32) -> i32 {
     // SAFETY: as in SSL_read.
     let ssl = unsafe { &mut *(ssl as *mut FakeSsl) };
-    // SAFETY: a live socket and a buffer of `num` bytes.
-    let n = unsafe { libc::send(ssl.fd, buf.cast(), num as usize, 0) };
-    std::hint::black_box(n as i32)
+    if !ssl.nonblocking {
+        // SAFETY: a live socket and a buffer of `num` bytes.
+        let n = unsafe { libc::send(ssl.fd, buf.cast(), num as usize, 0) };
+        return std::hint::black_box(n as i32);
+    }
+    // libssl's way: the whole write (or in partial-write mode one record) or
+    // -1 (to be repeated with the same arguments), sending what fits each time.
+    let whole = if ssl.record > 0 {
+        ssl.record.min(num as usize)
+    } else {
+        num as usize
+    };
+    while ssl.sent < whole {
+        // SAFETY: a live socket; the rest of the caller's buffer.
+        let n = unsafe {
+            libc::send(
+                ssl.fd,
+                buf.add(ssl.sent).cast(),
+                whole - ssl.sent,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return std::hint::black_box(-1);
+        }
+        ssl.sent += n as usize;
+    }
+    ssl.sent = 0;
+    std::hint::black_box(whole as i32)
 }
 
 #[unsafe(no_mangle)]
@@ -129,9 +166,22 @@ struct Scene {
     // Kept open: the server side of the connection.
     _server: TcpStream,
     ssl: Box<FakeSsl>,
+    // Last: released after the programs are gone.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
+/// One scene at a time: every scene's uprobes fire on every test's calls
+/// (the same process), so counts are exact only with one loaded.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn scene(config: Config) -> Result<Scene> {
+    scene_with(config, true)
+}
+
+/// `handshake` false: the connection was open before the programs were (its
+/// plaintext is picked up mid-way).
+fn scene_with(config: Config, handshake: bool) -> Result<Scene> {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     let mut dp = Datapath::load(&LoadOptions::default())?;
@@ -146,13 +196,19 @@ fn scene(config: Config) -> Result<Scene> {
     let mut ssl = Box::new(FakeSsl {
         fd: server.as_raw_fd(),
         pending: Vec::new(),
+        nonblocking: false,
+        sent: 0,
+        record: 0,
     });
-    SSL_do_handshake((&mut *ssl as *mut FakeSsl).cast());
+    if handshake {
+        SSL_do_handshake((&mut *ssl as *mut FakeSsl).cast());
+    }
     Ok(Scene {
         dp,
         client,
         _server: server,
         ssl,
+        _serial: serial,
     })
 }
 
@@ -200,6 +256,9 @@ fn ssl_read_plaintext_is_counted_for_the_sockets_peer() -> Result<()> {
     let mut stranger = FakeSsl {
         fd: -1,
         pending: b"GET /z HTTP/1.1\r\n\r\n".to_vec(),
+        nonblocking: false,
+        sent: 0,
+        record: 0,
     };
     read(&mut stranger);
     ensure!(event(&s.dp, TlsEvent::Unattributed)? == 1);
@@ -263,4 +322,236 @@ fn requests_over_the_limit_are_counted_rate_limited_with_a_verdict_for_the_packe
     ensure!(c.get(Kind::Requests, Verdict::RateLimited) == 1, "{c:?}");
     ensure!(event(&s.dp, TlsEvent::Verdicts)? == 1);
     Ok(())
+}
+
+fn responses(dp: &Datapath) -> Result<ResponseBlock> {
+    dp.responses()
+}
+
+fn delta(dp: &Datapath, before: &ResponseBlock) -> Result<ResponseBlock> {
+    let now = responses(dp)?;
+    Ok(std::array::from_fn(|i| now[i] - before[i]))
+}
+
+/// Reads until `n` plaintext bytes came.
+fn read_n(ssl: &mut FakeSsl, n: usize) {
+    let mut got = 0;
+    while got < n {
+        got += read(ssl);
+    }
+}
+
+fn write(ssl: &mut FakeSsl, msg: &[u8]) -> i32 {
+    SSL_write((ssl as *mut FakeSsl).cast(), msg.as_ptr(), msg.len() as i32)
+}
+
+/// The TLS records on the ring: request samples' (number), responses'
+/// (number, status, time to first byte).
+fn drain(ring: &mut SampleRing) -> (Vec<u32>, Vec<(u32, u16, u64)>) {
+    let (mut requests, mut answers) = (Vec::new(), Vec::new());
+    while let Some(rec) = ring.next() {
+        let hdr = SampleHeader::parse(&rec).unwrap().0;
+        if hdr.source == SOURCE_TLS_READ {
+            requests.push(hdr.exchange);
+        } else if hdr.source == SOURCE_TLS_WRITE {
+            let body = &rec[HEADER_LEN..];
+            assert_eq!(body.len(), size_of::<ResponseRecord>());
+            // SAFETY: the record's bytes hold a ResponseRecord (checked length).
+            let r: ResponseRecord = unsafe { std::ptr::read_unaligned(body.as_ptr().cast()) };
+            assert_eq!(r.flags & RESPONSE_PAIRED, RESPONSE_PAIRED);
+            answers.push((hdr.exchange, r.status, r.ttfb_ns));
+        }
+    }
+    (requests, answers)
+}
+
+#[test]
+fn ssl_write_responses_pair_in_order_with_the_requests_ssl_read_numbered() -> Result<()> {
+    let mut config = Config::unlimited();
+    config.sample_below = u32::MAX;
+    config.capture_bytes = 64;
+    let mut s = scene(config)?;
+    let mut ring = s.dp.take_samples()?;
+    let before = responses(&s.dp)?;
+    // Three pipelined requests in one read, the second a HEAD.
+    let reqs: &[u8] = b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n";
+    s.client.write_all(reqs)?;
+    read_n(&mut s.ssl, reqs.len());
+    // The first answer's head and body in two writes (the body looks like a
+    // status line); the HEAD's answer has a length but no body; then a 404.
+    write(&mut s.ssl, b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n");
+    write(&mut s.ssl, b"HTTP/1.1 500 no\r\n");
+    write(
+        &mut s.ssl,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    );
+    let d = delta(&s.dp, &before)?;
+    ensure!(d[C::Paired as usize] == 3, "paired: {d:?}");
+    ensure!(d[C::Class2xx as usize] == 2, "{d:?}");
+    ensure!(
+        d[C::Class4xx as usize] == 1 && d[C::Status404 as usize] == 1,
+        "{d:?}"
+    );
+    ensure!(
+        d[C::Class5xx as usize] == 0,
+        "a body taken for a status line: {d:?}"
+    );
+    ensure!(
+        d[C::Unseen as usize] == 0 && d[C::Lost as usize] == 0,
+        "{d:?}"
+    );
+    ensure!(event(&s.dp, TlsEvent::ResponseWrites)? == 3);
+    // The sampled request (the read's first) and its response share number 0.
+    let (requests, answers) = drain(&mut ring);
+    ensure!(requests == [0], "request samples: {requests:?}");
+    ensure!(answers.len() == 1, "response records: {answers:?}");
+    ensure!(answers[0].0 == 0 && answers[0].1 == 200 && answers[0].2 > 0);
+
+    // One request more, read alone: sampled as number 3, answered 500.
+    s.client.write_all(b"GET /d HTTP/1.1\r\n\r\n")?;
+    read_n(&mut s.ssl, 19);
+    write(
+        &mut s.ssl,
+        b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
+    );
+    let (requests, answers) = drain(&mut ring);
+    ensure!(requests == [3], "{requests:?}");
+    ensure!(answers.len() == 1 && answers[0].0 == 3 && answers[0].1 == 500);
+
+    // An answer with no request behind it: counted, never paired; and nothing
+    // after it is paired either.
+    write(&mut s.ssl, b"HTTP/1.1 401 No\r\nContent-Length: 0\r\n\r\n");
+    s.client.write_all(b"GET /e HTTP/1.1\r\n\r\n")?;
+    read_n(&mut s.ssl, 19);
+    write(&mut s.ssl, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let d = delta(&s.dp, &before)?;
+    ensure!(d[C::Paired as usize] == 4, "{d:?}");
+    ensure!(
+        d[C::Unseen as usize] == 2 && d[C::Status401 as usize] == 1,
+        "{d:?}"
+    );
+    let (_, answers) = drain(&mut ring);
+    ensure!(answers.is_empty(), "mispaired: {answers:?}");
+    Ok(())
+}
+
+#[test]
+fn responses_on_a_connection_open_before_the_programs_are_counted_never_paired() -> Result<()> {
+    let mut config = Config::unlimited();
+    config.sample_below = u32::MAX;
+    config.capture_bytes = 64;
+    let mut s = scene_with(config, false)?;
+    let mut ring = s.dp.take_samples()?;
+    let before = responses(&s.dp)?;
+    s.client.write_all(b"GET /a HTTP/1.1\r\n\r\n")?;
+    read_n(&mut s.ssl, 19);
+    write(
+        &mut s.ssl,
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    );
+    let d = delta(&s.dp, &before)?;
+    ensure!(d[C::Paired as usize] == 0, "{d:?}");
+    ensure!(
+        d[C::Unseen as usize] == 1 && d[C::Status404 as usize] == 1,
+        "{d:?}"
+    );
+    let (requests, answers) = drain(&mut ring);
+    ensure!(requests == [NO_EXCHANGE], "{requests:?}");
+    ensure!(answers.is_empty(), "{answers:?}");
+    Ok(())
+}
+
+/// A response whose body fills the socket, written as a server on a
+/// non-blocking socket does (repeating a write that could not finish; in
+/// partial-write mode going on from where a write stopped), then a second
+/// one. Returns the writes not framed again.
+fn fill_the_socket(record: usize) -> Result<()> {
+    let mut s = scene(Config::unlimited())?;
+    let before = responses(&s.dp)?;
+    // Small buffers on both sides: the body fills them at once.
+    for (fd, opt) in [
+        (s.ssl.fd, libc::SO_SNDBUF),
+        (s.client.as_raw_fd(), libc::SO_RCVBUF),
+    ] {
+        let size: libc::c_int = 4096;
+        // SAFETY: a live socket and an int option.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const size).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        ensure!(rc == 0, "setsockopt");
+    }
+    s.ssl.nonblocking = true;
+    s.ssl.record = record;
+    s.client
+        .write_all(b"GET /big HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n")?;
+    read_n(&mut s.ssl, 41);
+    const CHUNK: usize = 65_536;
+    const CHUNKS: usize = 8;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+        CHUNK * CHUNKS
+    );
+    ensure!(write(&mut s.ssl, head.as_bytes()) > 0);
+    // A body whose every part looks like a response: framed twice, one
+    // would be counted.
+    let mut chunk = b"HTTP/1.1 503 x\r\n\r\n".repeat(CHUNK / 18 + 1);
+    chunk.truncate(CHUNK);
+    s.client.set_nonblocking(true)?;
+    let mut sink = vec![0u8; 1 << 20];
+    let (mut repeats, mut rests) = (0, 0);
+    for _ in 0..CHUNKS {
+        let mut off = 0;
+        while off < CHUNK {
+            let n = write(&mut s.ssl, &chunk[off..]);
+            if n < 0 {
+                repeats += 1;
+                // Room for the repeat: the client reads what came.
+                while let Ok(n) = std::io::Read::read(&mut s.client, &mut sink) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                continue;
+            }
+            off += n as usize;
+            if off < CHUNK {
+                rests += 1;
+            }
+        }
+    }
+    ensure!(repeats > 0, "the socket never filled: nothing repeated");
+    ensure!(record == 0 || rests > 0, "no partial write");
+    write(
+        &mut s.ssl,
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    );
+    let d = delta(&s.dp, &before)?;
+    let skipped = event(&s.dp, TlsEvent::WriteRetries)?;
+    ensure!(
+        skipped == repeats + rests,
+        "{skipped} writes not framed again, of {repeats} repeats and {rests} rests"
+    );
+    ensure!(d[C::Paired as usize] == 2, "{d:?}");
+    ensure!(d[C::Class5xx as usize] == 0, "{d:?}");
+    ensure!(
+        d[C::Status404 as usize] == 1 && d[C::Lost as usize] == 0,
+        "{d:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_write_repeated_after_a_full_socket_is_framed_once() -> Result<()> {
+    fill_the_socket(0)
+}
+
+#[test]
+fn the_rest_of_a_partial_write_is_framed_once() -> Result<()> {
+    fill_the_socket(16_384)
 }

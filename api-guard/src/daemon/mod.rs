@@ -10,7 +10,7 @@ mod flow;
 mod tls;
 
 pub use fleet::FleetTask;
-pub use flow::{Flow, FlowConfig};
+pub use flow::{Flow, FlowConfig, JOIN_CAP};
 
 use std::{collections::HashMap, io, sync::Arc, time::Duration};
 

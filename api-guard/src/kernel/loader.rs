@@ -45,6 +45,17 @@ impl Default for LoadOptions {
     }
 }
 
+/// One map's size as the kernel accounts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapMemory {
+    pub max_entries: u32,
+    /// Entries in it now.
+    pub held: usize,
+    /// Bytes charged for it (fdinfo `memlock`): a preallocated LRU hash is
+    /// charged for every entry it can hold, full or not.
+    pub memlock: u64,
+}
+
 /// The loaded kernel programs and their maps.
 pub struct Datapath {
     pub(super) ebpf: Ebpf,
@@ -165,6 +176,35 @@ impl Datapath {
             anyhow::bail!("map CLIENTS is not an LRU hash");
         };
         Ok(data.info()?.max_entries())
+    }
+
+    /// The request/response FIFO map (`EXCHANGES`) as the kernel accounts it:
+    /// its bound, the connections it holds now, and the bytes the kernel
+    /// charges for it (the `memlock` of its fdinfo, what bpftool shows).
+    pub fn exchanges_memory(&self) -> Result<MapMemory> {
+        use std::os::fd::AsRawFd as _;
+        const KEY: usize = size_of::<api_guard_common::conn::ConnKey>();
+        const VALUE: usize = size_of::<api_guard_common::exchange::Exchange>();
+        let aya::maps::Map::LruHashMap(data) = self.map(names::EXCHANGES)? else {
+            anyhow::bail!("map EXCHANGES is not an LRU hash");
+        };
+        let max_entries = data.info()?.max_entries();
+        let fd = data.fd().as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+            .context("cannot read the map's fdinfo")?;
+        let memlock = info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .context("no memlock in the map's fdinfo")?;
+        let map: aya::maps::HashMap<&MapData, [u8; KEY], [u8; VALUE]> =
+            aya::maps::HashMap::try_from(self.map(names::EXCHANGES)?)?;
+        let held = map.keys().filter(|k| k.is_ok()).count();
+        Ok(MapMemory {
+            max_entries,
+            held,
+            memlock,
+        })
     }
 
     /// The ingress program, for BPF_PROG_TEST_RUN.

@@ -34,6 +34,6 @@ mod sys;
 pub mod usage;
 
 pub use attach::{Attached, Attachment};
-pub use loader::{Datapath, LoadOptions};
+pub use loader::{Datapath, LoadOptions, MapMemory};
 pub use maps::{Client, Counters, KernelMaps, LpmKey, PolicyTables};
 pub use source::{MapSet, MapSource};

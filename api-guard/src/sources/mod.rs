@@ -106,6 +106,7 @@ impl Sources {
             Box::new(TcIngress),
             Box::new(TcEgress),
             Box::new(tls::TlsRead),
+            Box::new(tls::TlsWrite),
         ])
     }
 

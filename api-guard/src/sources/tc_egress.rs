@@ -38,27 +38,33 @@ impl Source for TcEgress {
     }
 
     fn decode(&self, hdr: &SampleHeader, data: &[u8]) -> Result<Event, DecodeError> {
-        if data.len() != size_of::<ResponseRecord>() {
-            return Err(DecodeError::Short { len: data.len() });
-        }
-        // SAFETY: `data` holds exactly one ResponseRecord's bytes (checked), a
-        // plain integer struct valid for any bytes; read unaligned.
-        let rec: ResponseRecord = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
-        if rec.flags & RESPONSE_PAIRED == 0 {
-            return Err(DecodeError::Short { len: data.len() });
-        }
-        Ok(Event::Response(ResponseSample {
-            ts_ns: hdr.ts_ns,
-            client: address(hdr.client),
-            client_port: hdr.client_port,
-            server: address(hdr.server),
-            server_port: hdr.server_port,
-            exchange: hdr.exchange,
-            status: rec.status,
-            request_ns: rec.request_ns,
-            ttfb_ns: rec.ttfb_ns,
-        }))
+        decode_response(hdr, data)
     }
+}
+
+/// A response record (TC egress's, or the `SSL_write` uprobe's: the same
+/// layout) as an event.
+pub fn decode_response(hdr: &SampleHeader, data: &[u8]) -> Result<Event, DecodeError> {
+    if data.len() != size_of::<ResponseRecord>() {
+        return Err(DecodeError::Short { len: data.len() });
+    }
+    // SAFETY: `data` holds exactly one ResponseRecord's bytes (checked), a
+    // plain integer struct valid for any bytes; read unaligned.
+    let rec: ResponseRecord = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
+    if rec.flags & RESPONSE_PAIRED == 0 {
+        return Err(DecodeError::Short { len: data.len() });
+    }
+    Ok(Event::Response(ResponseSample {
+        ts_ns: hdr.ts_ns,
+        client: address(hdr.client),
+        client_port: hdr.client_port,
+        server: address(hdr.server),
+        server_port: hdr.server_port,
+        exchange: hdr.exchange,
+        status: rec.status,
+        request_ns: rec.request_ns,
+        ttfb_ns: rec.ttfb_ns,
+    }))
 }
 
 fn address(bytes: [u8; 16]) -> IpAddr {

@@ -51,6 +51,58 @@ mod k6;
 /// Runs per figure.
 const RUNS: usize = 5;
 
+/// Heap bytes the bench holds now (requested sizes, without the allocator's
+/// own overhead): K5 measures the daemon's join with it.
+static HEAP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The system allocator, counting.
+struct Counting;
+
+// SAFETY: every call is passed to the system allocator unchanged; the counter
+// only follows the sizes.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use std::sync::atomic::Ordering::Relaxed;
+        // SAFETY: the caller's layout, passed on.
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            HEAP.fetch_add(layout.size(), Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use std::sync::atomic::Ordering::Relaxed;
+        // SAFETY: as above.
+        let p = unsafe { std::alloc::System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            HEAP.fetch_add(layout.size(), Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // SAFETY: a block this allocator gave out, with its layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        HEAP.fetch_sub(layout.size(), Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        use std::sync::atomic::Ordering::Relaxed;
+        // SAFETY: as above.
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new) };
+        if !p.is_null() {
+            HEAP.fetch_add(new, Relaxed);
+            HEAP.fetch_sub(layout.size(), Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
 /// A figure: median, min and max of its runs.
 #[derive(Clone, Copy, Debug)]
 struct Stat {
@@ -1562,7 +1614,12 @@ fn k5(o: &Options, rss_kb: &[f64]) -> Result<Section> {
             target: Some(("≤ 50 MB".into(), peak <= 50.0)),
         });
     }
-    let notes = vec!["The LRU hash's lookup cost grows a little with the table (cache misses on a larger table); the per-client state itself is fixed-size.".to_string()];
+    let (join_rows, join_note) = k5_join(o)?;
+    rows.extend(join_rows);
+    let notes = vec![
+        "The LRU hash's lookup cost grows a little with the table (cache misses on a larger table); the per-client state itself is fixed-size.".to_string(),
+        join_note,
+    ];
     Ok(Section {
         title: "K5 — memory and scale".into(),
         about: format!(
@@ -1571,6 +1628,132 @@ fn k5(o: &Options, rss_kb: &[f64]) -> Result<Section> {
         rows,
         notes,
     })
+}
+
+/// The request/response join's memory with `conns` connections open, a request
+/// pending on each (issue 15): the kernel's FIFO map filled through the real
+/// ingress program (a SYN and a GET per connection, BPF_PROG_TEST_RUN), read
+/// back as the kernel accounts it; the daemon's flow fed a sampled request
+/// from each, its heap growth counted by this binary's allocator.
+fn k5_join(o: &Options) -> Result<(Vec<Row>, String)> {
+    use api_guard::{clock::monotonic_ns, daemon::JOIN_CAP};
+    let conns: u32 = if o.quick { 10_000 } else { 100_000 };
+    // Ports per client address: the connections come from a few clients.
+    const PORTS: u32 = 50_000;
+    let mut h = Harness::load(&LoadOptions::default(), &[API])?;
+    h.datapath
+        .apply_policy(&policy(&["--sample", "0"])?.tables(0))?;
+    let first = u32::from(Ipv4Addr::new(198, 19, 0, 0));
+    for i in 0..conns {
+        let src = IpAddr::V4(Ipv4Addr::from(first + i / PORTS));
+        let sport = 10_000 + (i % PORTS) as u16;
+        let syn = Tcp {
+            sport,
+            seq: 100,
+            ..Tcp::syn(API)
+        };
+        h.run(&packet::from(src, &syn))?;
+        let get = Tcp {
+            sport,
+            seq: 101,
+            ..Tcp::data(API, GET)
+        };
+        h.run(&packet::from(src, &get))?;
+    }
+    let m = h.datapath.exchanges_memory()?;
+    let per_entry = m.memlock as f64 / f64::from(m.max_entries);
+    let mut rows = vec![Row {
+        case: format!(
+            "join, kernel side: the FIFO map (`EXCHANGES`) after {conns} connections opened through the ingress program, a request pending on each"
+        ),
+        figures: vec![
+            (
+                "connections held".into(),
+                format!("{} (its bound: {})", m.held, m.max_entries),
+            ),
+            (
+                "memlock".into(),
+                format!("{:.1} MiB", m.memlock as f64 / f64::from(1 << 20)),
+            ),
+            ("bytes per entry".into(), format!("{per_entry:.0}")),
+            (
+                format!("at {conns} entries"),
+                format!(
+                    "{:.1} MiB",
+                    per_entry * f64::from(conns) / f64::from(1 << 20)
+                ),
+            ),
+        ],
+        target: None,
+    }];
+    drop(h);
+
+    // The daemon: one sampled request from each connection, none answered.
+    let mut flow = bench_sampler()?;
+    let heads = corpus();
+    let now = monotonic_ns();
+    let sample = |i: u32, head: &[u8]| {
+        let h = SampleHeader {
+            ts_ns: now,
+            client: Ipv4Addr::from(first + i / PORTS).to_ipv6_mapped().octets(),
+            server: Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped().octets(),
+            source: Source::TcIngress as u16,
+            client_port: 10_000 + (i % PORTS) as u16,
+            server_port: API,
+            ifindex: 2,
+            payload_len: head.len() as u32,
+            captured: head.len() as u32,
+            exchange: 0,
+            ..Default::default()
+        };
+        let mut r = h.as_bytes().to_vec();
+        r.extend_from_slice(head);
+        r
+    };
+    // Warm: the routes, metric series and log buffers of every head exist
+    // before the count starts (these few stay pending too).
+    for (i, head) in heads.iter().enumerate() {
+        flow.handle(&sample(conns + i as u32, head))?;
+    }
+    let records: Vec<Vec<u8>> = (0..conns)
+        .map(|i| sample(i, &heads[i as usize % heads.len()]))
+        .collect();
+    let before = HEAP.load(std::sync::atomic::Ordering::Relaxed);
+    for r in &records {
+        flow.handle(r)?;
+    }
+    let after = HEAP.load(std::sync::atomic::Ordering::Relaxed);
+    drop(records);
+    let pending = (conns as usize + heads.len()).min(JOIN_CAP);
+    let grown = after.saturating_sub(before);
+    // The join ends full, of records counted here only: the warm ones, in
+    // `before`, were the first given up, so the growth is that of `JOIN_CAP`
+    // requests less the warm ones.
+    let waited = pending - heads.len().min(pending);
+    let per_request = grown as f64 / waited.max(1) as f64;
+    rows.push(Row {
+        case: format!(
+            "join, daemon side: a sampled request from each of {conns} connections, none answered (the join keeps {JOIN_CAP}, gives the oldest up)"
+        ),
+        figures: vec![
+            ("heap grown".into(), format!("{:.2} MiB", grown as f64 / f64::from(1 << 20))),
+            ("bytes per pending request".into(), format!("{per_request:.0}")),
+            (
+                format!("× the bound ({JOIN_CAP})"),
+                format!("{:.2} MiB", per_request * JOIN_CAP as f64 / f64::from(1 << 20)),
+            ),
+        ],
+        target: None,
+    });
+    let note = format!(
+        "The join at {conns} open connections: the kernel's FIFO map is a preallocated LRU hash, charged for its whole bound whatever it holds ({per_entry:.0} bytes an entry: a {}-byte key, a {}-byte value of 8 request slots and the response framing, and the hash element's overhead); past its bound of {} connections the least recently seen connection's entry goes and its later responses are counted unpaired, never mispaired (TLS connections share the map). Pairing all {conns} at once would take the bound raised to {conns}: {:.1} MiB. The daemon's join keeps at most {JOIN_CAP} sampled requests (each with its captured head, {} bytes here at most, and its route), whatever the connections: its heap is bounded by the cap, not by the connections. Heap bytes are the sizes asked of the allocator (its own overhead not included), counted by the bench binary's global allocator around the records' handling (the flow's other state that grew with them, such as metric series, is included).",
+        size_of::<api_guard_common::conn::ConnKey>(),
+        size_of::<api_guard_common::exchange::Exchange>(),
+        m.max_entries,
+        per_entry * f64::from(conns) / f64::from(1 << 20),
+        heads.iter().map(|h| h.len()).max().unwrap_or(0),
+    );
+    Ok((rows, note))
 }
 
 // ------------------------------------------------------------ report ----------

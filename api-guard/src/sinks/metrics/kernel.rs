@@ -62,7 +62,7 @@ const STREAM_EVENTS: [(Event, &str, &str); 7] = [
 ];
 
 /// The TLS programs' events, by label (`api_guard_tls_events_total`).
-const TLS_EVENTS: [(TlsEvent, &str); 7] = [
+const TLS_EVENTS: [(TlsEvent, &str); 9] = [
     (TlsEvent::Reads, "reads"),
     (TlsEvent::FromCache, "from_cache"),
     (TlsEvent::Unattributed, "unattributed"),
@@ -70,6 +70,8 @@ const TLS_EVENTS: [(TlsEvent, &str); 7] = [
     (TlsEvent::H2Streams, "h2_connections"),
     (TlsEvent::Verdicts, "verdicts"),
     (TlsEvent::Writes, "writes"),
+    (TlsEvent::ResponseWrites, "response_writes"),
+    (TlsEvent::WriteRetries, "write_retries"),
 ];
 
 /// Reads the kernel's counters and maps when Prometheus scrapes.
