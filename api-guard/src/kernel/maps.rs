@@ -173,6 +173,17 @@ pub trait KernelMaps: MapSource {
         Ok(map.iter().filter_map(|e| e.ok()).collect())
     }
 
+    /// Forwarded clients reported over their limit on pooled proxy
+    /// connections (`--trusted-hops`): their bucketed address, and when and
+    /// how often.
+    fn forwarded_reported(
+        &self,
+    ) -> Result<Vec<(ClientKey, api_guard_common::forwarded::Reported)>> {
+        let map: HashMap<&MapData, ClientKey, api_guard_common::forwarded::Reported> =
+            HashMap::try_from(self.map(names::FWD_REPORTED)?)?;
+        Ok(map.iter().filter_map(|e| e.ok()).collect())
+    }
+
     /// The key parser's state of each connection (to check that it holds no
     /// byte of a key).
     fn key_conns(&self) -> Result<Vec<KeyParse>> {
