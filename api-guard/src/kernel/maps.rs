@@ -455,6 +455,27 @@ pub trait KernelMaps: MapSource {
         }
     }
 
+    /// A client's state by its (bucketed) key.
+    fn client_by_key(&self, key: &ClientKey) -> Result<Option<ClientState>> {
+        match self.clients_map()?.get(key, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The forwarded clients over their limit now (`sinks::forwarded`).
+    fn forwarded_over_limit(&self, now: u64) -> Result<Vec<crate::sinks::forwarded::OverLimit>> {
+        let cfg = self.config()?;
+        let reported = self.forwarded_reported()?;
+        Ok(crate::sinks::forwarded::over_limit(
+            &cfg,
+            &reported,
+            |k| self.client_by_key(k).ok().flatten(),
+            now,
+        ))
+    }
+
     fn clients_map(&self) -> Result<HashMap<&MapData, ClientKey, ClientState>> {
         let map = self.map(names::CLIENTS)?;
         Ok(HashMap::try_from(map)?)
