@@ -128,12 +128,8 @@ impl Addr {
                 b':' => self.state = A_PORT,
                 _ => self.tail_byte(b),
             },
-            A_PORT => {
-                if !b.is_ascii_digit() {
-                    self.tail_byte(b);
-                }
-            }
-            A_TAIL => self.tail_byte(b),
+            A_PORT if b.is_ascii_digit() => {}
+            A_PORT | A_TAIL => self.tail_byte(b),
             _ => {}
         }
     }
