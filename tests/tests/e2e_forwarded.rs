@@ -129,16 +129,22 @@ impl Scene {
     }
 
     fn status(&self) -> Result<serde_json::Value> {
+        self.ctl(&["status", "--json"])
+    }
+
+    /// `api-guard ARGS --pin-dir ...`'s JSON output.
+    fn ctl(&self, args: &[&str]) -> Result<serde_json::Value> {
         let out = self
             .topo
             .server
             .command(&daemon::binary().display().to_string())
-            .args(["status", "--json", "--pin-dir"])
+            .args(args)
+            .arg("--pin-dir")
             .arg(self.bpffs.pin_dir())
             .output()?;
         anyhow::ensure!(
             out.status.success(),
-            "status: {}",
+            "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).context("status JSON")
@@ -244,6 +250,14 @@ fn clients_pooled_on_one_upstream_connection_are_reported_never_reset() -> Resul
         .filter_map(|c| c["client"].as_str())
         .collect();
     assert!(over.contains(&ALICE.to_string().as_str()), "{over:?}");
+    let top = s.ctl(&["top", "--once", "--json", "--interval", "200ms"])?;
+    let top_over: Vec<&str> = top["forwarded_over_limit"]
+        .as_array()
+        .context("top's forwarded_over_limit")?
+        .iter()
+        .filter_map(|c| c["client"].as_str())
+        .collect();
+    assert!(top_over.contains(&ALICE.to_string().as_str()), "{top}");
     let line = format!("{ALICE} 1;");
     wait_until(
         std::time::Duration::from_secs(10),
