@@ -1,12 +1,15 @@
-//! The forwarded stage (`--trusted-hops`): a program of its own, tail-called
-//! by the proxied judge for a segment it let through from a trusted peer
-//! whose connection named no client by PROXY header. It reads the same new
-//! bytes the stream stage framed, with the same framing, byte by byte, with
-//! the list parser of `api_guard_common::forwarded` whose place is kept per
-//! connection in `FWD_CONNS`; at each head's end it charges the request to the
-//! client the list named (bucketed as the TC path buckets), or to the peer if
-//! it named no one. The judge charged nothing for those requests: a request
-//! whose client is unknown at its start is charged once, at its head's end.
+//! The forwarded stage (`--trusted-hops`): a program of its own (tail slot
+//! 8), tail-called by the proxy program for a trusted peer's segment whose
+//! connection named no client by PROXY header, before the proxied judge. It
+//! reads the segment's new bytes with the framing the stream stage will read
+//! them with (the connection's `CONNS` state, committed by the judge after
+//! this stage), byte by byte, with the list parser of
+//! `api_guard_common::forwarded` whose place is kept per connection in
+//! `FWD_CONNS`; each head's end notes the client its list named (or the peer
+//! if it named no one), and a second loop charges them (bucketed as the TC
+//! path buckets). The judge then lets the peer through as exempt: a request
+//! whose client is unknown at its start is charged once, at its head's end,
+//! and the proxy never for its clients.
 //!
 //! On a connection that has carried one client, a refused request drops the
 //! segment as the judge would; on one that carried two or more (an L7 proxy's
@@ -63,8 +66,6 @@ pub struct FwdScratch {
     reported: u32,
     /// `conn` is this segment's (it had new bytes): only then is it kept.
     parsed: u32,
-    /// A client was charged in this segment.
-    charged: u32,
     /// The client being charged (its address, and its bucket), and a new
     /// client entry while it is made: here, not on the stack (the charge
     /// loop's frame and the program's share 512 bytes).
@@ -109,7 +110,6 @@ pub fn judge(ctx: &TcContext, pkt: &TcpPacket, peer: &ClientKey) -> Option<(Verd
     f.refused = 0;
     f.reported = 0;
     f.parsed = 0;
-    f.charged = 0;
     f.pending = 0;
     let seq = stream::conn_key_loaded(ctx, pkt, &peer.addr, &mut f.key)?;
     let len = pkt.payload_len as u32;
@@ -319,7 +319,6 @@ fn charge(f: &mut FwdScratch, cfg: &Config, count: u32, named: bool) {
     if f.conn.carried(&key.addr) {
         count::event(Event::ForwardedPooled);
     }
-    f.charged = 1;
     let Some(state) = state_of(f, &mut clock) else {
         count::event(Event::ClientsRefused);
         return;
