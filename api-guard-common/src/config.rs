@@ -178,6 +178,11 @@ pub mod flags {
     /// `--sample-wakeup batched`: the sample ring wakes the daemon only once
     /// `sample::WAKE_AT_BYTES` wait; the daemon also reads on a timer.
     pub const SAMPLE_WAKEUP_BATCHED: u32 = 1 << 9;
+    /// `--trusted-hops`: a trusted peer's requests are charged to the client
+    /// its forwarded list names (`Config::forwarded_hops` from the right).
+    pub const FORWARDED: u32 = 1 << 10;
+    /// The list is the `Forwarded` header's (RFC 7239), not `X-Forwarded-For`'s.
+    pub const FORWARDED_RFC7239: u32 = 1 << 11;
 }
 
 #[repr(C)]
@@ -207,6 +212,11 @@ pub struct Config {
     pub sample_below: u32,
     /// Payload bytes captured per sample (at most `sample::MAX_CAPTURE`).
     pub capture_bytes: u32,
+    /// `--trusted-hops`: the client is this many elements from the right of a
+    /// trusted peer's forwarded list (1..=`forwarded::MAX_HOPS`; read only
+    /// under `flags::FORWARDED`).
+    pub forwarded_hops: u32,
+    pub _pad: u32,
 }
 
 /// IPv6 clients are bucketed by /64 unless told otherwise.
@@ -226,6 +236,8 @@ impl Config {
             flags: 0,
             sample_below: 0,
             capture_bytes: 0,
+            forwarded_hops: 0,
+            _pad: 0,
         }
     }
 

@@ -53,10 +53,15 @@ pub enum Verdict {
     /// While key or route limits are set: a segment past a gap in its stream,
     /// dropped until the gap is filled (the key stage reads heads in order).
     OutOfOrder = 14,
+    /// A request over its forwarded client's limit (`--trusted-hops`) on a
+    /// connection that has carried more than one client (an L7 proxy's pooled
+    /// connection): counted and reported (the forwarded blocklist), never
+    /// dropped nor reset, as that would hurt every client on it.
+    ForwardedReported = 15,
 }
 
 pub const KINDS: [Kind; 3] = [Kind::Packets, Kind::Requests, Kind::Connections];
-pub const VERDICTS: [Verdict; 15] = [
+pub const VERDICTS: [Verdict; 16] = [
     Verdict::Allowed,
     Verdict::Passed,
     Verdict::Malformed,
@@ -72,6 +77,7 @@ pub const VERDICTS: [Verdict; 15] = [
     Verdict::XdpDenied,
     Verdict::XdpBlocked,
     Verdict::OutOfOrder,
+    Verdict::ForwardedReported,
 ];
 
 /// Per-CPU counts of datapath events that are not verdicts, in the `EVENTS` array.
@@ -110,9 +116,15 @@ pub enum Event {
     /// A segment from a trusted peer on a connection whose start was not seen
     /// (picked up mid-way, or its entry evicted): charged to the peer's address.
     ProxyUnknownStreams = 10,
+    /// A request head from a trusted peer whose forwarded list named no client
+    /// (`--trusted-hops`): charged to the peer itself.
+    ForwardedUnnamed = 11,
+    /// A trusted peer's connection began carrying a second client (pooled):
+    /// its over-limit requests are reported from then on, not dropped.
+    ForwardedPooled = 12,
 }
 
-pub const EVENT_SLOTS: u32 = 11;
+pub const EVENT_SLOTS: u32 = 13;
 
 /// The value of the single `COUNTERS` entry (per CPU): every (kind, verdict)
 /// slot in one block, so a packet costs one map lookup however many slots it

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod counters;
 pub mod detect;
 pub mod exchange;
+pub mod forwarded;
 pub mod http;
 pub mod keys;
 pub mod maps;

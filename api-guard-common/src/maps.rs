@@ -61,7 +61,11 @@ pub const TAIL_JUDGE_PROXIED_TLS: u32 = 6;
 /// limits after the judge let a segment through (its own program, so the
 /// judges stay under the verifier's limit).
 pub const TAIL_KEYS: u32 = 7;
-pub const TAIL_SLOTS: u32 = 8;
+/// Slot of the forwarded stage (`--trusted-hops`): a trusted peer's requests
+/// charged to the client its `X-Forwarded-For` / `Forwarded` list names,
+/// after the proxied judge let the segment through.
+pub const TAIL_FORWARDED: u32 = 8;
+pub const TAIL_SLOTS: u32 = 9;
 /// Sampled request heads ([`crate::sample`]), a ring buffer.
 pub const SAMPLES: &str = "SAMPLES";
 /// Per-CPU scratch space where a sample is built before it is copied out.
@@ -109,3 +113,13 @@ pub const LIMIT_BUCKET_SLOTS: u32 = 65_536;
 /// Where the key parser stands in each connection
 /// ([`crate::keys::KeyParse`]), an LRU hash keyed by [`crate::conn::ConnKey`].
 pub const KEY_CONNS: &str = "KEY_CONNS";
+/// Where the forwarded-list parser stands in each trusted peer's connection,
+/// and which clients the connection carried
+/// ([`crate::forwarded::FwdConn`]), an LRU hash keyed by [`crate::conn::ConnKey`].
+pub const FWD_CONNS: &str = "FWD_CONNS";
+/// Forwarded clients whose requests went over their limit on a pooled
+/// connection ([`crate::forwarded::Reported`]), an LRU hash keyed by the
+/// client's bucketed address: what the forwarded blocklist is made from.
+pub const FWD_REPORTED: &str = "FWD_REPORTED";
+/// Entries in `FWD_REPORTED`.
+pub const FWD_REPORTED_SLOTS: u32 = 16_384;

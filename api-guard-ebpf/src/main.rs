@@ -17,6 +17,7 @@ mod count;
 mod egress;
 mod enforce;
 mod exchange;
+mod forwarded;
 mod keys;
 mod maps;
 mod parse;
@@ -161,7 +162,13 @@ pub fn api_guard_proxy(mut ctx: TcContext) -> i32 {
         if p.opened {
             count::verdict(Kind::Connections, Verdict::Allowed);
         }
-        Judge::call_proxied(&mut ctx, classify::port_flags(&pkt) & ports::TLS != 0);
+        let tls = classify::port_flags(&pkt) & ports::TLS != 0;
+        if !tls && !allowed && p.identity == proxy::ID_PEER && cfg.has(flags::FORWARDED) {
+            // `--trusted-hops`: its requests are charged to their forwarded
+            // clients (the skb->cb handoff unchanged).
+            Judge::call_forwarded(&mut ctx);
+        }
+        Judge::call_proxied(&mut ctx, tls);
         // Only reached if the proxied judge is not loaded: pass, counted.
         count::verdict(Kind::Packets, Verdict::Passed);
         return TC_ACT_PIPE;
@@ -206,6 +213,63 @@ pub fn api_guard_keys(mut ctx: TcContext) -> i32 {
     }
     let acct = Accounted::from_parts(h.parts.0, h.parts.1, h.parts.2, true);
     finish(&mut ctx, cfg, &pkt, h.ev, verdict, &acct, false, &mut clock)
+}
+
+/// Tail-called by the proxy program for a trusted peer's segment whose
+/// connection named no client by PROXY header, under `--trusted-hops` (not a
+/// TLS port's, not an allowed peer's): each request whose head ends in the
+/// segment is charged to the client its forwarded list names (forwarded.rs).
+/// A segment refused on a single-client connection is dropped (or reset)
+/// here; the rest go on to the proxied judge, with the peer exempt (it is
+/// counted, never judged, for what it relays).
+#[classifier]
+pub fn api_guard_forwarded(mut ctx: TcContext) -> i32 {
+    let (Some(j), Some(cfg)) = (Judge::load(&ctx), CONFIG.get(0)) else {
+        count::verdict(Kind::Packets, Verdict::Malformed);
+        return TC_ACT_PIPE;
+    };
+    let pkt = j.pkt;
+    // The peer (the proxy program's outcome for a connection that named no
+    // client), read in place.
+    let Some(peer) = proxy::client() else {
+        count::verdict(Kind::Packets, Verdict::Malformed);
+        return TC_ACT_PIPE;
+    };
+    let mut clock = Clock::new();
+    let mut through = true;
+    if let Some((verdict, n)) = forwarded::judge(&ctx, &pkt, peer) {
+        count::requests(n, verdict);
+        if verdict != Verdict::ForwardedReported {
+            count::verdict(Kind::Packets, verdict);
+            match enforce::released(cfg, &mut clock) {
+                Some(why) => {
+                    count::verdict(Kind::Packets, why);
+                    count::requests(n, why);
+                }
+                None => through = false,
+            }
+        }
+        if !through {
+            if verdict == Verdict::RateLimited && cfg.has(flags::ON_LIMIT_RESET) {
+                return reset_forwarded(&mut ctx, &pkt);
+            }
+            return TC_ACT_SHOT;
+        }
+    }
+    forwarded::commit();
+    proxy::exempt();
+    Judge::call_proxied(&mut ctx, false);
+    // Only reached if the proxied judge is not loaded: pass, counted.
+    count::verdict(Kind::Packets, Verdict::Passed);
+    TC_ACT_PIPE
+}
+
+/// `--on-limit reset` for a segment the forwarded stage refused.
+#[inline(always)]
+fn reset_forwarded(ctx: &mut TcContext, pkt: &TcpPacket) -> i32 {
+    Handoff::new(pkt, 0, Verdict::RateLimited as u32, true, true).call(ctx, TAIL_RESET);
+    // Only reached if the reset rewriter is not loaded: dropped.
+    TC_ACT_SHOT
 }
 
 /// Tail-called by the ingress program for `--on-limit reset`.

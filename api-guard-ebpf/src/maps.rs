@@ -155,3 +155,20 @@ pub static KEY_CONNS: LruHashMap<ConnKey, api_guard_common::keys::KeyParse> =
 /// Per-CPU space for the key stage.
 #[map(name = "KEY_SCRATCH")]
 pub static KEY_SCRATCH: PerCpuArray<crate::keys::KeyScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the forwarded-list parser stands in each trusted peer's connection,
+/// and the clients it carried (forwarded.rs).
+#[map(name = "FWD_CONNS")]
+pub static FWD_CONNS: LruHashMap<ConnKey, api_guard_common::forwarded::FwdConn> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONNS_TRACKED, 0);
+
+/// Forwarded clients over their limit on pooled connections: the daemon's
+/// forwarded blocklist is made from it.
+#[map(name = "FWD_REPORTED")]
+pub static FWD_REPORTED: LruHashMap<ClientKey, api_guard_common::forwarded::Reported> =
+    LruHashMap::with_max_entries(api_guard_common::maps::FWD_REPORTED_SLOTS, 0);
+
+/// Per-CPU space for the forwarded stage.
+#[map(name = "FWD_SCRATCH")]
+pub static FWD_SCRATCH: PerCpuArray<crate::forwarded::FwdScratch> =
+    PerCpuArray::with_max_entries(1, 0);

@@ -195,6 +195,35 @@ pub fn identify(ctx: &TcContext, pkt: &TcpPacket, source: &ClientKey, cfg: &Conf
     sc.skip_before = sc.conn.end_seq();
 }
 
+/// `Outcome::skip_before` alone.
+#[inline(always)]
+pub fn skip_before() -> u32 {
+    // SAFETY: this CPU's scratch entry, filled by `identify` in this run.
+    PROXY_SCRATCH
+        .get_ptr(0)
+        .map_or(0, |sc| unsafe { (*sc).skip_before })
+}
+
+/// `Outcome::client` in place (the peer, for a connection that named none).
+#[inline(always)]
+pub fn client() -> Option<&'static ClientKey> {
+    // SAFETY: this CPU's scratch entry, filled by `identify` in this run; a
+    // ClientKey is its 16 bytes.
+    PROXY_SCRATCH
+        .get_ptr(0)
+        .map(|sc| unsafe { &*(&raw const (*sc).client).cast::<ClientKey>() })
+}
+
+/// Marks the outcome's client as exempt for the judge (the lists' allow):
+/// the forwarded stage charged the peer's requests to their clients.
+#[inline(always)]
+pub fn exempt() {
+    if let Some(sc) = PROXY_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch entry, filled by `identify` in this run.
+        unsafe { (*sc).list = Verdict::Allowed as u32 + 1 };
+    }
+}
+
 /// What `identify` decided for this packet (in the same program run).
 #[inline(always)]
 pub fn outcome() -> Outcome {

@@ -4,7 +4,7 @@
 
 use aya_ebpf::programs::TcContext;
 
-use api_guard_common::maps::{TAIL_JUDGE_PROXIED, TAIL_JUDGE_PROXIED_TLS};
+use api_guard_common::maps::{TAIL_FORWARDED, TAIL_JUDGE_PROXIED, TAIL_JUDGE_PROXIED_TLS};
 
 use crate::{
     maps::TAILS,
@@ -144,6 +144,14 @@ impl Judge {
         };
         // SAFETY: the context is the program's own; on success the call does not return.
         unsafe { TAILS.tail_call(ctx, slot) };
+    }
+
+    /// From the proxy program: on to the forwarded stage (`--trusted-hops`),
+    /// the skb->cb handoff unchanged. Returns only if the call failed.
+    #[inline(always)]
+    pub fn call_forwarded(ctx: &mut TcContext) {
+        // SAFETY: the context is the program's own; on success the call does not return.
+        unsafe { TAILS.tail_call(ctx, TAIL_FORWARDED) };
     }
 
     #[inline(always)]

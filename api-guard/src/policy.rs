@@ -150,6 +150,11 @@ pub struct Policy {
     pub trusted_proxies: Vec<Network>,
     /// `--proxy-protocol required`.
     pub proxy_required: bool,
+    /// `--trusted-hops`: the client of a trusted peer's request is this many
+    /// elements from the right of its forwarded list.
+    pub trusted_hops: Option<u32>,
+    /// `--forwarded-header forwarded`.
+    pub forwarded_rfc7239: bool,
     /// `--sample-wakeup batched`.
     pub sample_wakeup_batched: bool,
     /// `--key-header`, `--key-rate`, `--route-limit`.
@@ -184,6 +189,20 @@ impl Policy {
         }
         if self.auth_blocks && self.block_for.is_none() {
             return Err("--require-auth block needs --block-for (how long to block)".into());
+        }
+        if self.trusted_hops.is_some() && self.trusted_proxies.is_empty() {
+            return Err(
+                "--trusted-hops needs --trusted-proxy (the peers whose lists are read)".into(),
+            );
+        }
+        if self
+            .trusted_hops
+            .is_some_and(|h| h == 0 || h > api_guard_common::forwarded::MAX_HOPS)
+        {
+            return Err(format!(
+                "--trusted-hops takes 1 to {}",
+                api_guard_common::forwarded::MAX_HOPS
+            ));
         }
         if self.proxy_required && self.trusted_proxies.is_empty() {
             return Err(
@@ -227,6 +246,12 @@ impl Policy {
         if self.keys.is_active() {
             f |= flags::KEY_LIMITS;
         }
+        if self.trusted_hops.is_some() {
+            f |= flags::FORWARDED;
+            if self.forwarded_rfc7239 {
+                f |= flags::FORWARDED_RFC7239;
+            }
+        }
         Config {
             requests: limit(self.rate, self.burst),
             connections: limit(self.conn_rate, self.conn_burst),
@@ -242,6 +267,8 @@ impl Policy {
             flags: f,
             sample_below: sample_below(self.sample),
             capture_bytes: self.capture_bytes,
+            forwarded_hops: self.trusted_hops.unwrap_or(0),
+            _pad: 0,
         }
     }
 

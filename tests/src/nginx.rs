@@ -46,7 +46,7 @@ impl Nginx {
     /// nginx with `limit_req` per client address: `rate` requests a second with
     /// bursts of `burst`, answered 429 beyond (the usual proxy-side limiter).
     pub fn start_with(ns: &Netns, ports: &[u16], limit_req: Option<(u32, u32)>) -> Result<Self> {
-        Self::start_config(ns, ports, &[], limit_req, false, None)
+        Self::start_config(ns, ports, &[], limit_req, false, None, "")
     }
 
     /// nginx behind a load balancer: every listen takes a PROXY protocol
@@ -55,15 +55,42 @@ impl Nginx {
     /// `tls_ports` serve HTTPS with a self-signed certificate made here by
     /// openssl (the header comes before the TLS ClientHello).
     pub fn start_proxy_protocol(ns: &Netns, ports: &[u16], tls_ports: &[u16]) -> Result<Self> {
-        Self::start_config(ns, ports, tls_ports, None, true, None)
+        Self::start_config(ns, ports, tls_ports, None, true, None, "")
     }
 
     /// nginx whose server block has `locations` (nginx `location` blocks)
     /// instead of the harness's answer-200-to-everything one.
     pub fn start_locations(ns: &Netns, ports: &[u16], locations: &str) -> Result<Self> {
-        Self::start_config(ns, ports, &[], None, false, Some(locations))
+        Self::start_config(ns, ports, &[], None, false, Some(locations), "")
     }
 
+    /// nginx as an L7 reverse proxy on `port` in front of `upstream`: each
+    /// request forwarded with `X-Forwarded-For: $proxy_add_x_forwarded_for`
+    /// over HTTP/1.1. `keepalive`: idle upstream connections kept (0: a new
+    /// one per request), so that clients' requests share (are pooled on) one
+    /// upstream connection.
+    pub fn start_l7_proxy(
+        ns: &Netns,
+        port: u16,
+        upstream: std::net::SocketAddr,
+        keepalive: u32,
+    ) -> Result<Self> {
+        let keep = match keepalive {
+            0 => String::new(),
+            k => format!(" keepalive {k};"),
+        };
+        let http = format!("    upstream api_upstream {{ server {upstream};{keep} }}\n");
+        let location = r#"        location / {
+            proxy_pass http://api_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }
+"#;
+        Self::start_config(ns, &[port], &[], None, false, Some(location), &http)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn start_config(
         ns: &Netns,
         ports: &[u16],
@@ -71,6 +98,7 @@ impl Nginx {
         limit_req: Option<(u32, u32)>,
         proxy_protocol: bool,
         locations: Option<&str>,
+        http_extra: &str,
     ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
         let conf = dir.path().join("nginx.conf");
@@ -97,6 +125,7 @@ impl Nginx {
                 limit_req,
                 proxy_protocol,
                 locations,
+                http_extra,
             ),
         )?;
         fs::create_dir_all(dir.path().join("www"))?;
@@ -176,6 +205,7 @@ fn config(
     limit_req: Option<(u32, u32)>,
     proxy_protocol: bool,
     locations: Option<&str>,
+    http_extra: &str,
 ) -> String {
     let d = dir.display();
     let (zone, limit) = match limit_req {
@@ -243,7 +273,7 @@ http {{
     uwsgi_temp_path {uwsgi};
     scgi_temp_path {scgi};
     keepalive_requests 100000;
-{zone}    server {{
+{zone}{http_extra}    server {{
 {listens}{locations}    }}
 }}
 "#,

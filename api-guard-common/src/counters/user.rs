@@ -32,6 +32,7 @@ impl Verdict {
             Verdict::XdpDenied => "xdp_denied",
             Verdict::XdpBlocked => "xdp_blocked",
             Verdict::OutOfOrder => "out_of_order",
+            Verdict::ForwardedReported => "forwarded_reported",
         }
     }
 }

@@ -467,6 +467,35 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", value_enum, default_value_t = ProxyProtocol::Optional, help_heading = "Identity")]
     pub proxy_protocol: ProxyProtocol,
 
+    /// The client of a --trusted-proxy connection without a PROXY header is
+    /// taken N hops from the right of its forwarded list (--forwarded-header;
+    /// 1: the address the nearest proxy appended; at most 4). Headers from
+    /// other peers are ignored. A list too short, or whose chosen element is
+    /// no address, names no one: the proxy itself is charged.
+    #[arg(long, value_name = "N", requires = "trusted_proxy",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(api_guard_common::forwarded::MAX_HOPS)),
+          help_heading = "Identity")]
+    pub trusted_hops: Option<u32>,
+
+    /// The forwarded list --trusted-hops reads: x-forwarded-for, or
+    /// forwarded (RFC 7239's for= parameters). Only that header is read: the
+    /// other is the client's to forge.
+    #[arg(long, value_name = "NAME", value_enum, default_value_t = ForwardedHeader::XForwardedFor,
+          requires = "trusted_hops", help_heading = "Identity")]
+    pub forwarded_header: ForwardedHeader,
+
+    /// Where to keep the forwarded blocklist: the forwarded clients over their
+    /// limit on pooled proxy connections (whose requests are reported, not
+    /// dropped), as an nginx geo file (`ADDR 1;` lines, `default 0;`),
+    /// rewritten atomically (a rename) when it changes.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "trusted_hops",
+        help_heading = "Identity"
+    )]
+    pub forwarded_blocklist: Option<PathBuf>,
+
     /// The header that carries the API key (Authorization, X-API-Key, ...;
     /// matched in any case). The kernel hashes its value with a keyed hash
     /// whose secret is new at each start: no map or log holds a key.
@@ -496,6 +525,12 @@ pub struct RunArgs {
 pub enum ProxyProtocol {
     Required,
     Optional,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ForwardedHeader {
+    XForwardedFor,
+    Forwarded,
 }
 
 /// The environment variable a long flag reads from: `--max-clients` →
@@ -655,6 +690,8 @@ impl RunArgs {
             fail_open_after: (self.fail_mode == FailMode::Open).then_some(self.heartbeat_timeout),
             trusted_proxies: self.trusted_proxy.clone(),
             proxy_required: self.proxy_protocol == ProxyProtocol::Required,
+            trusted_hops: self.trusted_hops,
+            forwarded_rfc7239: self.forwarded_header == ForwardedHeader::Forwarded,
             sample_wakeup_batched: self.sample_wakeup == SampleWakeup::Batched,
             keys: KeyPolicy::build(self.key_header.as_deref(), self.key_rate, &self.route_limit)?,
         };

@@ -93,6 +93,7 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
         verdicts.insert(kind.name().into(), by.into());
     }
     let detections = detections_json(&maps.detect_clients()?, now);
+    let forwarded = maps.forwarded_over_limit(now)?;
     let doc = json!({
         "config": {
             "requests": limit(&cfg.requests),
@@ -126,10 +127,37 @@ pub fn status(pin_dir: &Path, as_json: bool, out: &mut impl Write) -> Result<()>
         // The detectors' findings per client, and per-client response
         // classes over the last minute (published by the daemon each second).
         "detections": detections,
+        // --trusted-hops: forwarded clients over their limit on pooled proxy
+        // connections (reported, not dropped): the forwarded blocklist.
+        "forwarded": {
+            "trusted_hops": if cfg.has(flags::FORWARDED) { json!(cfg.forwarded_hops) } else { json!(null) },
+            "header": if cfg.has(flags::FORWARDED_RFC7239) { "forwarded" } else { "x-forwarded-for" },
+            "unnamed_requests": maps.event(Event::ForwardedUnnamed)?,
+            "pooled_connections": maps.event(Event::ForwardedPooled)?,
+            "over_limit": forwarded.iter().map(|c| json!({
+                "client": c.client,
+                "reported_requests": c.requests,
+                "last_reported_secs_ago": c.since_last_ns as f64 / 1e9,
+            })).collect::<Vec<_>>(),
+        },
     });
     if as_json {
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(());
+    }
+    if cfg.has(flags::FORWARDED) {
+        writeln!(
+            out,
+            "forwarded clients over their limit on pooled connections: {}",
+            match forwarded.len() {
+                0 => "none".to_string(),
+                _ => forwarded
+                    .iter()
+                    .map(|c| c.client.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            }
+        )?;
     }
     writeln!(out, "policy: {}", doc["config"])?;
     let xdp_line: Vec<String> = xdp

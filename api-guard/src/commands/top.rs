@@ -161,6 +161,18 @@ fn top_frame(maps: &Pinned, before: &Snapshot, now: &Snapshot, n: usize) -> Resu
         .collect();
     let cfg = maps.config()?;
     let keys = busiest_keys(maps, mono, n)?;
+    // --trusted-hops: forwarded clients over their limit on pooled proxy
+    // connections (reported, not dropped). None on a pin dir of a build
+    // without the map.
+    let forwarded: Vec<Value> = if cfg.has(flags::FORWARDED) {
+        maps.forwarded_over_limit(mono)?
+            .iter()
+            .take(n)
+            .map(|c| json!({"client": c.client, "reported_requests": c.requests}))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(json!({
         "interval_secs": round1(secs),
         "tracked_clients": now.clients.len(),
@@ -177,6 +189,7 @@ fn top_frame(maps: &Pinned, before: &Snapshot, now: &Snapshot, n: usize) -> Resu
         "clients": clients,
         "keys": keys,
         "blocked_networks": blocked_networks,
+        "forwarded_over_limit": forwarded,
         "findings": detected
             .iter()
             .filter(|d| d["findings"].as_u64().unwrap_or(0) > 0)
@@ -295,6 +308,18 @@ fn render_top(frame: &Value, opts: &TopOptions, out: &mut impl Write) -> Result<
                 if k["limited"] == true { "limited" } else { "" }
             )?;
         }
+    }
+    for c in frame["forwarded_over_limit"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        writeln!(
+            out,
+            "over its limit on a pooled proxy connection (reported, not dropped): {} ({} requests)",
+            c["client"].as_str().unwrap_or("?"),
+            c["reported_requests"]
+        )?;
     }
     for n in frame["blocked_networks"].as_array().into_iter().flatten() {
         match n["remaining_secs"].as_u64() {

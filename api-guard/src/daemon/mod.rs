@@ -357,6 +357,32 @@ pub async fn run(args: RunArgs) -> Result<()> {
             warn!("cannot update the top clients: {e:#}");
         }
     })?;
+    // --forwarded-blocklist: the forwarded clients over their limit on pooled
+    // proxy connections, as an nginx geo file, checked each second.
+    let forwarded_blocklist = match &args.forwarded_blocklist {
+        None => None,
+        Some(path) => {
+            let maps = datapath.handles(
+                "opened for the forwarded blocklist",
+                &[names::CONFIG, names::CLIENTS, names::FWD_REPORTED],
+            )?;
+            let mut file = crate::sinks::forwarded::GeoFile::new(path);
+            // Written at once (empty), so the proxy's include exists from the start.
+            file.update(crate::sinks::forwarded::geo(&[]))?;
+            Some(Periodic::start(
+                "forwarded-blocklist",
+                Duration::from_secs(1),
+                move || match maps.forwarded_over_limit(monotonic_ns()) {
+                    Ok(list) => {
+                        if let Err(e) = file.update(crate::sinks::forwarded::geo(&list)) {
+                            warn!("{e:#}");
+                        }
+                    }
+                    Err(e) => warn!("cannot read the forwarded clients: {e:#}"),
+                },
+            )?)
+        }
+    };
     let summary = match args.report_every.is_zero() {
         true => None,
         false => {
@@ -396,6 +422,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     drop(fleet);
     drop(summary);
+    drop(forwarded_blocklist);
     drop(top_clients);
 
     // Drain the ring buffer and flush the log while the programs still run, then

@@ -14,7 +14,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/api-guard";
 /// The maps pinned for operators and for the next daemon. The tail-call table is
 /// among them: the kernel empties a program array once no file holds it, which
 /// would leave the attached programs of a stopped daemon without their tails.
-pub const PINNED: [&str; 23] = [
+pub const PINNED: [&str; 25] = [
     names::PORTS,
     names::CONFIG,
     names::CLIENTS,
@@ -38,6 +38,8 @@ pub const PINNED: [&str; 23] = [
     names::KEY_POLICY,
     names::LIMIT_BUCKETS,
     names::KEY_CONNS,
+    names::FWD_CONNS,
+    names::FWD_REPORTED,
 ];
 
 /// Where the loader pins (or finds) each map of `PINNED` in `dir`.

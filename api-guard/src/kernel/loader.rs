@@ -16,9 +16,9 @@ use aya::{
 use super::{
     adopt, layout,
     object::{
-        EGRESS_PROGRAM, FLOOR_PROGRAM, INGRESS_PROGRAM, JUDGE_PROGRAM, JUDGE_PROXIED_PROGRAM,
-        JUDGE_PROXIED_TLS_PROGRAM, JUDGE_TLS_PROGRAM, KEYS_PROGRAM, OBJECT, PROXY_PROGRAM,
-        RESET_PROGRAM, SAMPLE_PROGRAM, XDP_PROGRAM,
+        EGRESS_PROGRAM, FLOOR_PROGRAM, FORWARDED_PROGRAM, INGRESS_PROGRAM, JUDGE_PROGRAM,
+        JUDGE_PROXIED_PROGRAM, JUDGE_PROXIED_TLS_PROGRAM, JUDGE_TLS_PROGRAM, KEYS_PROGRAM, OBJECT,
+        PROXY_PROGRAM, RESET_PROGRAM, SAMPLE_PROGRAM, XDP_PROGRAM,
     },
     ring::SampleRing,
     source::{MapSet, MapSource},
@@ -115,6 +115,7 @@ impl Datapath {
             names::TAIL_JUDGE_PROXIED_TLS,
         )?;
         load_tail(&mut ebpf, KEYS_PROGRAM, names::TAIL_KEYS)?;
+        load_tail(&mut ebpf, FORWARDED_PROGRAM, names::TAIL_FORWARDED)?;
         let mut datapath = Self { ebpf };
         // The keyed hash's secret: new at each start, in a map never pinned,
         // never logged.

@@ -173,6 +173,17 @@ pub trait KernelMaps: MapSource {
         Ok(map.iter().filter_map(|e| e.ok()).collect())
     }
 
+    /// Forwarded clients reported over their limit on pooled proxy
+    /// connections (`--trusted-hops`): their bucketed address, and when and
+    /// how often.
+    fn forwarded_reported(
+        &self,
+    ) -> Result<Vec<(ClientKey, api_guard_common::forwarded::Reported)>> {
+        let map: HashMap<&MapData, ClientKey, api_guard_common::forwarded::Reported> =
+            HashMap::try_from(self.map(names::FWD_REPORTED)?)?;
+        Ok(map.iter().filter_map(|e| e.ok()).collect())
+    }
+
     /// The key parser's state of each connection (to check that it holds no
     /// byte of a key).
     fn key_conns(&self) -> Result<Vec<KeyParse>> {
@@ -442,6 +453,27 @@ pub trait KernelMaps: MapSource {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A client's state by its (bucketed) key.
+    fn client_by_key(&self, key: &ClientKey) -> Result<Option<ClientState>> {
+        match self.clients_map()?.get(key, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The forwarded clients over their limit now (`sinks::forwarded`).
+    fn forwarded_over_limit(&self, now: u64) -> Result<Vec<crate::sinks::forwarded::OverLimit>> {
+        let cfg = self.config()?;
+        let reported = self.forwarded_reported()?;
+        Ok(crate::sinks::forwarded::over_limit(
+            &cfg,
+            &reported,
+            |k| self.client_by_key(k).ok().flatten(),
+            now,
+        ))
     }
 
     fn clients_map(&self) -> Result<HashMap<&MapData, ClientKey, ClientState>> {

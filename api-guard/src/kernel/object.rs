@@ -33,6 +33,8 @@ pub const JUDGE_PROXIED_TLS_PROGRAM: &str = "api_guard_judge_proxied_tls";
 pub const FLOOR_PROGRAM: &str = "api_guard_floor";
 /// The key stage (key and route limits), tail-called by the judges.
 pub const KEYS_PROGRAM: &str = "api_guard_keys";
+/// The forwarded stage (`--trusted-hops`), tail-called by the proxied judge.
+pub const FORWARDED_PROGRAM: &str = "api_guard_forwarded";
 /// The connection tracker's name in the object.
 pub const SOCKOPS_PROGRAM: &str = "api_guard_sockops";
 /// The TC egress classifier: response framing, pairing and status counts.

@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod findings;
 pub mod fleet;
+pub mod forwarded;
 pub mod metrics;
 pub mod report;
 

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Event counters of the stream stage and the eviction-proof tables.
-const STREAM_EVENTS: [(Event, &str, &str); 7] = [
+const STREAM_EVENTS: [(Event, &str, &str); 9] = [
     (
         Event::StreamsUntrusted,
         "api_guard_streams_untrusted_total",
@@ -59,6 +59,16 @@ const STREAM_EVENTS: [(Event, &str, &str); 7] = [
         "api_guard_proxy_unknown_streams_total",
         "Segments from --trusted-proxy peers on connections whose start was not seen: charged to the peer",
     ),
+    (
+        Event::ForwardedUnnamed,
+        "api_guard_forwarded_unnamed_total",
+        "Requests from --trusted-proxy peers whose forwarded list (--trusted-hops) named no client: charged to the peer",
+    ),
+    (
+        Event::ForwardedPooled,
+        "api_guard_forwarded_pooled_connections_total",
+        "--trusted-proxy connections that carried a second forwarded client (pooled): their over-limit requests are reported, not dropped",
+    ),
 ];
 
 /// The TLS programs' events, by label (`api_guard_tls_events_total`).
@@ -90,18 +100,21 @@ pub struct KernelCollector {
     evicted: IntCounter,
     tracked: IntGauge,
     blocked: IntGauge,
+    forwarded_over: IntGauge,
     capacity: IntGaugeVec,
     descs: Vec<Desc>,
 }
 
 impl KernelCollector {
     /// The maps a scrape reads.
-    pub const MAPS: [&'static str; 5] = [
+    pub const MAPS: [&'static str; 7] = [
         names::COUNTERS,
         names::EVENTS,
         names::CLIENTS,
         names::BLOCKS,
         tls::TLS_EVENTS,
+        names::CONFIG,
+        names::FWD_REPORTED,
     ];
 
     pub fn new(maps: MapSet, max_clients: u32) -> Result<Self> {
@@ -148,6 +161,10 @@ impl KernelCollector {
             "api_guard_blocked_clients",
             "Clients and networks blocked now",
         )?;
+        let forwarded_over = IntGauge::new(
+            "api_guard_forwarded_over_limit_clients",
+            "Forwarded clients (--trusted-hops) over their limit now on pooled proxy connections: the forwarded blocklist's length",
+        )?;
         let capacity = IntGaugeVec::new(
             Opts::new("api_guard_map_capacity", "Entries each map holds at most"),
             &["map"],
@@ -162,7 +179,7 @@ impl KernelCollector {
         {
             descs.extend(c.desc().into_iter().cloned());
         }
-        for g in [&tracked, &blocked] {
+        for g in [&tracked, &blocked, &forwarded_over] {
             descs.extend(g.desc().into_iter().cloned());
         }
         descs.extend(capacity.desc().into_iter().cloned());
@@ -179,6 +196,7 @@ impl KernelCollector {
             tls_events,
             tracked,
             blocked,
+            forwarded_over,
             capacity,
             descs,
         })
@@ -221,6 +239,8 @@ impl KernelCollector {
             .filter(|(_, _, until)| *until > now)
             .count();
         self.blocked.set((blocked_clients + blocked_nets) as i64);
+        self.forwarded_over
+            .set(dp.forwarded_over_limit(now)?.len() as i64);
         self.capacity
             .with_label_values(&["clients"])
             .set(i64::from(self.max_clients));
@@ -271,7 +291,7 @@ impl Collector for KernelCollector {
         {
             out.extend(c.collect());
         }
-        for g in [&self.tracked, &self.blocked] {
+        for g in [&self.tracked, &self.blocked, &self.forwarded_over] {
             out.extend(g.collect());
         }
         out.extend(self.capacity.collect());
