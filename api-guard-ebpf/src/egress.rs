@@ -23,11 +23,12 @@ use api_guard_common::{
 };
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_loop},
     programs::TcContext,
 };
 
 use crate::{
+    chunk::Chunk,
     classify,
     exchange::count,
     maps::{EXCHANGES, REPLY_SCRATCH, SAMPLES},
@@ -56,8 +57,7 @@ pub struct ReplyScratch {
     base: u32,
     pos: u32,
     end: u32,
-    word_at: u32,
-    word: [u8; 8],
+    chunk: Chunk,
 }
 
 /// The bpf_loop callback's context (the scratch pointer rides along).
@@ -149,7 +149,7 @@ fn frame(ctx: &TcContext, pkt: &TcpPacket, sc: &mut ReplyScratch, seq: u32, len:
     sc.base = pkt.payload_off as u32;
     sc.pos = from;
     sc.end = len;
-    sc.word_at = u32::MAX;
+    sc.chunk.reset();
     let was_lost = sc.ex.reply.is_lost();
     let mut s = Scan {
         skb: ctx.skb.skb,
@@ -167,6 +167,8 @@ fn frame(ctx: &TcContext, pkt: &TcpPacket, sc: &mut ReplyScratch, seq: u32, len:
             0,
         )
     };
+    // The block may hold a credential (a cookie being set): no map keeps it.
+    sc.chunk.wipe();
     if sc.pos < sc.end && sc.ex.reply.mode != REPLY_DONE {
         // The bound was reached (it cannot be, by the rule above): stop framing.
         sc.ex.reply = Reply::lost();
@@ -192,39 +194,18 @@ extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
         sc.pos += n as u32;
         return 0;
     }
-    if sc.pos < sc.word_at || sc.pos - sc.word_at >= 8 {
-        // A whole word always (the verifier's rule for loads): the next 8 bytes
-        // or the payload's last 8 (headers lie before it).
-        sc.word_at = if sc.end - sc.pos >= 8 {
-            sc.pos
-        } else {
-            sc.end - 8
-        };
-        // SAFETY: `word` holds 8 bytes; the skb pointer is the program's context.
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                s.skb as *const c_void,
-                sc.base.wrapping_add(sc.word_at),
-                sc.word.as_mut_ptr().cast(),
-                8,
-            )
-        };
-        if rc != 0 {
-            sc.ex.reply = Reply::lost();
-            return 1;
-        }
-    }
-    let idx = (sc.pos - sc.word_at) & 7;
+    // The next 8 bytes, read from a block loaded 64 bytes at a time.
+    let Some(word) = sc.chunk.word(s.skb, sc.base, sc.pos, sc.end) else {
+        sc.ex.reply = Reply::lost();
+        return 1;
+    };
     let avail = sc.end - sc.pos;
-    let k = sc.ex.reply.skim(
-        u64::from_le_bytes(sc.word) >> (8 * idx),
-        if avail < 8 - idx { avail } else { 8 - idx },
-    );
+    let k = sc.ex.reply.skim(word, if avail < 8 { avail } else { 8 });
     if k > 0 {
         sc.pos += k;
         return 0;
     }
-    let b = sc.word[idx as usize];
+    let b = word as u8;
     if sc.ex.reply.step(b) == Step::Status {
         answered(sc);
     }

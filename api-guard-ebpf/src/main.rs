@@ -11,6 +11,7 @@
 
 mod atomic;
 mod budget;
+mod chunk;
 mod classify;
 mod clock;
 mod count;

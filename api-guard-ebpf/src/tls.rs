@@ -71,6 +71,15 @@ static TLS_STREAMS: LruHashMap<ConnKey, TlsStream> = LruHashMap::with_max_entrie
 static TLS_VERDICTS: LruHashMap<ConnKey, ConnVerdict> =
     LruHashMap::with_max_entries(VERDICT_SLOTS, 0);
 
+/// Set (1) once a followed process entered an SSL call; until then the
+/// socket tracepoints, which fire on every socket read and write of the host,
+/// return at once. A server that links libssl but serves plaintext on the
+/// watched ports (nginx built with TLS support) never sets it, and pays no
+/// lookup of `TLS_CALLS` on its sockets. Never cleared: a call in progress
+/// must always find its socket, and it can only be in progress after an entry.
+#[map(name = "TLS_ARMED")]
+static TLS_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Field offsets of `struct sock`, from the kernel's BTF (written by the daemon).
 #[map(name = "TLS_OFFSETS")]
 static TLS_OFFSETS: Array<SockOffsets> = Array::with_max_entries(1, 0);
@@ -137,6 +146,15 @@ pub fn enter(ctx: &ProbeContext, kind: u32) {
     if TLS_PIDS.get_ptr(&((id >> 32) as u32)).is_none() {
         return;
     }
+    if let Some(armed) = TLS_ARMED.get_ptr_mut(0) {
+        // SAFETY: the map's one value; written only while still 0, so the
+        // line is not bounced between CPUs on every call.
+        unsafe {
+            if *armed == 0 {
+                *armed = 1;
+            }
+        }
+    }
     let call = TlsCall {
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
         buf: ctx.arg::<u64>(1).unwrap_or(0),
@@ -191,6 +209,11 @@ pub fn handshake(ctx: &ProbeContext) {
 /// connection here, at its first send: `SSL_write` needs no return probe.
 #[inline(always)]
 pub fn saw_sock(sk: u64, kind: u32) {
+    // An array's lookup is a load (the verifier inlines it): nothing else runs
+    // on the host's sockets before a followed process makes an SSL call.
+    if TLS_ARMED.get(0).is_none_or(|a| *a == 0) {
+        return;
+    }
     let id = bpf_get_current_pid_tgid();
     let Some(call) = TLS_CALLS.get_ptr_mut(&id) else {
         return;

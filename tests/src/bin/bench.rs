@@ -696,6 +696,17 @@ fn host(
     daemon_flags: Option<&[&str]>,
     limit_req: Option<(u32, u32)>,
 ) -> Result<Host> {
+    host_with(clients, daemon_flags, limit_req, None)
+}
+
+/// [`host`] with the daemon from `bin` instead of the binary under test (a
+/// build to compare with, in the same run).
+fn host_with(
+    clients: usize,
+    daemon_flags: Option<&[&str]>,
+    limit_req: Option<(u32, u32)>,
+    bin: Option<&std::path::Path>,
+) -> Result<Host> {
     let bpffs = BpfFs::mount()?;
     let topo = Topology::new(clients)?;
     let nginx = Nginx::start_with(&topo.server, &[API], limit_req)?;
@@ -711,7 +722,21 @@ fn host(
                 args.extend(["--access-log".into(), "/dev/null".into()]);
             }
             args.extend(flags.iter().map(|f| f.to_string()));
-            Some(Daemon::start(&topo.server, &args)?)
+            Some(match bin {
+                // The shell ($0 = the other binary) drops the binary under
+                // test ($1) and execs the other one in its place (same pid).
+                Some(bin) => Daemon::start_wrapped(
+                    &topo.server,
+                    &[
+                        "sh",
+                        "-c",
+                        "shift; exec \"$0\" \"$@\"",
+                        bin.to_str().context("binary path")?,
+                    ],
+                    &args,
+                )?,
+                None => Daemon::start(&topo.server, &args)?,
+            })
         }
         None => None,
     };
@@ -727,7 +752,7 @@ fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
     let secs = if o.quick { 2 } else { 6 };
     let runs = if o.quick { 3 } else { RUNS };
     // The defaults first (the goal's row), then one lever changed at a time.
-    let configs: [(&str, Option<&[&str]>); 7] = [
+    let base: [(&str, Option<&[&str]>); 7] = [
         ("no api-guard", None),
         (
             "api-guard, defaults (--sample 1.0, --sample-budget 1000/s, --sample-wakeup batched)",
@@ -761,6 +786,28 @@ fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
             Some(&["--rate", "1000000", "--sample", "0", "--xdp", "off"]),
         ),
     ];
+    let mut configs: Vec<(String, Option<&[&str]>, Option<PathBuf>)> = base
+        .into_iter()
+        .map(|(name, flags)| (name.to_string(), flags, None))
+        .collect();
+    // Another build in the same run (API_GUARD_BENCH_BEFORE_BIN, e.g. the
+    // branch point), for what a change bought: its kernel path alone and its
+    // defaults, interleaved with the rows above.
+    if let Some(before) = std::env::var_os("API_GUARD_BENCH_BEFORE_BIN") {
+        let before = PathBuf::from(before);
+        let label = std::env::var("API_GUARD_BENCH_BEFORE_LABEL")
+            .unwrap_or_else(|_| before.display().to_string());
+        configs.push((
+            format!("{label}: --sample 0 (kernel path only)"),
+            Some(&["--rate", "1000000", "--sample", "0"]),
+            Some(before.clone()),
+        ));
+        configs.push((
+            format!("{label}: defaults"),
+            Some(&["--rate", "1000000"]),
+            Some(before),
+        ));
+    }
     let n = configs.len();
     let mut rps = vec![Vec::new(); n];
     let mut p50 = vec![Vec::new(); n];
@@ -771,8 +818,9 @@ fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
     let mut daemon_cpu = vec![Vec::new(); n];
     let mut lost = 0u64;
     // One set-up measured: (req/s, p50, p99).
+    let bins: Vec<Option<PathBuf>> = configs.iter().map(|c| c.2.clone()).collect();
     let mut measure = |i: usize, flags: Option<&[&str]>| -> Result<(f64, f64, f64)> {
-        let h = host(1, flags, None)?;
+        let h = host_with(1, flags, None, bins[i].as_deref())?;
         let c = &h.topo.clients[0];
         let cpu0 = h.daemon.as_ref().map(|d| cpu_secs(d.pid()));
         let report = wrk(
@@ -827,7 +875,7 @@ fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
         }
     }
     let mut rows = Vec::new();
-    for (i, (name, _)) in configs.iter().enumerate() {
+    for (i, (name, ..)) in configs.iter().enumerate() {
         let tput = Stat::of(rel_rps[i].clone());
         let lat = Stat::of(rel_p99[i].clone());
         let target = (i == 1).then(|| {
