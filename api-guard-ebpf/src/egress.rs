@@ -52,7 +52,9 @@ pub struct ReplyScratch {
     key: ConnKey,
     ex: Exchange,
     out: ResponseOut,
-    /// `bpf_ktime_get_ns()` when the segment left.
+    /// `bpf_ktime_get_ns()` when the segment left, read at its first sampled
+    /// response (0 before): a response nobody sampled needs no clock, and most
+    /// are not sampled under `--sample-budget`.
     now: u64,
     base: u32,
     pos: u32,
@@ -144,8 +146,7 @@ fn frame(ctx: &TcContext, pkt: &TcpPacket, sc: &mut ReplyScratch, seq: u32, len:
         }
         return;
     }
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    sc.now = unsafe { bpf_ktime_get_ns() };
+    sc.now = 0;
     sc.base = pkt.payload_off as u32;
     sc.pos = from;
     sc.end = len;
@@ -251,6 +252,10 @@ fn answered(sc: &mut ReplyScratch) {
     count(ResponseCount::Paired, 1);
     if slot.flags & SLOT_SAMPLED == 0 {
         return;
+    }
+    if sc.now == 0 {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        sc.now = unsafe { bpf_ktime_get_ns() };
     }
     let h = &mut sc.out.header;
     h.ts_ns = sc.now;
