@@ -647,6 +647,9 @@ HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n
             assert_eq!(a, b);
             framed += got.len();
         }
-        assert!(framed > 5000, "every case frames its first response, some more: {framed}");
+        assert!(
+            framed > 5000,
+            "every case frames its first response, some more: {framed}"
+        );
     }
 }

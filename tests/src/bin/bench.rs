@@ -748,6 +748,10 @@ fn host_with(
     })
 }
 
+/// A K2 set-up: its row name, the daemon's flags (None: no api-guard), and
+/// another binary to run instead of the one under test.
+type K2Setup<'a> = (String, Option<&'a [&'a str]>, Option<PathBuf>);
+
 fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
     let secs = if o.quick { 2 } else { 6 };
     let runs = if o.quick { 3 } else { RUNS };
@@ -786,7 +790,7 @@ fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
             Some(&["--rate", "1000000", "--sample", "0", "--xdp", "off"]),
         ),
     ];
-    let mut configs: Vec<(String, Option<&[&str]>, Option<PathBuf>)> = base
+    let mut configs: Vec<K2Setup> = base
         .into_iter()
         .map(|(name, flags)| (name.to_string(), flags, None))
         .collect();
