@@ -52,6 +52,9 @@ const NAME_ENCODING: u8 = 3;
 const VALUE_LENGTH: u8 = 4;
 
 const STATUS_PREFIX: &[u8; 7] = b"HTTP/1.";
+/// A status line's first 8 bytes, as a little-endian word (skimmed at once).
+const HTTP_11: u64 = u64::from_le_bytes(*b"HTTP/1.1");
+const HTTP_10: u64 = u64::from_le_bytes(*b"HTTP/1.0");
 const CONTENT_LENGTH: &[u8; 15] = b"content-length:";
 const TRANSFER_ENCODING: &[u8; 18] = b"transfer-encoding:";
 /// Bodies and chunks longer than this are taken to be this long.
@@ -164,6 +167,28 @@ impl Reply {
     /// many (0 when bytes must be stepped one by one). Same as stepping them.
     #[inline(always)]
     pub fn skim(&mut self, word: u64, n: u32) -> u32 {
+        if self.mode == REPLY_LINE && n == 8 && (word == HTTP_11 || word == HTTP_10) {
+            // A status line's first 8 bytes at once: the same as stepping `H`
+            // (a response begins) and the 7 bytes of the version after it.
+            self.mode = REPLY_STATUS;
+            self.pos = 8;
+            self.status = 0;
+            self.left = 0;
+            self.flags &= REPLY_LOST;
+            return 8;
+        }
+        if self.mode == REPLY_HEAD && self.name == NAME_ANY {
+            // A header line's first byte: unless it may begin `Content-Length`
+            // or `Transfer-Encoding` (or ends the line), the line is of no
+            // interest, as stepping it would decide; it is skimmed from here.
+            let b = word as u8;
+            if n == 0 || matches!(lower(b), b'c' | b't') || b == b'\r' || b == b'\n' {
+                return 0;
+            }
+            self.name = NAME_SKIP;
+            self.pos = 1;
+            self.flags &= !LINE_EMPTY;
+        }
         if !(self.mode == REPLY_HEAD || self.mode == REPLY_TRAILER) || self.name != NAME_SKIP {
             return 0;
         }
@@ -560,7 +585,7 @@ HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n
 
     #[test]
     fn skimming_words_agrees_with_stepping_bytes() {
-        let alphabet = b"\r\n\r\nHTTP/1.1 200 204 Content-Length: 3\r\ntransfer-encoding:a0\r\n";
+        let alphabet = b"\r\n\r\nHTTP/1.1 200 204 Content-Length: 3\r\ntransfer-encoding:a0\r\nServer: x\r\nHTTP/1.0 304 \r\nEtag";
         let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
         for _ in 0..3000 {
             let mut bytes = Vec::new();
@@ -577,5 +602,54 @@ HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n
             assert_eq!(got, stepwise(&mut b, &bytes), "{bytes:?}");
             assert_eq!(a, b);
         }
+    }
+
+    #[test]
+    fn skimming_status_lines_and_header_names_agrees_with_stepping_bytes() {
+        // Whole tokens, so that status lines and header lines begin at every
+        // alignment against the 8-byte words (single random bytes rarely
+        // spell them).
+        let tokens: [&[u8]; 16] = [
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.0 204 No\r\n",
+            b"HTTP/1.1 100 Continue\r\n",
+            b"Content-Length: 3\r\n",
+            b"content-length:0\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"Server: x\r\n",
+            b"ETag: \"a\"\r\n",
+            b"\r\n",
+            b"abc",
+            b"3\r\nabc\r\n0\r\n\r\n",
+            b"C",
+            b"t",
+            b"\r",
+            b"\n",
+            b"HTTP/1.",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut framed = 0;
+        for case in 0..5000 {
+            // A response with an empty body first, shifted by 0-7 bytes of
+            // blank lines, so that the next status line starts at any alignment.
+            let mut bytes = b"\r\n\r\n\r\n\r\n"[..case % 8].to_vec();
+            bytes.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            for _ in 0..(seed % 40) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                bytes.extend_from_slice(tokens[(seed % tokens.len() as u64) as usize]);
+            }
+            let (mut a, mut b) = (Reply::start(), Reply::start());
+            let mut got = Vec::new();
+            feed(&mut a, &bytes, |r| got.push(r.status));
+            assert_eq!(got, stepwise(&mut b, &bytes), "{bytes:?}");
+            assert_eq!(a, b);
+            framed += got.len();
+        }
+        assert!(
+            framed > 5000,
+            "every case frames its first response, some more: {framed}"
+        );
     }
 }

@@ -128,6 +128,9 @@ pub const TLS_VERDICTS: &str = "TLS_VERDICTS";
 pub const TLS_OFFSETS: &str = "TLS_OFFSETS";
 pub const TLS_EVENTS: &str = "TLS_EVENTS";
 pub const TLS_SCRATCH: &str = "TLS_SCRATCH";
+/// Set once a followed process entered an SSL call (the socket tracepoints
+/// return at once before).
+pub const TLS_ARMED: &str = "TLS_ARMED";
 /// `SSL*`s whose handshake was seen: their plaintext is followed from its
 /// first byte (trusted framing).
 pub const TLS_FRESH: &str = "TLS_FRESH";

@@ -24,11 +24,12 @@ use api_guard_common::{
 };
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_loop},
     programs::TcContext,
 };
 
 use crate::{
+    chunk::Chunk,
     classify,
     exchange::count,
     maps::{EXCHANGES, REPLY_SCRATCH, SAMPLES},
@@ -54,22 +55,27 @@ pub struct ReplyScratch {
     pub(crate) key: ConnKey,
     pub(crate) ex: Exchange,
     out: ResponseOut,
-    /// `bpf_ktime_get_ns()` when the segment left (or the TLS write was sent).
+    /// `bpf_ktime_get_ns()` when the segment left, read at its first sampled
+    /// response (0 before): a response nobody sampled needs no clock, and most
+    /// are not sampled under `--sample-budget`. The TLS write path sets it when
+    /// the write is sent.
     pub(crate) now: u64,
     /// The TLS write's plaintext in the process's memory (0 on the TC path).
     pub(crate) buf: u64,
     pub(crate) base: u32,
     pub(crate) pos: u32,
     pub(crate) end: u32,
+    /// The TLS path's block: where `plain` starts and how many of its bytes
+    /// are valid (the process's reads may be short).
     pub(crate) word_at: u32,
-    /// Bytes of `word` that are valid (the TLS path's reads may be short).
     pub(crate) word_len: u32,
     pub(crate) _pad: u32,
-    pub(crate) word: [u8; 8],
+    /// The TC path's block of segment bytes.
+    chunk: Chunk,
     /// The TLS write path's bytes of the process, read `tls::CHUNK` at a
     /// time (a helper call each), and 8 more so a word at any of them is in
     /// bounds.
-    pub(crate) chunk: [u8; 72],
+    pub(crate) plain: [u8; 72],
 }
 
 /// The bpf_loop callback's context (the scratch pointer rides along).
@@ -166,12 +172,11 @@ fn frame(ctx: &TcContext, pkt: &TcpPacket, sc: &mut ReplyScratch, seq: u32, len:
         }
         return;
     }
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    sc.now = unsafe { bpf_ktime_get_ns() };
+    sc.now = 0;
     sc.base = pkt.payload_off as u32;
     sc.pos = from;
     sc.end = len;
-    sc.word_at = u32::MAX;
+    sc.chunk.reset();
     let was_lost = sc.ex.reply.is_lost();
     let mut s = Scan {
         skb: ctx.skb.skb,
@@ -189,6 +194,8 @@ fn frame(ctx: &TcContext, pkt: &TcpPacket, sc: &mut ReplyScratch, seq: u32, len:
             0,
         )
     };
+    // The block may hold a credential (a cookie being set): no map keeps it.
+    sc.chunk.wipe();
     if sc.pos < sc.end && sc.ex.reply.mode != REPLY_DONE {
         // The bound was reached (it cannot be, by the rule above): stop framing.
         sc.ex.reply = Reply::lost();
@@ -214,39 +221,18 @@ extern "C" fn scan_round(_index: u64, ctx: *mut c_void) -> i64 {
         sc.pos += n as u32;
         return 0;
     }
-    if sc.pos < sc.word_at || sc.pos - sc.word_at >= 8 {
-        // A whole word always (the verifier's rule for loads): the next 8 bytes
-        // or the payload's last 8 (headers lie before it).
-        sc.word_at = if sc.end - sc.pos >= 8 {
-            sc.pos
-        } else {
-            sc.end - 8
-        };
-        // SAFETY: `word` holds 8 bytes; the skb pointer is the program's context.
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                s.skb as *const c_void,
-                sc.base.wrapping_add(sc.word_at),
-                sc.word.as_mut_ptr().cast(),
-                8,
-            )
-        };
-        if rc != 0 {
-            sc.ex.reply = Reply::lost();
-            return 1;
-        }
-    }
-    let idx = (sc.pos - sc.word_at) & 7;
+    // The next 8 bytes, read from a block loaded 64 bytes at a time.
+    let Some(word) = sc.chunk.word(s.skb, sc.base, sc.pos, sc.end) else {
+        sc.ex.reply = Reply::lost();
+        return 1;
+    };
     let avail = sc.end - sc.pos;
-    let k = sc.ex.reply.skim(
-        u64::from_le_bytes(sc.word) >> (8 * idx),
-        if avail < 8 - idx { avail } else { 8 - idx },
-    );
+    let k = sc.ex.reply.skim(word, if avail < 8 { avail } else { 8 });
     if k > 0 {
         sc.pos += k;
         return 0;
     }
-    let b = sc.word[idx as usize];
+    let b = word as u8;
     if sc.ex.reply.step(b) == Step::Status {
         answered(sc, Source::TcEgress as u16);
     }
@@ -293,6 +279,10 @@ pub(crate) fn answered(sc: &mut ReplyScratch, source: u16) {
     count(ResponseCount::Paired, 1);
     if slot.flags & SLOT_SAMPLED == 0 {
         return;
+    }
+    if sc.now == 0 {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        sc.now = unsafe { bpf_ktime_get_ns() };
     }
     let h = &mut sc.out.header;
     h.ts_ns = sc.now;

@@ -11,6 +11,7 @@
 
 mod atomic;
 mod budget;
+mod chunk;
 mod classify;
 mod clock;
 mod count;
@@ -488,31 +489,15 @@ fn judge<const PROXIED: bool, const TLS: bool>(ctx: &mut TcContext) -> i32 {
     // A TLS port's requests are counted by the libssl uprobes (tls.rs), which
     // leave their verdicts for the connection's next packet.
     let tls_port = TLS;
-    let Some(state) = count::state(&key, &mut clock) else {
+    let mut state = count::state(&key, &mut clock);
+    if state.is_none() {
         // The client map refused the entry: fail open, but count it.
         count::event(Event::ClientsRefused);
-        let acct = if tls_port {
-            Accounted::NOTHING
-        } else {
-            stream::account(ctx, &pkt, &source.addr, skip_before)
-        };
-        let ev = Seen {
-            starts: acct.starts,
-            connection,
-            named,
-        };
-        return finish(
-            ctx,
-            cfg,
-            &pkt,
-            ev,
-            Verdict::Allowed,
-            &acct,
-            false,
-            &mut clock,
-        );
-    };
-    if !allowed && enforce::is_blocked(state, &mut clock) {
+    }
+    if let Some(state) = state.as_deref_mut()
+        && !allowed
+        && enforce::is_blocked(state, &mut clock)
+    {
         // Dropped whatever it carries: not worth the stream stage's scan.
         let mut ev = first_bytes_only(ctx, &pkt, connection);
         ev.named = named;
@@ -530,10 +515,30 @@ fn judge<const PROXIED: bool, const TLS: bool>(ctx: &mut TcContext) -> i32 {
             &mut clock,
         );
     }
+    // One call site for the stream stage, with or without the client's
+    // entry: the verifier walks its scan once, not once per path (the judges
+    // are near its limit of a million instructions).
     let (acct, tls_verdict) = if tls_port {
         (Accounted::NOTHING, tls::packet(ctx, &pkt, &source.addr))
     } else {
         (stream::account(ctx, &pkt, &source.addr, skip_before), None)
+    };
+    let Some(state) = state else {
+        let ev = Seen {
+            starts: acct.starts,
+            connection,
+            named,
+        };
+        return finish(
+            ctx,
+            cfg,
+            &pkt,
+            ev,
+            Verdict::Allowed,
+            &acct,
+            false,
+            &mut clock,
+        );
     };
     let ev = Seen {
         starts: acct.starts,

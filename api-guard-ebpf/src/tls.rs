@@ -75,6 +75,15 @@ static TLS_STREAMS: LruHashMap<ConnKey, TlsStream> = LruHashMap::with_max_entrie
 static TLS_VERDICTS: LruHashMap<ConnKey, ConnVerdict> =
     LruHashMap::with_max_entries(VERDICT_SLOTS, 0);
 
+/// Set (1) once a followed process entered an SSL call; until then the
+/// socket tracepoints, which fire on every socket read and write of the host,
+/// return at once. A server that links libssl but serves plaintext on the
+/// watched ports (nginx built with TLS support) never sets it, and pays no
+/// lookup of `TLS_CALLS` on its sockets. Never cleared: a call in progress
+/// must always find its socket, and it can only be in progress after an entry.
+#[map(name = "TLS_ARMED")]
+static TLS_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Field offsets of `struct sock`, from the kernel's BTF (written by the daemon).
 #[map(name = "TLS_OFFSETS")]
 static TLS_OFFSETS: Array<SockOffsets> = Array::with_max_entries(1, 0);
@@ -162,6 +171,15 @@ pub fn enter(ctx: &ProbeContext, kind: u32) {
     if TLS_PIDS.get_ptr(&((id >> 32) as u32)).is_none() {
         return;
     }
+    if let Some(armed) = TLS_ARMED.get_ptr_mut(0) {
+        // SAFETY: the map's one value; written only while still 0, so the
+        // line is not bounced between CPUs on every call.
+        unsafe {
+            if *armed == 0 {
+                *armed = 1;
+            }
+        }
+    }
     let call = TlsCall {
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
         buf: ctx.arg::<u64>(1).unwrap_or(0),
@@ -220,6 +238,12 @@ pub fn handshake(ctx: &ProbeContext) {
 /// will have the same write repeated.
 #[inline(always)]
 pub fn saw_sock(sk: u64, ret: i32, kind: u32) {
+    // An array's lookup is a load (the verifier inlines it): nothing else runs
+    // on the host's sockets before a followed process makes an SSL call (its
+    // entry probe arms this before the call's first send).
+    if TLS_ARMED.get(0).is_none_or(|a| *a == 0) {
+        return;
+    }
     let id = bpf_get_current_pid_tgid();
     let Some(call) = TLS_CALLS.get_ptr_mut(&id) else {
         return;
@@ -368,7 +392,7 @@ fn frame_write(sc: &mut ReplyScratch, buf: u64, len: u64) {
         )
     };
     // The last bytes read are the response's: no map keeps them.
-    sc.chunk = [0; 72];
+    sc.plain = [0; 72];
     if (sc.pos < sc.end || len > MAX_WRITE as u64) && sc.ex.reply.mode != REPLY_DONE {
         // Not framed to the end (a read failed, or a head past the bound):
         // where the next response begins is unknown.
@@ -403,10 +427,10 @@ extern "C" fn write_round(_index: u64, ctx: *mut c_void) -> i64 {
         } else {
             left & (CHUNK - 1)
         };
-        // SAFETY: `chunk` holds CHUNK + 8 bytes and n <= CHUNK.
+        // SAFETY: `plain` holds CHUNK + 8 bytes and n <= CHUNK.
         let rc = unsafe {
             bpf_probe_read_user(
-                sc.chunk.as_mut_ptr().cast(),
+                sc.plain.as_mut_ptr().cast(),
                 n,
                 (sc.buf + sc.pos as u64) as *const c_void,
             )
@@ -419,11 +443,11 @@ extern "C" fn write_round(_index: u64, ctx: *mut c_void) -> i64 {
         sc.word_len = n;
     }
     let idx = (sc.pos - sc.word_at) & (CHUNK - 1);
-    // SAFETY: idx < CHUNK and `chunk` holds CHUNK + 8 bytes, so the 8 bytes
+    // SAFETY: idx < CHUNK and `plain` holds CHUNK + 8 bytes, so the 8 bytes
     // from idx are in it; those past `word_len` are stale, and `skim` is told
     // how many are not.
     let word = u64::from_le(unsafe {
-        core::ptr::read_unaligned(sc.chunk.as_ptr().add(idx as usize) as *const u64)
+        core::ptr::read_unaligned(sc.plain.as_ptr().add(idx as usize) as *const u64)
     });
     let left = sc.word_len - idx;
     let k = sc.ex.reply.skim(word, if left < 8 { left } else { 8 });

@@ -190,6 +190,14 @@ impl Policy {
         if self.auth_blocks && self.block_for.is_none() {
             return Err("--require-auth block needs --block-for (how long to block)".into());
         }
+        if self.trusted_hops.is_some() && self.keys.is_active() {
+            // The forwarded stage charges a proxy's requests without the key
+            // stage: the limits would hold for direct clients and not for
+            // anyone behind the proxy. Refused rather than half-applied.
+            return Err(
+                "--trusted-hops cannot be combined with --key-rate or --route-limit: key and route limits are not applied to requests forwarded by a --trusted-hops proxy (they would be bypassed through it); limit keys and routes at the proxy, or run without --trusted-hops".into(),
+            );
+        }
         if self.trusted_hops.is_some() && self.trusted_proxies.is_empty() {
             return Err(
                 "--trusted-hops needs --trusted-proxy (the peers whose lists are read)".into(),

@@ -325,6 +325,31 @@ fn a_pin_dir_off_bpffs_is_one_line_and_exit_4() {
 }
 
 #[test]
+fn trusted_hops_with_key_or_route_limits_is_refused_not_half_applied() {
+    // The forwarded stage does not run the key stage: such limits would bind
+    // direct clients and not the proxy's. Refused before anything attaches.
+    let base = [
+        "run",
+        "--iface",
+        "lo",
+        "--port",
+        "8080",
+        "--trusted-proxy",
+        "198.18.0.0/24",
+        "--trusted-hops",
+        "1",
+    ];
+    for extra in [
+        &["--key-header", "X-API-Key", "--key-rate", "5"][..],
+        &["--route-limit", "GET /v1/=5"],
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        assert_fails(&api_guard(&args), 2, "--trusted-hops cannot be combined");
+    }
+}
+
+#[test]
 fn bad_fleet_flags_exit_2_with_the_reason() {
     let base = ["run", "--iface", "lo", "--port", "8080"];
     for (flags, needle) in [

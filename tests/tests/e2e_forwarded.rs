@@ -202,6 +202,39 @@ fn two_clients_behind_one_proxy_get_their_own_buckets_and_the_proxy_is_never_lim
         forged_ok >= BURST as usize && forged_ok < urls.len(),
         "{forged:?}"
     );
+    // A route or key limit added live would pass the proxy's requests by:
+    // refused, and the kernel's key policy left as it was.
+    for args in [
+        &["limit", "--route", "GET /c/=1"][..],
+        &["limit", "--key-rate", "1"][..],
+    ] {
+        let out = s
+            .topo
+            .server
+            .command(&daemon::binary().display().to_string())
+            .args(args)
+            .arg("--pin-dir")
+            .arg(s.bpffs.pin_dir())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("--trusted-hops"),
+            "{args:?} was not refused: {stderr}"
+        );
+    }
+    // Nothing went in: the pinned policy has no such route to remove.
+    let out = s
+        .topo
+        .server
+        .command(&daemon::binary().display().to_string())
+        .args(["limit", "--remove-route", "GET /c/", "--pin-dir"])
+        .arg(s.bpffs.pin_dir())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no route limit"),
+        "{stderr}"
+    );
     Ok(())
 }
 

@@ -329,7 +329,7 @@ pub struct RunArgs {
     /// `N/s`, 1 to 10000000): past it samples are counted, not taken, so the
     /// access log and the daemon's CPU stay bounded at any load. Requests and
     /// responses are counted in the kernel whatever the sampling.
-    #[arg(long, value_name = "N/s", default_value = "10000/s", help_heading = "Sampling",
+    #[arg(long, value_name = "N/s", default_value = "1000/s", help_heading = "Sampling",
           value_parser = parse_sample_budget)]
     pub sample_budget: u32,
 
@@ -337,7 +337,7 @@ pub struct RunArgs {
     /// (batched) only once 64 KiB wait, the daemon reading every 10 ms
     /// besides: fewer wakeups and context switches under load, at the price
     /// of up to 10 ms before a sample is logged.
-    #[arg(long, value_name = "MODE", value_enum, default_value_t = SampleWakeup::Each, help_heading = "Sampling")]
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = SampleWakeup::Batched, help_heading = "Sampling")]
     pub sample_wakeup: SampleWakeup,
 
     /// Write the API access log (JSON lines) here; "-" for stdout. SIGHUP reopens it.

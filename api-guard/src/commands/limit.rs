@@ -90,8 +90,15 @@ pub fn keys(
     let mut next =
         KeyPolicy::build(key_header.as_deref(), None, &routes).map_err(anyhow::Error::msg)?;
     next.key_limit = policy.key_limit;
-    maps.set_key_policy(&next)?;
     let mut cfg = maps.config()?;
+    if next.is_active() && cfg.has(flags::FORWARDED) {
+        // As at start (policy.rs): a --trusted-hops proxy's requests would
+        // pass these limits by.
+        bail!(
+            "the daemon runs with --trusted-hops: key and route limits are not applied to requests forwarded by its proxies (they would be bypassed through them); limit keys and routes at the proxy"
+        );
+    }
+    maps.set_key_policy(&next)?;
     let active = next.is_active();
     if active != cfg.has(flags::KEY_LIMITS) {
         cfg.flags ^= flags::KEY_LIMITS;

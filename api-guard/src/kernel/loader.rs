@@ -116,6 +116,19 @@ impl Datapath {
         )?;
         load_tail(&mut ebpf, KEYS_PROGRAM, names::TAIL_KEYS)?;
         load_tail(&mut ebpf, FORWARDED_PROGRAM, names::TAIL_FORWARDED)?;
+        if std::env::var_os("API_GUARD_VERIFIER_STATS").is_some() {
+            // How close each program came to the verifier's limit of a
+            // million instructions (the judges are near it): for whoever
+            // changes the datapath.
+            for (name, prog) in ebpf.programs() {
+                if let Ok(info) = prog.info() {
+                    eprintln!(
+                        "verifier: {name} {} instructions processed",
+                        info.verified_instruction_count().unwrap_or(0)
+                    );
+                }
+            }
+        }
         let mut datapath = Self { ebpf };
         // The keyed hash's secret: new at each start, in a map never pinned,
         // never logged.

@@ -681,7 +681,7 @@ fn k1() -> Result<Section> {
         ],
         target: None,
     });
-    notes.push("The egress rows: the program on the server's answers. A packet from a non-watched port costs the parse and one port lookup; a response is framed like a request (a `bpf_loop` round a head byte, 8 at a time on header lines of no interest), pops its request from the connection's FIFO and bumps the status counters. The response row runs each response once, right after its request went through ingress, timed by the kernel against the floor timed the same way (one run at a time).".into());
+    notes.push("The egress rows: the program on the server's answers. A packet from a non-watched port costs the parse and one port lookup; a response is framed like a request (a `bpf_loop` round a head byte, 8 at a time on the status line's version and on header lines of no interest, read from 64-byte blocks), pops its request from the connection's FIFO and bumps the status counters. The response row runs each response once, right after its request went through ingress, timed by the kernel against the floor timed the same way (one run at a time).".into());
     notes.push("The price of exact request accounting: the stream stage reads each new head byte once (a `bpf_loop` round a byte, 8 bytes per load) and skips a body by its `Content-Length` in one step, so a pipelined segment costs in proportion to its head bytes and a body segment costs about as much as a bare ACK. The in-order rows run each segment once with its own sequence number, the way a connection sends them; a repetition of one frame would be a retransmission, which with no server socket to vouch for it is scanned again untrusted (the 1400-byte retransmission row).".into());
     Ok(Section {
         title: "K1 — kernel path per packet".into(),
@@ -748,6 +748,17 @@ fn host(
     daemon_flags: Option<&[&str]>,
     limit_req: Option<(u32, u32)>,
 ) -> Result<Host> {
+    host_with(clients, daemon_flags, limit_req, None)
+}
+
+/// [`host`] with the daemon from `bin` instead of the binary under test (a
+/// build to compare with, in the same run).
+fn host_with(
+    clients: usize,
+    daemon_flags: Option<&[&str]>,
+    limit_req: Option<(u32, u32)>,
+    bin: Option<&std::path::Path>,
+) -> Result<Host> {
     let bpffs = BpfFs::mount()?;
     let topo = Topology::new(clients)?;
     let nginx = Nginx::start_with(&topo.server, &[API], limit_req)?;
@@ -763,7 +774,21 @@ fn host(
                 args.extend(["--access-log".into(), "/dev/null".into()]);
             }
             args.extend(flags.iter().map(|f| f.to_string()));
-            Some(Daemon::start(&topo.server, &args)?)
+            Some(match bin {
+                // The shell ($0 = the other binary) drops the binary under
+                // test ($1) and execs the other one in its place (same pid).
+                Some(bin) => Daemon::start_wrapped(
+                    &topo.server,
+                    &[
+                        "sh",
+                        "-c",
+                        "shift; exec \"$0\" \"$@\"",
+                        bin.to_str().context("binary path")?,
+                    ],
+                    &args,
+                )?,
+                None => Daemon::start(&topo.server, &args)?,
+            })
         }
         None => None,
     };
@@ -775,48 +800,70 @@ fn host(
     })
 }
 
+/// A K2 set-up: its row name, the daemon's flags (None: no api-guard), and
+/// another binary to run instead of the one under test.
+type K2Setup<'a> = (String, Option<&'a [&'a str]>, Option<PathBuf>);
+
 fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
     let secs = if o.quick { 2 } else { 6 };
     let runs = if o.quick { 3 } else { RUNS };
     // The defaults first (the goal's row), then one lever changed at a time.
-    let configs: [(&str, Option<&[&str]>); 8] = [
+    let base: [(&str, Option<&[&str]>); 7] = [
         ("no api-guard", None),
         (
-            "api-guard, defaults (--sample 1.0, --sample-budget 10000/s)",
+            "api-guard, defaults (--sample 1.0, --sample-budget 1000/s, --sample-wakeup batched)",
             Some(&["--rate", "1000000"]),
         ),
         (
-            "api-guard, --sample 1.0 --sample-budget 10000000/s (every request sampled)",
+            "api-guard, --sample-budget 10000000/s (every request sampled)",
             Some(&["--rate", "1000000", "--sample-budget", "10000000/s"]),
         ),
         (
-            "api-guard, --sample-budget 1000/s",
-            Some(&["--rate", "1000000", "--sample-budget", "1000/s"]),
+            "api-guard, --sample-budget 10000/s --sample-wakeup each (the defaults before)",
+            Some(&[
+                "--rate",
+                "1000000",
+                "--sample-budget",
+                "10000/s",
+                "--sample-wakeup",
+                "each",
+            ]),
         ),
         (
-            "api-guard, --sample 0.01",
-            Some(&["--rate", "1000000", "--sample", "0.01"]),
+            "api-guard, --sample-wakeup each",
+            Some(&["--rate", "1000000", "--sample-wakeup", "each"]),
         ),
         (
             "api-guard, --sample 0 (kernel path only)",
             Some(&["--rate", "1000000", "--sample", "0"]),
         ),
         (
-            "api-guard, --sample-wakeup batched",
-            Some(&["--rate", "1000000", "--sample-wakeup", "batched"]),
-        ),
-        (
-            "api-guard, --sample-budget 1000/s --sample-wakeup batched",
-            Some(&[
-                "--rate",
-                "1000000",
-                "--sample-budget",
-                "1000/s",
-                "--sample-wakeup",
-                "batched",
-            ]),
+            "api-guard, --sample 0 --xdp off (kernel path, TC only)",
+            Some(&["--rate", "1000000", "--sample", "0", "--xdp", "off"]),
         ),
     ];
+    let mut configs: Vec<K2Setup> = base
+        .into_iter()
+        .map(|(name, flags)| (name.to_string(), flags, None))
+        .collect();
+    // Another build in the same run (API_GUARD_BENCH_BEFORE_BIN, e.g. the
+    // branch point), for what a change bought: its kernel path alone and its
+    // defaults, interleaved with the rows above.
+    if let Some(before) = std::env::var_os("API_GUARD_BENCH_BEFORE_BIN") {
+        let before = PathBuf::from(before);
+        let label = std::env::var("API_GUARD_BENCH_BEFORE_LABEL")
+            .unwrap_or_else(|_| before.display().to_string());
+        configs.push((
+            format!("{label}: --sample 0 (kernel path only)"),
+            Some(&["--rate", "1000000", "--sample", "0"]),
+            Some(before.clone()),
+        ));
+        configs.push((
+            format!("{label}: defaults"),
+            Some(&["--rate", "1000000"]),
+            Some(before),
+        ));
+    }
     let n = configs.len();
     let mut rps = vec![Vec::new(); n];
     let mut p50 = vec![Vec::new(); n];
@@ -827,8 +874,9 @@ fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
     let mut daemon_cpu = vec![Vec::new(); n];
     let mut lost = 0u64;
     // One set-up measured: (req/s, p50, p99).
+    let bins: Vec<Option<PathBuf>> = configs.iter().map(|c| c.2.clone()).collect();
     let mut measure = |i: usize, flags: Option<&[&str]>| -> Result<(f64, f64, f64)> {
-        let h = host(1, flags, None)?;
+        let h = host_with(1, flags, None, bins[i].as_deref())?;
         let c = &h.topo.clients[0];
         let cpu0 = h.daemon.as_ref().map(|d| cpu_secs(d.pid()));
         let report = wrk(
@@ -883,7 +931,7 @@ fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
         }
     }
     let mut rows = Vec::new();
-    for (i, (name, _)) in configs.iter().enumerate() {
+    for (i, (name, ..)) in configs.iter().enumerate() {
         let tput = Stat::of(rel_rps[i].clone());
         let lat = Stat::of(rel_p99[i].clone());
         let target = (i == 1).then(|| {
@@ -926,7 +974,7 @@ fn k2(o: &Options, rss_kb: &mut Vec<f64>) -> Result<Section> {
         });
     }
     let notes = vec![
-        "Every sampled request is copied to the ring buffer and parsed, logged and counted by the daemon; `--sample-budget` caps the samples the kernel takes a second (the rest are counted, not taken), so at the defaults the daemon's CPU is bounded whatever the load. On this 2-core machine the daemon's CPU (the daemon CPU % column, of one core) comes from the same two cores that nginx and wrk share, which is where throughput and p99 go; the `--sample 0` row is the kernel path and an idle daemon alone. The levers, each changed alone: the sample budget (10000/s default, 1000/s, unbounded), the sampling ratio (1.0, 0.01, 0), and ring-buffer wakeups batched (`BPF_RB_NO_WAKEUP` until 64 KiB wait, the daemon reading every 10 ms).".to_string(),
+        "Every sampled request is copied to the ring buffer and parsed, logged and counted by the daemon; `--sample-budget` caps the samples the kernel takes a second (the rest are counted, not taken), so at the defaults the daemon's CPU is bounded whatever the load. On this 2-core machine the daemon's CPU (the daemon CPU % column, of one core) comes from the same two cores that nginx and wrk share, which is where throughput and p99 go; the `--sample 0` row is the kernel path and an idle daemon alone. The levers, each changed alone from the defaults: the sample budget (1000/s default, unbounded), ring-buffer wake-ups (batched by default: `BPF_RB_NO_WAKEUP` until 64 KiB wait, the daemon reading every 10 ms; `each` wakes the daemon for every sample), both as the defaults were before (10000/s, each), and the kernel path alone (`--sample 0`) with and without the XDP pre-filter.".to_string(),
     ];
     Ok(Section {
         title: "K2 — end-to-end overhead on a healthy API".into(),

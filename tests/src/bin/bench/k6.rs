@@ -155,7 +155,7 @@ pub(super) fn k6(o: &Options) -> Result<Section> {
     let configs: [(&str, Option<&[&str]>); 3] = [
         ("no api-guard", None),
         (
-            "api-guard --tls auto, --sample 1.0 (default)",
+            "api-guard --tls auto, defaults (--sample 1.0, --sample-budget 1000/s, --sample-wakeup batched)",
             Some(&["--rate", "1000000"]),
         ),
         (
