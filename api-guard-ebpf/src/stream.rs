@@ -85,6 +85,24 @@ pub struct StreamScratch {
     pub main_to: u32,
     pub main_seq: u32,
     pub main_before: Framing,
+    /// What the segment's scans cover, decided before them (see
+    /// `account_with`).
+    plan: Plan,
+}
+
+/// The scans a segment needs: `untrusted` bytes (from..to) with a fresh
+/// untrusted framing, then the stream's `main` new bytes with its own.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Plan {
+    untrusted_from: u32,
+    untrusted_to: u32,
+    main_from: u32,
+    main_to: u32,
+    /// The untrusted scan's framing is the one the stream goes on with.
+    goes_on: u32,
+    /// Keep the connection's state (else forget it: a FIN).
+    keep: u32,
 }
 
 /// Where a scan stands (payload offsets), and what it found.
@@ -260,11 +278,23 @@ fn account_with<const LOADED: bool>(
         None => 0,
     };
 
-    if pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+    // What to scan is decided first and scanned after, at one call site per
+    // kind of scan: each `bpf_loop` site makes the verifier walk the scan
+    // round again, and the judges are near its limit of a million
+    // instructions. `untrusted`: bytes scanned with a fresh untrusted framing
+    // (data on a SYN, or bytes seen before that the server did not take);
+    // `main`: the stream's new bytes with its own framing.
+    let syn = pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let mut untrusted = (0u32, 0u32);
+    let mut main = (0u32, 0u32);
+    // Whether the untrusted scan's framing is where the stream goes on from.
+    let mut untrusted_goes_on = true;
+    let mut state;
+    if syn {
         // A new connection: its stream starts right after the SYN. A SYN with
         // another number on a tracked connection is a new connection on a reused
         // port, or a forgery: bytes before the new number are charged again.
-        let mut state = ConnState {
+        state = ConnState {
             framing: Framing::start(),
             next_seq: seq.wrapping_add(1),
             flags: 0,
@@ -277,104 +307,139 @@ fn account_with<const LOADED: bool>(
         }
         if len > 0 {
             // Data on the SYN (TCP Fast Open): charged, untrusted.
-            state.framing = Framing::untrusted();
-            scan(ctx, pkt, &mut state.framing, 0, len, &mut out, false);
+            untrusted = (0, len);
             state.next_seq = state.next_seq.wrapping_add(len);
         }
-        sc.next = state;
-        out.keep = KEEP_STATE;
-        return out;
-    }
-    if pkt.flags & TCP_RST != 0 {
-        out.keep = KEEP_FORGET;
-        return out;
-    }
-    if len == 0 {
-        if pkt.flags & TCP_FIN != 0 {
+    } else {
+        if pkt.flags & TCP_RST != 0 {
             out.keep = KEEP_FORGET;
+            return out;
         }
-        return out;
-    }
+        if len == 0 {
+            if pkt.flags & TCP_FIN != 0 {
+                out.keep = KEEP_FORGET;
+            }
+            return out;
+        }
 
-    // The server's socket is asked only where it decides something: for a
-    // connection seen for the first time, and for bytes seen before. A segment
-    // in order, the common case, needs no lookup.
-    let mut state = match conn(key) {
-        Some(s) => s,
-        None => ConnState {
-            // Picked up at the server's first byte, or mid-way (missed SYN, an
-            // evicted entry, a daemon started on live connections).
-            framing: match server_next(ctx, pkt, key) {
-                Some((rcv_nxt, 0)) if rcv_nxt == seq => Framing::start(),
-                _ => {
-                    count::event(Event::StreamsUntrusted);
-                    Framing::untrusted()
-                }
+        // The server's socket is asked only where it decides something: for a
+        // connection seen for the first time, and for bytes seen before. A
+        // segment in order, the common case, needs no lookup.
+        state = match conn(key) {
+            Some(s) => s,
+            None => ConnState {
+                // Picked up at the server's first byte, or mid-way (missed SYN,
+                // an evicted entry, a daemon started on live connections).
+                framing: match server_next(ctx, pkt, key) {
+                    Some((rcv_nxt, 0)) if rcv_nxt == seq => Framing::start(),
+                    _ => {
+                        count::event(Event::StreamsUntrusted);
+                        Framing::untrusted()
+                    }
+                },
+                next_seq: seq,
+                flags: 0,
             },
-            next_seq: seq,
-            flags: 0,
-        },
-    };
+        };
 
-    // Bytes before `next_seq` were accounted. Those the server has (before its
-    // rcv_nxt) are free; the rest are charged again, untrusted: a forged or
-    // refused segment must not pass its bytes off as accounted.
-    let behind = state.next_seq.wrapping_sub(seq) as i32;
-    if behind > 0 {
-        let old_end = if (behind as u32) < len {
-            behind as u32
-        } else {
-            len
-        };
-        let server = if state.flags & CONN_SUSPECT == 0 {
-            server_next(ctx, pkt, key)
-        } else {
-            None
-        };
-        let from = match server {
-            Some((rcv_nxt, _)) => {
-                let have = rcv_nxt.wrapping_sub(seq) as i32;
-                if have <= 0 { 0 } else { have as u32 }
-            }
-            _ => 0,
-        };
-        if from < old_end {
-            count::event(Event::StreamsUntrusted);
-            let mut again = Framing::untrusted();
-            scan(ctx, pkt, &mut again, from, old_end, &mut out, false);
-            // The framing at `next_seq` came from a copy the server did not
-            // take (refused, forged, or other bytes than these): a body it
-            // announced must not hide what follows. Where these bytes reach
-            // `next_seq`, their own (untrusted) framing is the one to go on
-            // with; else where the stream stands is unknown: err high.
-            if old_end == behind as u32 {
-                state.framing = again;
+        // Bytes before `next_seq` were accounted. Those the server has (before
+        // its rcv_nxt) are free; the rest are charged again, untrusted: a forged
+        // or refused segment must not pass its bytes off as accounted.
+        let behind = state.next_seq.wrapping_sub(seq) as i32;
+        if behind > 0 {
+            let old_end = if (behind as u32) < len {
+                behind as u32
             } else {
-                state.framing.distrust();
-                out.starts += 1;
+                len
+            };
+            let server = if state.flags & CONN_SUSPECT == 0 {
+                server_next(ctx, pkt, key)
+            } else {
+                None
+            };
+            let from = match server {
+                Some((rcv_nxt, _)) => {
+                    let have = rcv_nxt.wrapping_sub(seq) as i32;
+                    if have <= 0 { 0 } else { have as u32 }
+                }
+                _ => 0,
+            };
+            if from < old_end {
+                count::event(Event::StreamsUntrusted);
+                untrusted = (from, old_end);
+                // The framing at `next_seq` came from a copy the server did not
+                // take (refused, forged, or other bytes than these): a body it
+                // announced must not hide what follows. Where these bytes reach
+                // `next_seq`, their own (untrusted) framing is the one to go on
+                // with; else where the stream stands is unknown: err high.
+                untrusted_goes_on = old_end == behind as u32;
             }
-        }
-        if old_end < len {
-            sc.pushed.fresh = state.framing.is_fresh() as u32;
-            scan(ctx, pkt, &mut state.framing, old_end, len, &mut out, true);
+            if old_end < len {
+                main = (old_end, len);
+                state.next_seq = seq.wrapping_add(len);
+            }
+        } else {
+            if behind < 0 {
+                // A gap: bytes before this segment were never seen here (lost
+                // on the way, or sent out of order). Where it stands in the
+                // stream is unknown.
+                count::event(Event::StreamsUntrusted);
+                state.framing = Framing::untrusted();
+            }
+            main = (0, len);
             state.next_seq = seq.wrapping_add(len);
         }
-    } else {
-        if behind < 0 {
-            // A gap: bytes before this segment were never seen here (lost on the
-            // way, or sent out of order). Where it stands in the stream is unknown.
-            count::event(Event::StreamsUntrusted);
-            state.framing = Framing::untrusted();
-        }
-        sc.pushed.fresh = state.framing.is_fresh() as u32;
-        scan(ctx, pkt, &mut state.framing, 0, len, &mut out, true);
-        state.next_seq = seq.wrapping_add(len);
     }
     sc.next = state;
-    out.keep = if pkt.flags & TCP_FIN != 0 {
-        KEEP_FORGET
-    } else {
+    sc.plan = Plan {
+        untrusted_from: untrusted.0,
+        untrusted_to: untrusted.1,
+        main_from: main.0,
+        main_to: main.1,
+        goes_on: untrusted_goes_on as u32,
+        keep: (syn || pkt.flags & TCP_FIN == 0) as u32,
+    };
+    // Read back from map memory: every path above reaches the scans with the
+    // same state (unknown values, not each path's constants), so the
+    // verifier walks the scans' rounds once instead of once per path.
+    // SAFETY: a field of this live map value.
+    let plan = unsafe { core::ptr::read_volatile(&sc.plan) };
+    if plan.untrusted_from < plan.untrusted_to {
+        let mut again = Framing::untrusted();
+        scan(
+            ctx,
+            pkt,
+            &mut again,
+            plan.untrusted_from,
+            plan.untrusted_to,
+            &mut out,
+            false,
+        );
+        if plan.goes_on != 0 {
+            sc.next.framing = again;
+        } else {
+            sc.next.framing.distrust();
+            out.starts += 1;
+        }
+    }
+    if plan.main_from < plan.main_to {
+        sc.pushed.fresh = sc.next.framing.is_fresh() as u32;
+        let mut framing = sc.next.framing;
+        scan(
+            ctx,
+            pkt,
+            &mut framing,
+            plan.main_from,
+            plan.main_to,
+            &mut out,
+            true,
+        );
+        sc.next.framing = framing;
+    }
+    out.keep = if plan.keep != 0 {
         KEEP_STATE
+    } else {
+        KEEP_FORGET
     };
     out
 }

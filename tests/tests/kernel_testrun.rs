@@ -934,3 +934,21 @@ fn the_malformed_corpus_gets_the_verdicts_the_rules_give_under_a_policy() {
     assert_eq!(h.run(&get).unwrap(), TC_ACT_SHOT, "the policy is live");
     assert_eq!(counter(&h, Kind::Requests, Verdict::RateLimited), 1);
 }
+
+#[test]
+fn every_program_leaves_the_verifier_a_tenth_of_its_limit() {
+    // The judges inline the stream stage's scans and once went past the
+    // verifier's million instructions on a new kernel build: this fails while
+    // there is still room to act, with every program's figure.
+    let h = harness();
+    let counts = h.datapath.verified_instructions();
+    assert!(
+        counts.len() >= 10,
+        "the kernel reported too few programs: {counts:?}"
+    );
+    let over: Vec<_> = counts.iter().filter(|(_, n)| *n > 900_000).collect();
+    assert!(
+        over.is_empty(),
+        "within a tenth of the verifier's limit of 1000000: {over:?} (all: {counts:?})"
+    );
+}

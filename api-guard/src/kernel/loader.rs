@@ -116,20 +116,14 @@ impl Datapath {
         )?;
         load_tail(&mut ebpf, KEYS_PROGRAM, names::TAIL_KEYS)?;
         load_tail(&mut ebpf, FORWARDED_PROGRAM, names::TAIL_FORWARDED)?;
+        let mut datapath = Self { ebpf };
         if std::env::var_os("API_GUARD_VERIFIER_STATS").is_some() {
-            // How close each program came to the verifier's limit of a
-            // million instructions (the judges are near it): for whoever
-            // changes the datapath.
-            for (name, prog) in ebpf.programs() {
-                if let Ok(info) = prog.info() {
-                    eprintln!(
-                        "verifier: {name} {} instructions processed",
-                        info.verified_instruction_count().unwrap_or(0)
-                    );
-                }
+            // How close each program came to the verifier's limit (for
+            // whoever changes the datapath).
+            for (name, n) in datapath.verified_instructions() {
+                eprintln!("verifier: {name} {n} instructions processed");
             }
         }
-        let mut datapath = Self { ebpf };
         // The keyed hash's secret: new at each start, in a map never pinned,
         // never logged.
         datapath.set_key_secret(&random_secret()?)?;
@@ -141,6 +135,22 @@ impl Datapath {
             datapath.set_config(&api_guard_common::config::Config::unlimited())?;
         }
         Ok(datapath)
+    }
+
+    /// Instructions the verifier processed for each loaded program (its limit
+    /// is a million: the judges, which inline the stream stage's scans, come
+    /// nearest to it), by program name.
+    pub fn verified_instructions(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let n = prog.info().ok()?.verified_instruction_count()?;
+                Some((name.to_string(), n))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Takes the sample ring buffer out, for the sample task to own.
