@@ -40,6 +40,7 @@ struct Scene {
     topo: Topology,
     bpffs: BpfFs,
     geo: PathBuf,
+    findings: PathBuf,
     _geo_dir: tempfile::TempDir,
 }
 
@@ -49,6 +50,7 @@ impl Scene {
         let bpffs = BpfFs::mount()?;
         let geo_dir = tempfile::Builder::new().prefix(PREFIX).tempdir()?;
         let geo = geo_dir.path().join("over.geo");
+        let findings = geo_dir.path().join("findings.log");
         let topo = Topology::new(2)?;
         let lb = &topo.clients[0];
         lb.ns.ip(&["link", "set", "lo", "up"])?;
@@ -83,6 +85,8 @@ impl Scene {
             "1",
             "--forwarded-blocklist",
             &geo.display().to_string(),
+            "--findings-log",
+            &findings.display().to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -99,6 +103,7 @@ impl Scene {
             topo,
             bpffs,
             geo,
+            findings,
             _geo_dir: geo_dir,
         })
     }
@@ -304,6 +309,44 @@ fn clients_pooled_on_one_upstream_connection_are_reported_never_reset() -> Resul
     let geo = std::fs::read_to_string(&s.geo)?;
     assert!(geo.contains("default 0;"), "{geo}");
     assert!(!geo.contains(&format!("{BOB} 1;")), "{geo}");
+    // And a finding, read back by `api-guard report` under API4: alice once
+    // (she stayed over), bob never.
+    let findings = || -> Result<Vec<serde_json::Value>> {
+        Ok(std::fs::read_to_string(&s.findings)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    };
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "a forwarded finding for alice",
+        || Ok(!findings()?.is_empty()),
+    )?;
+    let lines = findings()?;
+    let alice = ALICE.to_string();
+    assert!(
+        lines.iter().all(|f| f["detector"] == "forwarded"
+            && f["client"] == alice.as_str()
+            && f["action"] == "report"
+            && f["blocked"] == false),
+        "{lines:?}"
+    );
+    let report = s.ctl(&[
+        "report",
+        "--findings-log",
+        &s.findings.display().to_string(),
+        "--json",
+    ])?;
+    let api4 = report["risks"]
+        .as_array()
+        .context("risks")?
+        .iter()
+        .find(|r| r["id"] == "API4:2023")
+        .context("API4")?
+        .clone();
+    assert_eq!(api4["observed"], true, "{api4}");
+    assert_eq!(api4["clients"][0]["client"], alice.as_str(), "{api4}");
     assert_eq!(
         status["counters"]["requests"]["rate_limited"]
             .as_u64()

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use crate::sinks::findings;
 
 /// The ten risks, with the detectors that watch for each (none: not watched
-/// from the wire; API4 is the rate limits' and is in `status`).
+/// from the wire; API4 is the rate limits', in `status`, and its findings are
+/// the forwarded clients over their limit behind a `--trusted-hops` proxy).
 const RISKS: [(&str, &str, &[&str]); 10] = [
     ("API1:2023", "Broken Object Level Authorization", &["bola"]),
     ("API2:2023", "Broken Authentication", &["stuffing", "auth"]),
@@ -25,7 +26,11 @@ const RISKS: [(&str, &str, &[&str]); 10] = [
         "Broken Object Property Level Authorization",
         &[],
     ),
-    ("API4:2023", "Unrestricted Resource Consumption", &[]),
+    (
+        "API4:2023",
+        "Unrestricted Resource Consumption",
+        &["forwarded"],
+    ),
     ("API5:2023", "Broken Function Level Authorization", &[]),
     (
         "API6:2023",
@@ -41,8 +46,8 @@ const RISKS: [(&str, &str, &[&str]); 10] = [
 /// How a risk not watched by a detector is covered, if at all.
 fn coverage(id: &str, detectors: &[&str]) -> &'static str {
     match (id, detectors.is_empty()) {
+        ("API4:2023", _) => "rate limits (see `api-guard status`)",
         (_, false) => "detector",
-        ("API4:2023", true) => "rate limits (see `api-guard status`)",
         _ => "not visible from the wire",
     }
 }

@@ -357,25 +357,71 @@ pub async fn run(args: RunArgs) -> Result<()> {
             warn!("cannot update the top clients: {e:#}");
         }
     })?;
-    // --forwarded-blocklist: the forwarded clients over their limit on pooled
-    // proxy connections, as an nginx geo file, checked each second.
-    let forwarded_blocklist = match &args.forwarded_blocklist {
-        None => None,
-        Some(path) => {
+    // --trusted-hops: the forwarded clients over their limit on pooled proxy
+    // connections, checked each second: the --forwarded-blocklist geo file,
+    // and a finding for each that went over (with --findings-log).
+    let forwarded_blocklist = match (
+        args.trusted_hops.is_some(),
+        &args.forwarded_blocklist,
+        &args.findings_log,
+    ) {
+        (false, _, _) | (true, None, None) => None,
+        (true, geo_path, findings_path) => {
             let maps = datapath.handles(
                 "opened for the forwarded blocklist",
                 &[names::CONFIG, names::CLIENTS, names::FWD_REPORTED],
             )?;
-            let mut file = crate::sinks::forwarded::GeoFile::new(path);
-            // Written at once (empty), so the proxy's include exists from the start.
-            file.update(crate::sinks::forwarded::geo(&[]))?;
+            let mut file = geo_path
+                .as_deref()
+                .map(crate::sinks::forwarded::GeoFile::new);
+            if let Some(file) = &mut file {
+                // Written at once (empty), so the proxy's include exists from the start.
+                file.update(crate::sinks::forwarded::geo(&[]))?;
+            }
+            let findings_path = findings_path.clone();
+            let mut newly = crate::sinks::forwarded::NewlyOver::default();
+            let findings_metric = metrics.findings.clone();
             Some(Periodic::start(
                 "forwarded-blocklist",
                 Duration::from_secs(1),
                 move || match maps.forwarded_over_limit(monotonic_ns()) {
                     Ok(list) => {
-                        if let Err(e) = file.update(crate::sinks::forwarded::geo(&list)) {
+                        if let Some(file) = &mut file
+                            && let Err(e) = file.update(crate::sinks::forwarded::geo(&list))
+                        {
                             warn!("{e:#}");
+                        }
+                        let Some(path) = &findings_path else {
+                            return;
+                        };
+                        let new = newly.update(&list);
+                        if new.is_empty() {
+                            return;
+                        }
+                        // Opened for each batch (findings are few): a log
+                        // rotated meanwhile is followed without a SIGHUP.
+                        let mut log = match crate::sinks::findings::FindingsLog::open(path) {
+                            Ok(log) => log,
+                            Err(e) => {
+                                warn!("{e:#}");
+                                return;
+                            }
+                        };
+                        let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now())
+                            .to_string();
+                        for c in new {
+                            findings_metric
+                                .with_label_values(&["forwarded", "report"])
+                                .inc();
+                            info!(
+                                detector = "forwarded",
+                                client = %c.client,
+                                requests = c.requests,
+                                "finding: over its limit behind a --trusted-hops proxy on a pooled connection (reported)"
+                            );
+                            if let Err(e) = log.write(&crate::sinks::forwarded::finding(c, &now)) {
+                                warn!("cannot write the findings log: {e:#}");
+                            }
                         }
                     }
                     Err(e) => warn!("cannot read the forwarded clients: {e:#}"),

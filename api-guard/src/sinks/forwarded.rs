@@ -2,9 +2,11 @@
 //! requests went over their limit on a pooled proxy connection (reported,
 //! not dropped, by the kernel's forwarded stage) and that are over it still,
 //! for the proxy to enforce: an nginx `geo` file (`--forwarded-blocklist`),
-//! rewritten atomically when it changes, and the same list in `status --json`.
+//! rewritten atomically when it changes, and the same list in `status --json`;
+//! a finding (detector `forwarded`) when a client goes over.
 
 use std::{
+    collections::HashSet,
     fs,
     io::Write as _,
     net::IpAddr,
@@ -128,6 +130,47 @@ impl GeoFile {
     }
 }
 
+/// The clients that went over their limit since the last look: each gets one
+/// finding per stay over it (a client that recovers and goes over again gets
+/// another).
+#[derive(Default)]
+pub struct NewlyOver {
+    over: HashSet<String>,
+}
+
+impl NewlyOver {
+    /// The clients of `list` that were not over at the last call.
+    pub fn update<'a>(&mut self, list: &'a [OverLimit]) -> Vec<&'a OverLimit> {
+        let new: Vec<&OverLimit> = list
+            .iter()
+            .filter(|c| !self.over.contains(&c.client))
+            .collect();
+        self.over = list.iter().map(|c| c.client.clone()).collect();
+        new
+    }
+}
+
+/// The findings log line of a forwarded client that went over its limit
+/// (the same fields as the detectors' findings, `daemon::flow`).
+pub fn finding(c: &OverLimit, timestamp: &str) -> serde_json::Value {
+    serde_json::json!({
+        "timestamp": timestamp,
+        "detector": "forwarded",
+        "owasp": "API4:2023",
+        "client": c.client,
+        "route": null,
+        "action": "report",
+        "blocked": false,
+        "block_for_secs": null,
+        "score": 1.0,
+        "reason": format!(
+            "over its request limit behind a --trusted-hops proxy on a pooled connection: {} requests reported, let through (the forwarded blocklist lists it)",
+            c.requests
+        ),
+        "evidence": { "requests_reported": c.requests, "pooled": true },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +216,30 @@ mod tests {
             geo(&list),
             "# api-guard: forwarded clients over their limit on pooled connections\ndefault 0;\n198.18.0.1 1;\n2001:db8:1:2::/64 1;\n"
         );
+    }
+
+    #[test]
+    fn a_client_gets_one_finding_per_stay_over_its_limit() {
+        let c = |name: &str| OverLimit {
+            client: name.into(),
+            requests: 3,
+            since_last_ns: 0,
+        };
+        let mut n = NewlyOver::default();
+        let first = [c("198.18.0.1")];
+        assert_eq!(n.update(&first).len(), 1);
+        // Still over: nothing new; a second client: only it.
+        let both = [c("198.18.0.1"), c("198.18.0.2")];
+        let new: Vec<&str> = n.update(&both).iter().map(|o| o.client.as_str()).collect();
+        assert_eq!(new, ["198.18.0.2"]);
+        // The first recovers, then goes over again: a new finding.
+        assert!(n.update(&[c("198.18.0.2")]).is_empty());
+        let again: Vec<&str> = n.update(&both).iter().map(|o| o.client.as_str()).collect();
+        assert_eq!(again, ["198.18.0.1"]);
+        let line = finding(&c("198.18.0.1"), "t");
+        assert_eq!(line["detector"], "forwarded");
+        assert_eq!(line["owasp"], "API4:2023");
+        assert_eq!(line["blocked"], false);
     }
 
     #[test]
