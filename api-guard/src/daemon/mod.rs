@@ -369,7 +369,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         (true, geo_path, findings_path) => {
             let maps = datapath.handles(
                 "opened for the forwarded blocklist",
-                &[names::CONFIG, names::CLIENTS, names::FWD_REPORTED],
+                &[
+                    names::CONFIG,
+                    names::CLIENTS,
+                    names::FWD_REPORTED,
+                    names::OVERRIDES,
+                ],
             )?;
             let mut file = geo_path
                 .as_deref()

@@ -468,10 +468,25 @@ pub trait KernelMaps: MapSource {
     fn forwarded_over_limit(&self, now: u64) -> Result<Vec<crate::sinks::forwarded::OverLimit>> {
         let cfg = self.config()?;
         let reported = self.forwarded_reported()?;
+        // The kernel charged each client against its most specific --limit
+        // override (enforce.rs), else --rate.
+        let overrides: Option<LpmTrie<&MapData, NetKey, Limit>> =
+            if cfg.has(config_flags::HAS_OVERRIDES) {
+                Some(LpmTrie::try_from(self.map(names::OVERRIDES)?)?)
+            } else {
+                None
+            };
+        let limit = |k: &ClientKey| {
+            overrides
+                .as_ref()
+                .and_then(|m| m.get(&Key::new(128, k.addr), 0).ok())
+                .unwrap_or(cfg.requests)
+        };
         Ok(crate::sinks::forwarded::over_limit(
             &cfg,
             &reported,
             |k| self.client_by_key(k).ok().flatten(),
+            limit,
             now,
         ))
     }

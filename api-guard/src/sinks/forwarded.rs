@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use api_guard_common::{
     client::{ClientKey, ClientState},
-    config::Config,
+    config::{Config, Limit},
     forwarded::Reported,
 };
 
@@ -31,13 +31,13 @@ pub struct OverLimit {
     pub since_last_ns: u64,
 }
 
-/// Whether the client's state says it is over its request limit at `now`:
-/// blocked, or its bucket would refuse a request (nothing taken).
-pub fn is_over(cfg: &Config, state: &ClientState, now: u64) -> bool {
+/// Whether the client's state says it is over its request limit `l` (its
+/// `--limit` override, else `--rate`: the kernel charged it against that) at
+/// `now`: blocked, or its bucket would refuse a request (nothing taken).
+pub fn is_over(l: Limit, state: &ClientState, now: u64) -> bool {
     if state.blocked_until_ns > now {
         return true;
     }
-    let l = cfg.requests;
     l.is_set() && state.request_tat_ns + l.interval_ns > now + l.burst_ns
 }
 
@@ -51,16 +51,18 @@ pub fn bucket_text(key: &ClientKey, ipv6_prefix: u32) -> String {
 }
 
 /// The reported clients over their limit now, sorted. `state` looks a
-/// client's state up (None: no longer tracked, so not known to be over).
+/// client's state up (None: no longer tracked, so not known to be over);
+/// `limit` its request limit.
 pub fn over_limit(
     cfg: &Config,
     reported: &[(ClientKey, Reported)],
     state: impl Fn(&ClientKey) -> Option<ClientState>,
+    limit: impl Fn(&ClientKey) -> Limit,
     now: u64,
 ) -> Vec<OverLimit> {
     let mut out: Vec<OverLimit> = reported
         .iter()
-        .filter(|(k, _)| state(k).is_some_and(|s| is_over(cfg, &s, now)))
+        .filter(|(k, _)| state(k).is_some_and(|s| is_over(limit(k), &s, now)))
         .map(|(k, r)| OverLimit {
             client: bucket_text(k, cfg.ipv6_prefix),
             requests: r.requests,
@@ -174,7 +176,6 @@ pub fn finding(c: &OverLimit, timestamp: &str) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use api_guard_common::config::Limit;
 
     fn cfg() -> Config {
         Config {
@@ -208,7 +209,8 @@ mod tests {
             }
             Some(s)
         };
-        let list = over_limit(&cfg(), &reported, state, now);
+        let cfg = cfg();
+        let list = over_limit(&cfg, &reported, state, |_| cfg.requests, now);
         let names: Vec<&str> = list.iter().map(|c| c.client.as_str()).collect();
         assert_eq!(names, ["198.18.0.1", "2001:db8:1:2::/64"]);
         assert_eq!(list[0].since_last_ns, 5);
@@ -216,6 +218,31 @@ mod tests {
             geo(&list),
             "# api-guard: forwarded clients over their limit on pooled connections\ndefault 0;\n198.18.0.1 1;\n2001:db8:1:2::/64 1;\n"
         );
+    }
+
+    #[test]
+    fn a_client_is_judged_by_its_own_limit_override() {
+        // 1 request a second by default; this client's override admits 100
+        // at once. Its bucket is 0.5 s ahead: over the default, within its own.
+        let now = 100_000_000_000;
+        let k = ClientKey::v4([198, 18, 0, 1]);
+        let r = Reported {
+            last_ns: now,
+            requests: 1,
+        };
+        let state = |_: &ClientKey| {
+            Some(ClientState {
+                request_tat_ns: now + 500_000_000,
+                ..ClientState::default()
+            })
+        };
+        let cfg = cfg();
+        assert_eq!(
+            over_limit(&cfg, &[(k, r)], state, |_| cfg.requests, now).len(),
+            1
+        );
+        let generous = Limit::per_second(100, 100);
+        assert!(over_limit(&cfg, &[(k, r)], state, |_| generous, now).is_empty());
     }
 
     #[test]

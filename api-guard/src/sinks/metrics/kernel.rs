@@ -107,7 +107,7 @@ pub struct KernelCollector {
 
 impl KernelCollector {
     /// The maps a scrape reads.
-    pub const MAPS: [&'static str; 7] = [
+    pub const MAPS: [&'static str; 8] = [
         names::COUNTERS,
         names::EVENTS,
         names::CLIENTS,
@@ -115,6 +115,7 @@ impl KernelCollector {
         tls::TLS_EVENTS,
         names::CONFIG,
         names::FWD_REPORTED,
+        names::OVERRIDES,
     ];
 
     pub fn new(maps: MapSet, max_clients: u32) -> Result<Self> {
