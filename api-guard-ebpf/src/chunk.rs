@@ -1,5 +1,5 @@
-//! Stream bytes read a block at a time for the head scans (stream.rs on
-//! ingress, egress.rs on the answers): one `bpf_skb_load_bytes` brings up to
+//! Stream bytes read a block at a time for egress's response scan (egress.rs;
+//! the ingress stream stage still reads a word a round): one `bpf_skb_load_bytes` brings up to
 //! 64 bytes into map memory, and each round of a scan takes the 8 bytes at its
 //! position from there. A helper call costs more than the rest of a round, so
 //! reading 8 bytes per call (as the scans did) made a 250-byte response head

@@ -312,7 +312,13 @@ fn account_with<const LOADED: bool>(
         }
     } else {
         if pkt.flags & TCP_RST != 0 {
-            out.keep = KEEP_FORGET;
+            // Only a RST the server's stack takes (its number the next one
+            // expected, RFC 5961) ends the stream; another is answered with a
+            // challenge ACK and the connection goes on, so its framing must
+            // too (forgotten, a body could be read as heads from then on).
+            if !matches!(server_next(ctx, pkt, key), Some((rcv_nxt, _)) if rcv_nxt != seq) {
+                out.keep = KEEP_FORGET;
+            }
             return out;
         }
         if len == 0 {
@@ -656,7 +662,7 @@ pub fn conn_key_loaded(
 /// The server socket's next expected sequence number and the bytes it has
 /// received, if the connection's socket is in this network namespace.
 #[inline(always)]
-fn server_next(ctx: &TcContext, pkt: &TcpPacket, key: &ConnKey) -> Option<(u32, u64)> {
+pub(crate) fn server_next(ctx: &TcContext, pkt: &TcpPacket, key: &ConnKey) -> Option<(u32, u64)> {
     // SAFETY: an all-zero tuple is a valid value of this plain C union.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let size = if pkt.ipv6 {

@@ -42,7 +42,7 @@ use crate::{
     enforce,
     exchange::{self as fifo, Pushed},
     maps::{CONFIG, CONNS, EXCHANGES, PORTS, SAMPLE_SCRATCH, SAMPLES},
-    parse::{TCP_SYN, TcpPacket},
+    parse::{TCP_ACK, TCP_SYN, TcpPacket},
     sample,
 };
 
@@ -998,14 +998,22 @@ fn emit(
 /// (the uprobes count the plaintext); a SYN opens the connection's stream
 /// fresh; a client's RST forgets it. Returns the verdict the uprobes left for
 /// the connection, if any.
+///
+/// A SYN or RST that the server's stack would not take (a SYN into an open
+/// connection, a RST whose number is not the next one expected: RFC 5961
+/// answers both with a challenge ACK) leaves the stream and its verdict as
+/// they were: otherwise a client over its limit could forge one to lift its
+/// verdict, or to restart the framing in the middle of a body.
 #[inline(always)]
 pub fn packet(ctx: &TcContext, pkt: &TcpPacket, client: &[u8; 16]) -> Option<Verdict> {
     let key = TLS_TC_KEY.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let key = unsafe { &mut *key };
-    crate::stream::conn_key(ctx, pkt, client, key)?;
+    let seq = crate::stream::conn_key(ctx, pkt, client, key)?;
     let key: &ConnKey = key;
-    if pkt.flags & TCP_SYN != 0 {
+    if pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && crate::stream::server_next(ctx, pkt, key).is_none()
+    {
         let s = TlsStream {
             framing: Framing::start(),
             flags: 0,
@@ -1017,10 +1025,16 @@ pub fn packet(ctx: &TcContext, pkt: &TcpPacket, client: &[u8; 16]) -> Option<Ver
     }
     TLS_VERDICTS.get_ptr(key)?;
     if pkt.flags & TCP_RST != 0 {
-        // The client gave up the connection: nothing left to stop.
-        let _ = TLS_VERDICTS.remove(key);
-        let _ = TLS_STREAMS.remove(key);
-        return None;
+        match crate::stream::server_next(ctx, pkt, key) {
+            // The server keeps the connection: so does its verdict.
+            Some((rcv_nxt, _)) if rcv_nxt != seq => {}
+            _ => {
+                // The client gave up the connection: nothing left to stop.
+                let _ = TLS_VERDICTS.remove(key);
+                let _ = TLS_STREAMS.remove(key);
+                return None;
+            }
+        }
     }
     Some(Verdict::RateLimited)
 }

@@ -168,8 +168,9 @@ impl Drop for Scene {
 fn two_clients_behind_one_proxy_get_their_own_buckets_and_the_proxy_is_never_limited() -> Result<()>
 {
     // A new upstream connection per request: each carries one client, so
-    // limits are enforced (a reset the proxy answers 502).
-    let s = Scene::start(0, &[])?;
+    // limits are enforced (a reset the proxy answers 502). A key header alone
+    // (fingerprints, no key limit) is allowed beside --trusted-hops.
+    let s = Scene::start(0, &["--key-header", "X-API-Key"])?;
     let alice = s.via_proxy(ALICE, "alice", 8)?;
     let bob = s.via_proxy(BOB, "bob", BURST as usize)?;
     // Alice got her burst (and at most a token that freed meanwhile), then

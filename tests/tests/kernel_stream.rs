@@ -301,3 +301,44 @@ fn pin_to_cpu(cpu: usize) {
         std::io::Error::last_os_error()
     );
 }
+
+#[test]
+fn a_stray_rst_into_an_open_connection_leaves_its_framing_so_a_body_stays_a_body() {
+    // A real connection on loopback: the server's socket is there to tell a
+    // RST its stack would take from one it answers with a challenge ACK.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    let sport = client.local_addr().unwrap().port();
+    let h = Harness::with_policy(&[port], &policy(&[]).unwrap()).unwrap();
+    let lo = Ipv4Addr::LOCALHOST;
+    let run = |flags: u8, seq: u32, payload: &[u8]| {
+        let tcp = Tcp {
+            sport,
+            seq,
+            flags,
+            ..Tcp::data(port, payload)
+        };
+        let l3 = packet::ipv4(lo, lo, &[], IPPROTO_TCP, &tcp.bytes());
+        h.run(&packet::ethernet(&[], ETH_P_IP, &l3)).unwrap()
+    };
+    // The stream seen from its SYN, then a POST whose body looks like two
+    // requests: one request, its body skipped.
+    run(packet::SYN, 5000, b"");
+    let body = GET.repeat(2);
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let data = packet::PSH | packet::ACK;
+    assert_eq!(run(data, 5001, head.as_bytes()), TC_ACT_PIPE);
+    // A RST whose number is not the one the server expects, then the body.
+    run(0x04, 9, b"");
+    assert_eq!(run(data, 5001 + head.len() as u32, &body), TC_ACT_PIPE);
+    assert_eq!(
+        requests(&h, IpAddr::V4(lo)),
+        1,
+        "after a stray RST the body was read as requests"
+    );
+}

@@ -324,6 +324,65 @@ fn requests_over_the_limit_are_counted_rate_limited_with_a_verdict_for_the_packe
     Ok(())
 }
 
+#[test]
+fn a_forged_syn_or_a_stray_rst_does_not_lift_a_tls_connections_verdict() -> Result<()> {
+    use api_guard_tests::packet::{ETH_P_IP, IPPROTO_TCP, SYN, Tcp, ethernet, ipv4};
+    use aya::programs::TestRun as _;
+    const RST: u8 = 0x04;
+    let mut config = Config::unlimited();
+    // 1 a second, bursts of 1: the second request of the read is over.
+    config.requests = Limit::per_second(1, 1);
+    let mut s = scene(config)?;
+    s.client
+        .write_all(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n")?;
+    let mut got = 0;
+    while got < 38 {
+        got += read(&mut s.ssl);
+    }
+    ensure!(event(&s.dp, TlsEvent::Verdicts)? == 1, "no verdict left");
+    // Segments of the connection itself (127.0.0.1 both ends), run through
+    // the ingress program: the server's socket is the real one.
+    let sport = s.client.local_addr()?.port();
+    let dport = s.client.peer_addr()?.port();
+    let lo = std::net::Ipv4Addr::LOCALHOST;
+    let run = |flags: u8, seq: u32, payload: &[u8]| -> Result<u32> {
+        let tcp = Tcp {
+            sport,
+            seq,
+            flags,
+            ..Tcp::data(dport, payload)
+        };
+        let frame = ethernet(&[], ETH_P_IP, &ipv4(lo, lo, &[], IPPROTO_TCP, &tcp.bytes()));
+        let out = s.dp.ingress()?.test_run(aya::programs::TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut vec![0u8; frame.len() + 256]),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        Ok(out.return_value)
+    };
+    let data = Tcp::data(dport, b"").flags;
+    const TC_ACT_SHOT: u32 = 2;
+    ensure!(
+        run(data, 77, b"\x17\x03\x03")? == TC_ACT_SHOT,
+        "the verdict did not hold to begin with"
+    );
+    // A SYN into the open connection: the server's stack answers it with a
+    // challenge ACK and keeps the connection, and so must the verdict.
+    run(SYN, 1234, b"")?;
+    ensure!(
+        run(data, 77, b"\x17\x03\x03")? == TC_ACT_SHOT,
+        "a forged SYN lifted the verdict"
+    );
+    // A RST whose number is not the one the server expects: the same.
+    run(RST, 1234, b"")?;
+    ensure!(
+        run(data, 77, b"\x17\x03\x03")? == TC_ACT_SHOT,
+        "a stray RST lifted the verdict"
+    );
+    Ok(())
+}
+
 fn responses(dp: &Datapath) -> Result<ResponseBlock> {
     dp.responses()
 }

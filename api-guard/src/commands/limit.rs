@@ -90,7 +90,7 @@ pub fn keys(
     let mut next =
         KeyPolicy::build(key_header.as_deref(), None, &routes).map_err(anyhow::Error::msg)?;
     next.key_limit = policy.key_limit;
-    let mut cfg = maps.config()?;
+    let cfg = maps.config()?;
     if next.is_active() && cfg.has(flags::FORWARDED) {
         // As at start (policy.rs): a --trusted-hops proxy's requests would
         // pass these limits by.
@@ -100,6 +100,15 @@ pub fn keys(
     }
     maps.set_key_policy(&next)?;
     let active = next.is_active();
+    // Read again after the policy went in: a daemon restarted meanwhile (with
+    // --trusted-hops now) must not have its config written over with the old.
+    let mut cfg = maps.config()?;
+    if active && cfg.has(flags::FORWARDED) {
+        maps.set_key_policy(&policy)?;
+        bail!(
+            "the daemon restarted with --trusted-hops meanwhile: the key and route limits were put back as they were"
+        );
+    }
     if active != cfg.has(flags::KEY_LIMITS) {
         cfg.flags ^= flags::KEY_LIMITS;
         maps.set_config(&cfg)?;

@@ -384,52 +384,57 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 file.update(crate::sinks::forwarded::geo(&[]))?;
             }
             let findings_path = findings_path.clone();
-            let mut newly = crate::sinks::forwarded::NewlyOver::default();
+            let mut newly = crate::sinks::forwarded::NewlyOver::new(monotonic_ns());
             let findings_metric = metrics.findings.clone();
             Some(Periodic::start(
                 "forwarded-blocklist",
                 Duration::from_secs(1),
-                move || match maps.forwarded_over_limit(monotonic_ns()) {
-                    Ok(list) => {
-                        if let Some(file) = &mut file
-                            && let Err(e) = file.update(crate::sinks::forwarded::geo(&list))
-                        {
-                            warn!("{e:#}");
-                        }
-                        let Some(path) = &findings_path else {
-                            return;
-                        };
-                        let new = newly.update(&list);
-                        if new.is_empty() {
-                            return;
-                        }
-                        // Opened for each batch (findings are few): a log
-                        // rotated meanwhile is followed without a SIGHUP.
-                        let mut log = match crate::sinks::findings::FindingsLog::open(path) {
-                            Ok(log) => log,
-                            Err(e) => {
+                move || {
+                    let now = monotonic_ns();
+                    match maps.forwarded_over_limit(now) {
+                        Ok(list) => {
+                            if let Some(file) = &mut file
+                                && let Err(e) = file.update(crate::sinks::forwarded::geo(&list))
+                            {
                                 warn!("{e:#}");
+                            }
+                            let Some(path) = &findings_path else {
+                                return;
+                            };
+                            let new = newly.update(&list, now);
+                            if new.is_empty() {
                                 return;
                             }
-                        };
-                        let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now())
-                            .to_string();
-                        for c in new {
-                            findings_metric
-                                .with_label_values(&["forwarded", "report"])
-                                .inc();
-                            info!(
-                                detector = "forwarded",
-                                client = %c.client,
-                                requests = c.requests,
-                                "finding: over its limit behind a --trusted-hops proxy on a pooled connection (reported)"
-                            );
-                            if let Err(e) = log.write(&crate::sinks::forwarded::finding(c, &now)) {
-                                warn!("cannot write the findings log: {e:#}");
+                            // Opened for each batch (findings are few): a log
+                            // rotated meanwhile is followed without a SIGHUP.
+                            let mut log = match crate::sinks::findings::FindingsLog::open(path) {
+                                Ok(log) => log,
+                                Err(e) => {
+                                    warn!("{e:#}");
+                                    return;
+                                }
+                            };
+                            let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now())
+                                .to_string();
+                            for c in new {
+                                findings_metric
+                                    .with_label_values(&["forwarded", "report"])
+                                    .inc();
+                                info!(
+                                    detector = "forwarded",
+                                    client = %c.client,
+                                    requests = c.requests,
+                                    "finding: over its limit behind a --trusted-hops proxy on a pooled connection (reported)"
+                                );
+                                if let Err(e) =
+                                    log.write(&crate::sinks::forwarded::finding(c, &now))
+                                {
+                                    warn!("cannot write the findings log: {e:#}");
+                                }
                             }
                         }
+                        Err(e) => warn!("cannot read the forwarded clients: {e:#}"),
                     }
-                    Err(e) => warn!("cannot read the forwarded clients: {e:#}"),
                 },
             )?)
         }

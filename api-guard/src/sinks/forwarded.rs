@@ -135,17 +135,31 @@ impl GeoFile {
 /// The clients that went over their limit since the last look: each gets one
 /// finding per stay over it (a client that recovers and goes over again gets
 /// another).
-#[derive(Default)]
+/// Clients reported last before `started_ns` (by a daemon that ran before
+/// this one on the same pins) were reported then: not again.
 pub struct NewlyOver {
     over: HashSet<String>,
+    started_ns: u64,
 }
 
 impl NewlyOver {
-    /// The clients of `list` that were not over at the last call.
-    pub fn update<'a>(&mut self, list: &'a [OverLimit]) -> Vec<&'a OverLimit> {
+    /// `started_ns`: this daemon's start (CLOCK_MONOTONIC).
+    pub fn new(started_ns: u64) -> Self {
+        Self {
+            over: HashSet::new(),
+            started_ns,
+        }
+    }
+
+    /// The clients of `list` (taken at `now_ns`) that were not over at the
+    /// last call, and were reported since this daemon started.
+    pub fn update<'a>(&mut self, list: &'a [OverLimit], now_ns: u64) -> Vec<&'a OverLimit> {
         let new: Vec<&OverLimit> = list
             .iter()
-            .filter(|c| !self.over.contains(&c.client))
+            .filter(|c| {
+                !self.over.contains(&c.client)
+                    && now_ns.saturating_sub(c.since_last_ns) >= self.started_ns
+            })
             .collect();
         self.over = list.iter().map(|c| c.client.clone()).collect();
         new
@@ -252,16 +266,32 @@ mod tests {
             requests: 3,
             since_last_ns: 0,
         };
-        let mut n = NewlyOver::default();
+        let now = 1_000;
+        let mut n = NewlyOver::new(500);
+        // Last reported before this daemon started (its predecessor's, on the
+        // same pins): not reported again.
+        let earlier = [OverLimit {
+            since_last_ns: 600,
+            ..c("198.18.0.9")
+        }];
+        assert!(n.update(&earlier, now).is_empty());
         let first = [c("198.18.0.1")];
-        assert_eq!(n.update(&first).len(), 1);
+        assert_eq!(n.update(&first, now).len(), 1);
         // Still over: nothing new; a second client: only it.
         let both = [c("198.18.0.1"), c("198.18.0.2")];
-        let new: Vec<&str> = n.update(&both).iter().map(|o| o.client.as_str()).collect();
+        let new: Vec<&str> = n
+            .update(&both, now)
+            .iter()
+            .map(|o| o.client.as_str())
+            .collect();
         assert_eq!(new, ["198.18.0.2"]);
         // The first recovers, then goes over again: a new finding.
-        assert!(n.update(&[c("198.18.0.2")]).is_empty());
-        let again: Vec<&str> = n.update(&both).iter().map(|o| o.client.as_str()).collect();
+        assert!(n.update(&[c("198.18.0.2")], now).is_empty());
+        let again: Vec<&str> = n
+            .update(&both, now)
+            .iter()
+            .map(|o| o.client.as_str())
+            .collect();
         assert_eq!(again, ["198.18.0.1"]);
         let line = finding(&c("198.18.0.1"), "t");
         assert_eq!(line["detector"], "forwarded");

@@ -93,7 +93,7 @@ impl Metrics {
         let findings = IntCounterVec::new(
             Opts::new(
                 "api_guard_findings_total",
-                "Detectors' findings by detector (auth, bola, stuffing, probing) and action (log: reported; block: the client blocked)",
+                "Detectors' findings by detector (auth, bola, stuffing, probing; forwarded: a forwarded client over its limit on a pooled proxy connection) and action (log: reported; block: the client blocked; report: a forwarded finding, let through and listed for the proxy)",
             ),
             &["detector", "action"],
         )?;
