@@ -137,16 +137,21 @@ impl Scene {
         self.ctl(&["status", "--json"])
     }
 
-    /// `api-guard ARGS --pin-dir ...`'s JSON output.
-    fn ctl(&self, args: &[&str]) -> Result<serde_json::Value> {
-        let out = self
+    /// `api-guard ARGS --pin-dir ...`, run to its end.
+    fn ctl_output(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(self
             .topo
             .server
             .command(&daemon::binary().display().to_string())
             .args(args)
             .arg("--pin-dir")
             .arg(self.bpffs.pin_dir())
-            .output()?;
+            .output()?)
+    }
+
+    /// `api-guard ARGS --pin-dir ...`'s JSON output.
+    fn ctl(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.ctl_output(args)?;
         anyhow::ensure!(
             out.status.success(),
             "{args:?}: {}",
@@ -214,14 +219,7 @@ fn two_clients_behind_one_proxy_get_their_own_buckets_and_the_proxy_is_never_lim
         &["limit", "--route", "GET /c/=1"][..],
         &["limit", "--key-rate", "1"][..],
     ] {
-        let out = s
-            .topo
-            .server
-            .command(&daemon::binary().display().to_string())
-            .args(args)
-            .arg("--pin-dir")
-            .arg(s.bpffs.pin_dir())
-            .output()?;
+        let out = s.ctl_output(args)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && stderr.contains("--trusted-hops"),
@@ -229,13 +227,7 @@ fn two_clients_behind_one_proxy_get_their_own_buckets_and_the_proxy_is_never_lim
         );
     }
     // Nothing went in: the pinned policy has no such route to remove.
-    let out = s
-        .topo
-        .server
-        .command(&daemon::binary().display().to_string())
-        .args(["limit", "--remove-route", "GET /c/", "--pin-dir"])
-        .arg(s.bpffs.pin_dir())
-        .output()?;
+    let out = s.ctl_output(&["limit", "--remove-route", "GET /c/"])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("no route limit"),
